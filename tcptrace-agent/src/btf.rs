@@ -1,0 +1,257 @@
+//! Just enough of a BTF reader to find the offset of a member of a kernel struct
+//! (`struct sock` -> `sk_err`), so the eBPF programs can read one field of a socket on
+//! any kernel that ships `/sys/kernel/btf/vmlinux`, without CO-RE support in the loader.
+use anyhow::{bail, Context as _, Result};
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+/// Kinds whose `size_or_type` names another type and that carry no extra data.
+const MODIFIERS: [u32; 5] = [8, 9, 10, 11, 18]; // typedef, volatile, const, restrict, type_tag
+
+struct Type {
+    kind: u32,
+    name_off: u32,
+    size_or_type: u32,
+    /// (name offset, type id, bit offset) for structs and unions.
+    members: Vec<(u32, u32, u32)>,
+}
+
+pub struct Btf {
+    types: Vec<Type>, // index 0 is type id 1
+    strings: Vec<u8>,
+}
+
+impl Btf {
+    pub fn from_file(path: &str) -> Result<Btf> {
+        let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        Btf::parse(&data).with_context(|| format!("parsing BTF in {path}"))
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Btf> {
+        let u16_at = |o: usize| -> Result<u16> {
+            let b = data.get(o..o + 2).context("truncated BTF")?;
+            Ok(u16::from_le_bytes([b[0], b[1]]))
+        };
+        let u32_at = |o: usize| -> Result<u32> {
+            let b = data.get(o..o + 4).context("truncated BTF")?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        if u16_at(0)? != MAGIC {
+            bail!("not little-endian BTF (bad magic)");
+        }
+        let hdr_len = u32_at(4)? as usize;
+        let type_off = hdr_len + u32_at(8)? as usize;
+        let type_len = u32_at(12)? as usize;
+        let str_off = hdr_len + u32_at(16)? as usize;
+        let str_len = u32_at(20)? as usize;
+        let strings = data
+            .get(str_off..str_off + str_len)
+            .context("string section out of bounds")?
+            .to_vec();
+
+        let mut types = Vec::new();
+        let mut pos = type_off;
+        let end = type_off + type_len;
+        while pos < end {
+            let name_off = u32_at(pos)?;
+            let info = u32_at(pos + 4)?;
+            let size_or_type = u32_at(pos + 8)?;
+            pos += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let bitfield_offsets = info >> 31 == 1;
+            let mut members = Vec::new();
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                for i in 0..vlen {
+                    let m = pos + i * 12;
+                    let raw = u32_at(m + 8)?;
+                    let bit_off = if bitfield_offsets {
+                        raw & 0x00ff_ffff
+                    } else {
+                        raw
+                    };
+                    members.push((u32_at(m)?, u32_at(m + 4)?, bit_off));
+                }
+            }
+            pos += extra_len(kind, vlen)?;
+            types.push(Type {
+                kind,
+                name_off,
+                size_or_type,
+                members,
+            });
+        }
+        Ok(Btf { types, strings })
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())]
+    }
+
+    fn by_id(&self, id: u32) -> Option<&Type> {
+        self.types.get((id as usize).checked_sub(1)?)
+    }
+
+    /// Follow typedef/const/volatile chains to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            let t = self.by_id(id)?;
+            if !MODIFIERS.contains(&t.kind) {
+                return Some(t);
+            }
+            id = t.size_or_type;
+        }
+        None
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous members.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
+        let st = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())
+            .with_context(|| format!("no struct {name} in BTF"))?;
+        let bits = self
+            .find_member(st, member.as_bytes(), 0)
+            .with_context(|| format!("struct {name} has no member {member}"))?;
+        if bits % 8 != 0 {
+            bail!("{name}.{member} is a bitfield");
+        }
+        Ok(bits / 8)
+    }
+
+    fn find_member(&self, st: &Type, member: &[u8], depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        for &(name_off, ty, bit_off) in &st.members {
+            if name_off == 0 {
+                let inner = self.resolve(ty)?;
+                if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
+                    if let Some(b) = self.find_member(inner, member, depth + 1) {
+                        return Some(bit_off + b);
+                    }
+                }
+            } else if self.name(name_off) == member {
+                return Some(bit_off);
+            }
+        }
+        None
+    }
+}
+
+/// Bytes that follow the common 12-byte header of each BTF kind.
+fn extra_len(kind: u32, vlen: usize) -> Result<usize> {
+    Ok(match kind {
+        1 => 4,                                      // int
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0, // ptr, fwd, modifiers, func, float, type_tag
+        3 => 12,                                     // array
+        4 | 5 => vlen * 12,                          // struct, union
+        6 => vlen * 8,                               // enum
+        13 => vlen * 8,                              // func_proto
+        14 => 4,                                     // var
+        15 => vlen * 12,                             // datasec
+        17 => 4,                                     // decl_tag
+        19 => vlen * 12,                             // enum64
+        other => bail!("unknown BTF kind {other}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with `int`, `struct inner { int a; int b; }` and
+    /// `struct outer { int x; struct inner; /* anonymous */ int y; }`.
+    fn synthetic() -> Vec<u8> {
+        let strings = b"\0int\0inner\0a\0b\0outer\0x\0y\0";
+        let s = |name: &str| -> u32 {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut t = Vec::new();
+        let mut push = |v: u32| t.extend_from_slice(&v.to_le_bytes());
+        // 1: int
+        push(s("int"));
+        push(1 << 24);
+        push(4);
+        push(32);
+        // 2: struct inner, 2 members
+        push(s("inner"));
+        push((4 << 24) | 2);
+        push(8);
+        push(s("a"));
+        push(1);
+        push(0);
+        push(s("b"));
+        push(1);
+        push(32);
+        // 3: struct outer, 3 members, one anonymous
+        push(s("outer"));
+        push((4 << 24) | 3);
+        push(16);
+        push(s("x"));
+        push(1);
+        push(0);
+        push(0);
+        push(2);
+        push(32);
+        push(s("y"));
+        push(1);
+        push(96);
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&t);
+        out.extend_from_slice(strings);
+        out
+    }
+
+    #[test]
+    fn finds_direct_and_anonymous_members() {
+        let btf = Btf::parse(&synthetic()).unwrap();
+        assert_eq!(btf.member_offset("outer", "x").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "b").unwrap(), 8);
+        assert_eq!(btf.member_offset("outer", "y").unwrap(), 12);
+        assert!(btf.member_offset("outer", "zz").is_err());
+        assert!(btf.member_offset("nope", "x").is_err());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(&[0u8; 4]).is_err());
+        let mut blob = synthetic();
+        blob.truncate(40);
+        assert!(Btf::parse(&blob).is_err());
+    }
+
+    #[test]
+    fn host_kernel_sock_sk_err_when_btf_is_present() {
+        let path = "/sys/kernel/btf/vmlinux";
+        if !std::path::Path::new(path).exists() {
+            eprintln!("skipped: {path} not present on this kernel");
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let off = btf.member_offset("sock", "sk_err").unwrap();
+        // sk_err sits after struct sock_common (> 100 bytes) and well inside struct sock.
+        assert!((100..2048).contains(&off), "sk_err at {off}");
+        // skc_state is in the anonymous-free sock_common at the start of struct sock.
+        assert!(btf.member_offset("sock", "__sk_common").unwrap() == 0);
+    }
+}

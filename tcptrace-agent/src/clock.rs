@@ -1,0 +1,87 @@
+//! Turning the kernel's monotonic timestamps into wall-clock time.
+
+/// Offset between CLOCK_REALTIME and CLOCK_MONOTONIC, sampled once at start.
+pub struct Clock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+fn now_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            realtime_minus_monotonic_ns: now_ns(libc::CLOCK_REALTIME)
+                - now_ns(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    /// A clock whose wall time equals the monotonic time plus `offset_ns` (tests).
+    #[cfg(test)]
+    pub fn fixed(offset_ns: i128) -> Clock {
+        Clock {
+            realtime_minus_monotonic_ns: offset_ns,
+        }
+    }
+
+    fn unix_ns(&self, mono_ns: u64) -> i128 {
+        mono_ns as i128 + self.realtime_minus_monotonic_ns
+    }
+
+    /// `HH:MM:SS.micros` in UTC.
+    pub fn time_of_day(&self, mono_ns: u64) -> String {
+        let ns = self.unix_ns(mono_ns).rem_euclid(86_400 * 1_000_000_000);
+        let secs = ns / 1_000_000_000;
+        format!(
+            "{:02}:{:02}:{:02}.{:06}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            ns % 1_000_000_000 / 1000
+        )
+    }
+
+    /// RFC 3339 in UTC with microseconds: `2026-11-26T12:00:00.123456Z`.
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        let ns = self.unix_ns(mono_ns);
+        let days = ns.div_euclid(86_400 * 1_000_000_000) as i64;
+        let (y, m, d) = civil_from_days(days);
+        format!("{y:04}-{m:02}-{d:02}T{}Z", self.time_of_day(mono_ns))
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        // 2026-11-26T12:30:52.000123Z = 1795696252 s since the epoch.
+        let c = Clock::fixed(1_795_696_252 * 1_000_000_000);
+        assert_eq!(c.rfc3339(123_000), "2026-11-26T12:30:52.000123Z");
+        assert_eq!(c.time_of_day(0), "12:30:52.000000");
+        assert_eq!(Clock::fixed(0).rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,273 @@
+//! Rendering events for `tcptrace trace`: aligned text lines or JSON lines.
+use serde::Serialize;
+use tcptrace_common::{
+    event::{FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED},
+    state::state_name,
+    Event, EventKind, HandshakeSide, RetransmitKind,
+};
+
+use crate::{
+    clock::Clock,
+    events::{self, comm, errno_name, failure_reason, owner_pid},
+};
+
+pub const TEXT_HEADER: &str = "TIME(UTC)       EVENT      PID     COMM             LOCAL                                  REMOTE                                 DETAIL";
+
+pub fn text_line(e: &Event, clock: &Clock) -> String {
+    let kind = EventKind::from_u8(e.kind);
+    let pid = owner_pid(e).map_or_else(|| "-".to_string(), |p| p.to_string());
+    let name = if owner_pid(e).is_some() {
+        comm(&e.comm)
+    } else {
+        "-".to_string()
+    };
+    format!(
+        "{} {:<10} {:<7} {:<16} {:<38} {:<38} {}",
+        clock.time_of_day(e.ts_ns),
+        kind.map_or("unknown", kind_name),
+        pid,
+        name,
+        endpoint(e, true),
+        endpoint(e, false),
+        detail(e)
+    )
+}
+
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::StateChange => "state",
+        EventKind::Handshake => "handshake",
+        EventKind::Retransmit => "retransmit",
+    }
+}
+
+fn endpoint(e: &Event, local: bool) -> String {
+    let (addr, port) = if local {
+        (&e.saddr, e.sport)
+    } else {
+        (&e.daddr, e.dport)
+    };
+    match events::ip(e.family, addr) {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+        a => format!("{a}:{port}"),
+    }
+}
+
+fn detail(e: &Event) -> String {
+    match EventKind::from_u8(e.kind) {
+        Some(EventKind::StateChange) => {
+            let (from, to) = (state_name(e.old_state), state_name(e.new_state));
+            if e.duration_ns == 0 {
+                format!("{from} -> {to}")
+            } else {
+                format!(
+                    "{from} -> {to} (in {from} {})",
+                    human_duration(e.duration_ns)
+                )
+            }
+        }
+        Some(EventKind::Handshake) => {
+            let side = HandshakeSide::from_u8(e.detail).map_or("?", HandshakeSide::name);
+            let took = human_duration(e.duration_ns);
+            if e.outcome == OUTCOME_ESTABLISHED {
+                format!("{side} established in {took}")
+            } else if e.flags & FLAG_SK_ERR_READ != 0 {
+                format!(
+                    "{side} failed after {took}: {} ({})",
+                    failure_reason(e),
+                    errno_name(e.err)
+                )
+            } else {
+                format!("{side} failed after {took}: {}", failure_reason(e))
+            }
+        }
+        Some(EventKind::Retransmit) => {
+            let kind = RetransmitKind::from_u8(e.detail).map_or("?", RetransmitKind::name);
+            let mut s = format!("{kind} in {}", state_name(e.old_state));
+            if e.err != 0 {
+                s.push_str(&format!(" (not sent: {})", errno_name(-e.err)));
+            }
+            s
+        }
+        None => format!("unknown event kind {}", e.kind),
+    }
+}
+
+/// `1.234s`, `12.3ms`, `45us`: three significant digits are plenty for a terminal.
+pub fn human_duration(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.3}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.3}ms", ns as f64 / 1e6)
+    } else {
+        format!("{}us", ns / 1000)
+    }
+}
+
+/// One JSON object per event. Field names are part of the interface (see README).
+#[derive(Serialize)]
+pub struct JsonEvent {
+    pub time: String,
+    pub ts_ns: u64,
+    pub event: &'static str,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub family: u8,
+    pub saddr: String,
+    pub sport: u16,
+    pub daddr: String,
+    pub dport: u16,
+    pub skaddr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_state: Option<&'static str>,
+    /// state: time spent in old_state (absent when unknown); handshake: its duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub side: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmit: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+}
+
+pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
+    let pid = owner_pid(e);
+    let kind = EventKind::from_u8(e.kind);
+    let mut j = JsonEvent {
+        time: clock.rfc3339(e.ts_ns),
+        ts_ns: e.ts_ns,
+        event: kind.map_or("unknown", kind_name),
+        pid,
+        comm: pid.map(|_| comm(&e.comm)),
+        cgroup_id: pid.map(|_| e.cgroup_id),
+        family: if e.family == tcptrace_common::AF_INET {
+            4
+        } else {
+            6
+        },
+        saddr: events::ip(e.family, &e.saddr).to_string(),
+        sport: e.sport,
+        daddr: events::ip(e.family, &e.daddr).to_string(),
+        dport: e.dport,
+        skaddr: format!("{:#x}", e.skaddr),
+        old_state: None,
+        new_state: None,
+        duration_ns: None,
+        side: None,
+        outcome: None,
+        reason: None,
+        error: None,
+        retransmit: None,
+        state: None,
+    };
+    match kind {
+        Some(EventKind::StateChange) => {
+            j.old_state = Some(state_name(e.old_state));
+            j.new_state = Some(state_name(e.new_state));
+            j.duration_ns = (e.duration_ns != 0).then_some(e.duration_ns);
+        }
+        Some(EventKind::Handshake) => {
+            j.side = HandshakeSide::from_u8(e.detail).map(HandshakeSide::name);
+            j.duration_ns = Some(e.duration_ns);
+            if e.outcome == OUTCOME_ESTABLISHED {
+                j.outcome = Some("established");
+            } else {
+                j.outcome = Some("failed");
+                j.reason = Some(failure_reason(e));
+                j.error = (e.flags & FLAG_SK_ERR_READ != 0).then(|| errno_name(e.err));
+            }
+        }
+        Some(EventKind::Retransmit) => {
+            j.retransmit = RetransmitKind::from_u8(e.detail).map(RetransmitKind::name);
+            j.state = Some(state_name(e.old_state));
+            j.error = (e.err != 0).then(|| errno_name(-e.err));
+        }
+        None => {}
+    }
+    j
+}
+
+pub fn json_line(e: &Event, clock: &Clock) -> String {
+    serde_json::to_string(&json_event(e, clock))
+        .unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcptrace_common::{TcpState, AF_INET};
+
+    fn state_event() -> Event {
+        let mut e = Event::zeroed();
+        e.kind = EventKind::StateChange as u8;
+        e.family = AF_INET;
+        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.sport = 40000;
+        e.dport = 80;
+        e.pid = 42;
+        e.comm[..4].copy_from_slice(b"curl");
+        e.old_state = TcpState::SynSent as u8;
+        e.new_state = TcpState::Established as u8;
+        e.duration_ns = 1_500_000;
+        e
+    }
+
+    #[test]
+    fn text_has_every_column() {
+        let line = text_line(&state_event(), &Clock::fixed(0));
+        assert!(line.contains("state"), "{line}");
+        assert!(line.contains(" 42 "), "{line}");
+        assert!(line.contains("curl"), "{line}");
+        assert!(line.contains("127.0.0.1:40000"), "{line}");
+        assert!(line.contains("127.0.0.1:80"), "{line}");
+        assert!(
+            line.contains("SYN_SENT -> ESTABLISHED (in SYN_SENT 1.500ms)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_fields() {
+        let v: serde_json::Value =
+            serde_json::from_str(&json_line(&state_event(), &Clock::fixed(0))).unwrap();
+        assert_eq!(v["event"], "state");
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["old_state"], "SYN_SENT");
+        assert_eq!(v["new_state"], "ESTABLISHED");
+        assert_eq!(v["duration_ns"], 1_500_000);
+        assert_eq!(v["family"], 4);
+        assert!(v.get("retransmit").is_none());
+    }
+
+    #[test]
+    fn failed_handshake_json() {
+        let mut e = state_event();
+        e.kind = EventKind::Handshake as u8;
+        e.outcome = tcptrace_common::event::OUTCOME_FAILED;
+        e.err = libc::ECONNREFUSED;
+        e.flags = FLAG_SK_ERR_READ;
+        let v: serde_json::Value = serde_json::from_str(&json_line(&e, &Clock::fixed(0))).unwrap();
+        assert_eq!(v["outcome"], "failed");
+        assert_eq!(v["reason"], "refused");
+        assert_eq!(v["error"], "ECONNREFUSED");
+        assert_eq!(v["side"], "client");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(45_000), "45us");
+        assert_eq!(human_duration(12_345_678), "12.346ms");
+        assert_eq!(human_duration(3_000_000_000), "3.000s");
+    }
+}

@@ -1,0 +1,41 @@
+//! Checking, before anything is loaded, that the process may load eBPF programs.
+use anyhow::{bail, Context as _, Result};
+
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process, from /proc/self/status.
+pub fn effective() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .context("no CapEff line in /proc/self/status")?;
+    u64::from_str_radix(line.trim(), 16).context("parsing CapEff")
+}
+
+pub fn has(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+/// Loading tracepoint programs and ring buffers needs CAP_BPF and CAP_PERFMON
+/// (kernel >= 5.8), or CAP_SYS_ADMIN which implies both.
+pub fn check_can_load() -> Result<()> {
+    let caps = effective()?;
+    if has(caps, CAP_SYS_ADMIN) || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .iter()
+        .filter(|(c, _)| !has(caps, *c))
+        .map(|(_, n)| *n)
+        .collect();
+    bail!(
+        "missing capability {}: tcptrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to \
+         load its eBPF programs. Run it as root, or grant them (e.g. \
+         `setpriv --inh-caps +bpf,+perfmon --ambient-caps +bpf,+perfmon tcptrace ...`)",
+        missing.join(" and ")
+    )
+}

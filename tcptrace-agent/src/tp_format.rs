@@ -1,0 +1,258 @@
+//! Parsing tracefs `format` files into the field layouts the eBPF programs read.
+//!
+//! Field offsets move between kernels (the common header grew on some distributions,
+//! `tcp_retransmit_skb` gained `err` in 5.16), so nothing is hard-coded: each field is
+//! looked up by name, its size checked against what the programs read, and a layout this
+//! build does not understand is refused with a message naming the field.
+use std::collections::HashMap;
+
+use anyhow::{bail, Context as _, Result};
+use tcptrace_common::{TpLayout, FIELD_ABSENT};
+
+/// One `field:` line of a format file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub decl: String,
+    pub offset: usize,
+    pub size: usize,
+}
+
+/// All fields of a format file by name (`skaddr`, `saddr_v6`, ...).
+pub fn parse_fields(text: &str) -> Result<HashMap<String, Field>> {
+    let mut fields = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let field = parse_field_line(rest).with_context(|| format!("bad format line {line:?}"))?;
+        let name = field_name(&field.decl)
+            .with_context(|| format!("no field name in {:?}", field.decl))?;
+        fields.insert(name, field);
+    }
+    if fields.is_empty() {
+        bail!("no `field:` lines: not a tracepoint format file");
+    }
+    Ok(fields)
+}
+
+/// `unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;`
+fn parse_field_line(rest: &str) -> Result<Field> {
+    let mut parts = rest.split(';').map(str::trim);
+    let decl = parts.next().unwrap_or_default().to_string();
+    let mut offset = None;
+    let mut size = None;
+    for part in parts {
+        if let Some(v) = part.strip_prefix("offset:") {
+            offset = Some(v.parse::<usize>()?);
+        } else if let Some(v) = part.strip_prefix("size:") {
+            size = Some(v.parse::<usize>()?);
+        }
+    }
+    Ok(Field {
+        decl,
+        offset: offset.context("missing offset")?,
+        size: size.context("missing size")?,
+    })
+}
+
+/// The identifier of a C declaration: `__u8 saddr_v6[16]` -> `saddr_v6`.
+fn field_name(decl: &str) -> Option<String> {
+    let without_array = decl.split('[').next()?.trim_end();
+    let name = without_array
+        .rsplit(|c: char| c.is_whitespace() || c == '*')
+        .next()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Which layout slot a tracepoint field fills, and the size the programs read it as.
+#[derive(Clone, Copy, Debug)]
+pub struct Want {
+    /// Field name in the format file.
+    pub field: &'static str,
+    pub slot: Slot,
+    pub size: usize,
+    /// A missing optional field is left `FIELD_ABSENT`; a missing required one is an error.
+    pub required: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Slot {
+    Skaddr,
+    Sport,
+    Dport,
+    Family,
+    Protocol,
+    Saddr,
+    Daddr,
+    SaddrV6,
+    DaddrV6,
+    OldState,
+    NewState,
+    Err,
+}
+
+const fn req(field: &'static str, slot: Slot, size: usize) -> Want {
+    Want {
+        field,
+        slot,
+        size,
+        required: true,
+    }
+}
+
+const fn opt(field: &'static str, slot: Slot, size: usize) -> Want {
+    Want {
+        field,
+        slot,
+        size,
+        required: false,
+    }
+}
+
+/// The endpoint fields all TCP tracepoints tcptrace uses share.
+pub const ENDPOINT_FIELDS: [Want; 8] = [
+    req("skaddr", Slot::Skaddr, 8),
+    req("sport", Slot::Sport, 2),
+    req("dport", Slot::Dport, 2),
+    // Older kernels lack `family` on some events; the programs then derive it from the
+    // v4-mapped form of `saddr_v6`.
+    opt("family", Slot::Family, 2),
+    req("saddr", Slot::Saddr, 4),
+    req("daddr", Slot::Daddr, 4),
+    req("saddr_v6", Slot::SaddrV6, 16),
+    req("daddr_v6", Slot::DaddrV6, 16),
+];
+
+pub const SET_STATE_EXTRA: [Want; 3] = [
+    req("oldstate", Slot::OldState, 4),
+    req("newstate", Slot::NewState, 4),
+    req("protocol", Slot::Protocol, 2),
+];
+
+pub const RETRANSMIT_SKB_EXTRA: [Want; 2] =
+    [req("state", Slot::OldState, 4), opt("err", Slot::Err, 4)];
+
+pub const SKADDR_ONLY: [Want; 1] = [req("skaddr", Slot::Skaddr, 8)];
+
+/// Build a layout from a format file's fields, checking every wanted field's size.
+pub fn layout(fields: &HashMap<String, Field>, wants: &[Want]) -> Result<TpLayout> {
+    let mut layout = TpLayout::ABSENT;
+    for want in wants {
+        let Some(field) = fields.get(want.field) else {
+            if want.required {
+                bail!("field `{}` is missing", want.field);
+            }
+            continue;
+        };
+        if field.size != want.size {
+            bail!(
+                "field `{}` is {} bytes, tcptrace reads {} (declared `{}`)",
+                want.field,
+                field.size,
+                want.size,
+                field.decl
+            );
+        }
+        let offset = u16::try_from(field.offset)
+            .ok()
+            .filter(|o| *o != FIELD_ABSENT)
+            .with_context(|| format!("field `{}` offset {} too large", want.field, field.offset))?;
+        *slot_mut(&mut layout, want.slot) = offset;
+    }
+    Ok(layout)
+}
+
+fn slot_mut(layout: &mut TpLayout, slot: Slot) -> &mut u16 {
+    match slot {
+        Slot::Skaddr => &mut layout.skaddr,
+        Slot::Sport => &mut layout.sport,
+        Slot::Dport => &mut layout.dport,
+        Slot::Family => &mut layout.family,
+        Slot::Protocol => &mut layout.protocol,
+        Slot::Saddr => &mut layout.saddr,
+        Slot::Daddr => &mut layout.daddr,
+        Slot::SaddrV6 => &mut layout.saddr_v6,
+        Slot::DaddrV6 => &mut layout.daddr_v6,
+        Slot::OldState => &mut layout.oldstate,
+        Slot::NewState => &mut layout.newstate,
+        Slot::Err => &mut layout.err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/tests/formats/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn all(extra: &[Want]) -> Vec<Want> {
+        ENDPOINT_FIELDS.iter().chain(extra).copied().collect()
+    }
+
+    #[test]
+    fn field_names_from_declarations() {
+        assert_eq!(field_name("const void * skaddr").as_deref(), Some("skaddr"));
+        assert_eq!(field_name("__u8 saddr_v6[16]").as_deref(), Some("saddr_v6"));
+        assert_eq!(field_name("int oldstate").as_deref(), Some("oldstate"));
+        assert_eq!(
+            field_name("const void *skbaddr").as_deref(),
+            Some("skbaddr")
+        );
+    }
+
+    #[test]
+    fn set_state_on_6_18() {
+        let f = parse_fields(&fixture("6.18-inet_sock_set_state")).unwrap();
+        let l = layout(&f, &all(&SET_STATE_EXTRA)).unwrap();
+        assert_eq!((l.skaddr, l.oldstate, l.newstate), (8, 16, 20));
+        assert_eq!((l.sport, l.dport, l.family, l.protocol), (24, 26, 28, 30));
+        assert_eq!((l.saddr, l.daddr, l.saddr_v6, l.daddr_v6), (32, 36, 40, 56));
+        assert_eq!(l.err, FIELD_ABSENT);
+    }
+
+    #[test]
+    fn retransmit_skb_with_and_without_err() {
+        let f = parse_fields(&fixture("6.18-tcp_retransmit_skb")).unwrap();
+        let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA)).unwrap();
+        assert_eq!((l.skaddr, l.oldstate, l.err), (16, 24, 76));
+
+        let f = parse_fields(&fixture("5.10-tcp_retransmit_skb")).unwrap();
+        let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA)).unwrap();
+        assert_eq!((l.skaddr, l.oldstate, l.saddr_v6), (16, 24, 40));
+        assert_eq!(l.err, FIELD_ABSENT, "5.10 has no err field");
+        assert_eq!(l.family, FIELD_ABSENT, "5.10 has no family field here");
+    }
+
+    #[test]
+    fn larger_common_header_shifts_every_offset() {
+        // RHEL-style kernels carry 4 more bytes of common fields.
+        let f = parse_fields(&fixture("rhel-inet_sock_set_state")).unwrap();
+        let l = layout(&f, &all(&SET_STATE_EXTRA)).unwrap();
+        assert_eq!((l.skaddr, l.oldstate, l.newstate), (16, 24, 28));
+        assert_eq!(l.family, 36);
+        assert_eq!(l.daddr_v6, 64);
+    }
+
+    #[test]
+    fn refuses_layouts_it_does_not_understand() {
+        let text = fixture("6.18-inet_sock_set_state").replace(
+            "size:4;\tsigned:1;\n\tfield:int newstate",
+            "size:2;\tsigned:1;\n\tfield:int newstate",
+        );
+        let f = parse_fields(&text).unwrap();
+        let err = layout(&f, &all(&SET_STATE_EXTRA)).unwrap_err().to_string();
+        assert!(err.contains("`oldstate` is 2 bytes"), "{err}");
+
+        let text = fixture("6.18-inet_sock_set_state").replace("saddr_v6", "src_v6");
+        let f = parse_fields(&text).unwrap();
+        let err = layout(&f, &all(&SET_STATE_EXTRA)).unwrap_err().to_string();
+        assert!(err.contains("`saddr_v6` is missing"), "{err}");
+
+        assert!(parse_fields("name: foo\nID: 1\n").is_err());
+        assert!(parse_fields("\tfield:int x;\toffset:abc;\tsize:4;").is_err());
+    }
+}

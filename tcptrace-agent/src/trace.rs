@@ -1,0 +1,147 @@
+//! `tcptrace trace`: print every event as it happens, then a summary.
+use std::{
+    io::{self, Write},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tcptrace_common::{Event, EventKind, Stat};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    clock::Clock,
+    events::decode,
+    kernel_stats::KernelStats,
+    output,
+    probes::{self, LoadOptions},
+    readable,
+};
+
+pub struct TraceOptions {
+    pub load: LoadOptions,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub count: Option<u64>,
+}
+
+/// What was seen, for the closing summary.
+#[derive(Default)]
+struct Tally {
+    printed: u64,
+    states: u64,
+    handshakes: u64,
+    retransmits: u64,
+    malformed: u64,
+    stdout_closed: bool,
+}
+
+pub async fn run(opts: TraceOptions) -> Result<()> {
+    let mut loaded = probes::load(&opts.load)?;
+    probes::log_report(&loaded.hooks);
+    let ring = RingBuf::try_from(
+        loaded
+            .ebpf
+            .take_map("EVENTS")
+            .context("EVENTS map missing")?,
+    )?;
+    let stats = KernelStats::take(&mut loaded.ebpf)?;
+    let mut ring = readable::watch(ring)?;
+    let clock = Clock::new();
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    if !opts.json {
+        writeln!(out, "{}", output::TEXT_HEADER)?;
+        out.flush()?;
+    }
+    let mut tally = Tally::default();
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
+    tokio::pin!(deadline);
+
+    while !done(&tally, opts.count) {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = ready?;
+                drain(guard.get_inner_mut(), &opts, &clock, &mut out, &mut tally);
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline, if opts.duration.is_some() => break,
+        }
+    }
+    // Whatever the kernel produced before we stopped is still reported.
+    drain(ring.get_mut(), &opts, &clock, &mut out, &mut tally);
+    drop(loaded); // detach every program before the summary
+    print_summary(&tally, &stats);
+    Ok(())
+}
+
+fn done(tally: &Tally, count: Option<u64>) -> bool {
+    tally.stdout_closed || count.is_some_and(|c| tally.printed >= c)
+}
+
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    opts: &TraceOptions,
+    clock: &Clock,
+    out: &mut impl Write,
+    tally: &mut Tally,
+) {
+    while !done(tally, opts.count) {
+        let Some(item) = ring.next() else { break };
+        let Some(event) = decode(&item) else {
+            tally.malformed += 1;
+            continue;
+        };
+        drop(item);
+        write_event(&event, opts.json, clock, out, tally);
+    }
+    if out.flush().is_err() {
+        tally.stdout_closed = true;
+    }
+}
+
+fn write_event(e: &Event, json: bool, clock: &Clock, out: &mut impl Write, tally: &mut Tally) {
+    let line = if json {
+        output::json_line(e, clock)
+    } else {
+        output::text_line(e, clock)
+    };
+    if writeln!(out, "{line}").is_err() {
+        // Reader went away (`| head`): stop quietly, like any well-behaved filter.
+        tally.stdout_closed = true;
+        return;
+    }
+    tally.printed += 1;
+    match EventKind::from_u8(e.kind) {
+        Some(EventKind::StateChange) => tally.states += 1,
+        Some(EventKind::Handshake) => tally.handshakes += 1,
+        Some(EventKind::Retransmit) => tally.retransmits += 1,
+        None => {}
+    }
+}
+
+fn print_summary(t: &Tally, stats: &KernelStats) {
+    let lost = stats.get(Stat::EventsLost);
+    let filtered = stats.get(Stat::EventsFiltered);
+    let untracked = stats.get(Stat::SocketMapFull);
+    let mut line = format!(
+        "tcptrace: {} events printed ({} state changes, {} handshakes, {} retransmits); \
+         {lost} lost (ring buffer full); {filtered} filtered in the kernel",
+        t.printed, t.states, t.handshakes, t.retransmits
+    );
+    if untracked > 0 {
+        line.push_str(&format!(
+            "; {untracked} sockets untracked (socket map full)"
+        ));
+    }
+    if t.malformed > 0 {
+        line.push_str(&format!("; {} malformed records", t.malformed));
+    }
+    if lost > 0 {
+        line.push_str(". Raise --ring-bytes or narrow the filters to lose fewer");
+    }
+    eprintln!("{line}");
+}

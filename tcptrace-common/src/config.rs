@@ -1,0 +1,126 @@
+//! Load-time configuration handed to the eBPF programs as a read-only global.
+//!
+//! Tracepoint layouts are read from tracefs `format` files at startup, so the programs
+//! never hard-code field offsets; filters let `tcptrace trace` drop events in the kernel.
+
+/// Marks a tracepoint field this kernel does not have.
+pub const FIELD_ABSENT: u16 = u16::MAX;
+/// Marks a kernel struct offset that could not be resolved (no BTF).
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
+
+/// Byte offsets of the fields tcptrace reads from one tracepoint record.
+/// Every TCP/sock tracepoint it uses shares the same field names; fields an event lacks
+/// are `FIELD_ABSENT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpLayout {
+    pub skaddr: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// `oldstate` (inet_sock_set_state) or `state` (retransmit tracepoints).
+    pub oldstate: u16,
+    pub newstate: u16,
+    /// `err` (tcp_retransmit_skb on 6.x) or `error` (inet_sk_error_report).
+    pub err: u16,
+}
+
+impl TpLayout {
+    pub const ABSENT: TpLayout = TpLayout {
+        skaddr: FIELD_ABSENT,
+        sport: FIELD_ABSENT,
+        dport: FIELD_ABSENT,
+        family: FIELD_ABSENT,
+        protocol: FIELD_ABSENT,
+        saddr: FIELD_ABSENT,
+        daddr: FIELD_ABSENT,
+        saddr_v6: FIELD_ABSENT,
+        daddr_v6: FIELD_ABSENT,
+        oldstate: FIELD_ABSENT,
+        newstate: FIELD_ABSENT,
+        err: FIELD_ABSENT,
+    };
+}
+
+/// Which events reach the ring buffer. Zero values mean "any". Counters ignore filters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// Bit set of `EventKind::bit()`; 0 = every kind.
+    pub kinds: u32,
+    /// Owner thread-group id.
+    pub pid: u32,
+    /// Either port.
+    pub port: u16,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// Family of `cidr_addr`; 0 = no address filter.
+    pub cidr_family: u16,
+    pub cidr_prefix: u8,
+    /// Length of `comm`; 0 = no command filter.
+    pub comm_len: u8,
+    pub cidr_addr: [u8; 16],
+    /// Exact owner command name (as the kernel truncates it, up to 15 bytes).
+    pub comm: [u8; 16],
+}
+
+impl Filter {
+    pub const ANY: Filter = Filter {
+        kinds: 0,
+        pid: 0,
+        port: 0,
+        family: 0,
+        cidr_family: 0,
+        cidr_prefix: 0,
+        comm_len: 0,
+        cidr_addr: [0; 16],
+        comm: [0; 16],
+    };
+}
+
+/// The `CONFIG` global of the eBPF object.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub set_state: TpLayout,
+    pub retransmit_skb: TpLayout,
+    pub retransmit_synack: TpLayout,
+    pub destroy_sock: TpLayout,
+    pub receive_reset: TpLayout,
+    /// `offsetof(struct sock, sk_err)` from BTF, or `OFFSET_UNKNOWN`.
+    pub sk_err_offset: u32,
+    /// `offsetof(struct tcp_sock, srtt_us)` from BTF, or `OFFSET_UNKNOWN`.
+    pub srtt_offset: u32,
+    pub filter: Filter,
+}
+
+impl Config {
+    pub const DEFAULT: Config = Config {
+        set_state: TpLayout::ABSENT,
+        retransmit_skb: TpLayout::ABSENT,
+        retransmit_synack: TpLayout::ABSENT,
+        destroy_sock: TpLayout::ABSENT,
+        receive_reset: TpLayout::ABSENT,
+        sk_err_offset: OFFSET_UNKNOWN,
+        srtt_offset: OFFSET_UNKNOWN,
+        filter: Filter::ANY,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<TpLayout>(), 24);
+        assert_eq!(size_of::<Filter>(), 48);
+        assert_eq!(size_of::<Config>(), 5 * 24 + 4 + 4 + 48);
+    }
+}

@@ -1,0 +1,233 @@
+//! The records the eBPF programs write to the ring buffer and keep in per-socket maps.
+
+/// What an [`Event`] describes.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP state transition (`sock:inet_sock_set_state`).
+    StateChange = 1,
+    /// A handshake finished: established or failed, with its duration.
+    Handshake = 2,
+    /// A segment was retransmitted (`tcp:tcp_retransmit_skb` / `tcp_retransmit_synack`).
+    Retransmit = 3,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<EventKind> {
+        match v {
+            1 => Some(EventKind::StateChange),
+            2 => Some(EventKind::Handshake),
+            3 => Some(EventKind::Retransmit),
+            _ => None,
+        }
+    }
+
+    /// Bit of this kind in [`crate::Filter::kinds`].
+    pub const fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+/// Which segment a retransmit event re-sent.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetransmitKind {
+    /// A data (or FIN) segment of a synchronised connection.
+    Data = 0,
+    /// The client's SYN (socket in SYN_SENT).
+    Syn = 1,
+    /// The server's SYN-ACK (`tcp:tcp_retransmit_synack`).
+    SynAck = 2,
+}
+
+impl RetransmitKind {
+    pub const ALL: [RetransmitKind; 3] = [
+        RetransmitKind::Data,
+        RetransmitKind::Syn,
+        RetransmitKind::SynAck,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<RetransmitKind> {
+        Self::ALL.iter().copied().find(|k| *k as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RetransmitKind::Data => "data",
+            RetransmitKind::Syn => "syn",
+            RetransmitKind::SynAck => "synack",
+        }
+    }
+}
+
+/// Which end of a connection a handshake event was measured on.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeSide {
+    /// connect(): SYN_SENT -> ESTABLISHED (or -> CLOSE on failure).
+    Client = 0,
+    /// accept side: SYN_RECV -> ESTABLISHED (or -> CLOSE on failure).
+    Server = 1,
+}
+
+impl HandshakeSide {
+    pub fn from_u8(v: u8) -> Option<HandshakeSide> {
+        match v {
+            0 => Some(HandshakeSide::Client),
+            1 => Some(HandshakeSide::Server),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HandshakeSide::Client => "client",
+            HandshakeSide::Server => "server",
+        }
+    }
+}
+
+/// Handshake outcome codes in [`Event::outcome`].
+pub const OUTCOME_ESTABLISHED: u8 = 0;
+pub const OUTCOME_FAILED: u8 = 1;
+
+/// [`Event::flags`] / [`SockInfo::flags`]: a RST arrived while the socket was tracked.
+pub const FLAG_RST_RECEIVED: u8 = 1;
+/// [`Event::flags`]: the owner is unknown (the socket existed before tcptrace attached,
+/// or its tracking entry could not be stored).
+pub const FLAG_OWNER_UNKNOWN: u8 = 2;
+/// [`Event::flags`]: `err` holds the socket's pending error (`sk->sk_err`) read from the
+/// kernel; without BTF the offset is unknown and this bit stays clear.
+pub const FLAG_SK_ERR_READ: u8 = 4;
+
+/// The process a socket belongs to, captured in process context (connect/listen) and
+/// carried to every later event of that socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub cgroup_id: u64,
+    /// Thread-group id (the "pid" users see); 0 when unknown.
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// Per-socket tracking state, keyed by the kernel socket address. Removed when the
+/// socket reaches CLOSE or is destroyed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub owner: Owner,
+    /// `bpf_ktime_get_ns()` of the last state transition.
+    pub state_since_ns: u64,
+    /// Entry into SYN_SENT / SYN_RECV; 0 once the handshake is over.
+    pub handshake_start_ns: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Key of the listener table: children of a listener inherit its owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenKey {
+    /// Listening address; all zeroes for a wildcard bind.
+    pub addr: [u8; 16],
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u32,
+}
+
+/// One ring-buffer record. Addresses are 16 bytes; IPv4 uses the first four.
+/// Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub ts_ns: u64,
+    /// Kernel address of the socket: stable for the socket's life, a join key.
+    pub skaddr: u64,
+    /// StateChange: time spent in `old_state` (0 = unknown). Handshake: its duration.
+    pub duration_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    /// Retransmit: the tracepoint's `err` (0 = sent). Handshake: the socket error
+    /// (`ECONNREFUSED`, `ETIMEDOUT`, ...; 0 = none) when `FLAG_SK_ERR_READ` is set.
+    pub err: i32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub kind: u8,
+    /// StateChange: from. Retransmit: the socket's state. Handshake: the state left.
+    pub old_state: u8,
+    /// StateChange: to. Handshake: ESTABLISHED or CLOSE.
+    pub new_state: u8,
+    /// Retransmit: [`RetransmitKind`]. Handshake: [`HandshakeSide`].
+    pub detail: u8,
+    /// Handshake: `OUTCOME_*`.
+    pub outcome: u8,
+    pub flags: u8,
+    pub _pad: [u8; 4],
+    pub comm: [u8; 16],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+impl Event {
+    pub const fn zeroed() -> Event {
+        Event {
+            ts_ns: 0,
+            skaddr: 0,
+            duration_ns: 0,
+            cgroup_id: 0,
+            pid: 0,
+            err: 0,
+            sport: 0,
+            dport: 0,
+            family: 0,
+            kind: 0,
+            old_state: 0,
+            new_state: 0,
+            detail: 0,
+            outcome: 0,
+            flags: 0,
+            _pad: [0; 4],
+            comm: [0; 16],
+            saddr: [0; 16],
+            daddr: [0; 16],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Owner>(), 32);
+        assert_eq!(size_of::<SockInfo>(), 56);
+        assert_eq!(size_of::<ListenKey>(), 24);
+        assert_eq!(size_of::<Event>(), 104);
+        assert_eq!(align_of::<Event>(), 8);
+        assert_eq!(offset_of!(Event, comm), 56);
+        assert_eq!(offset_of!(Event, daddr), 88);
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in [
+            EventKind::StateChange,
+            EventKind::Handshake,
+            EventKind::Retransmit,
+        ] {
+            assert_eq!(EventKind::from_u8(k as u8), Some(k));
+        }
+        assert_eq!(EventKind::from_u8(0), None);
+        for k in RetransmitKind::ALL {
+            assert_eq!(RetransmitKind::from_u8(k as u8), Some(k));
+        }
+        assert_eq!(HandshakeSide::from_u8(1), Some(HandshakeSide::Server));
+        assert_eq!(HandshakeSide::from_u8(2), None);
+    }
+}

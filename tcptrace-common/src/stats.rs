@@ -1,0 +1,50 @@
+//! Indices of the kernel's per-CPU self-observability counters (`STATS` map).
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Events written to the ring buffer.
+    EventsSubmitted = 0,
+    /// Events that found the ring buffer full and were dropped.
+    EventsLost = 1,
+    /// Sockets that could not be tracked because the socket map was full.
+    SocketMapFull = 2,
+    /// Listeners that could not be tracked because the listener map was full.
+    ListenerMapFull = 3,
+    /// Events filtered out in the kernel by `tcptrace trace` filters.
+    EventsFiltered = 4,
+}
+
+pub const STAT_SLOTS: u32 = 8;
+
+impl Stat {
+    pub const ALL: [Stat; 5] = [
+        Stat::EventsSubmitted,
+        Stat::EventsLost,
+        Stat::SocketMapFull,
+        Stat::ListenerMapFull,
+        Stat::EventsFiltered,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stat::EventsSubmitted => "events_submitted",
+            Stat::EventsLost => "events_lost",
+            Stat::SocketMapFull => "socket_map_full",
+            Stat::ListenerMapFull => "listener_map_full",
+            Stat::EventsFiltered => "events_filtered",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_fit_the_map() {
+        for s in Stat::ALL {
+            assert!((s as u32) < STAT_SLOTS);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Everything that leaves the kernel: the ring buffer (after the trace filters) and the
+//! per-CPU counters.
+use tcptrace_common::{
+    event::{FLAG_OWNER_UNKNOWN, FLAG_RST_RECEIVED},
+    Event, Owner, Stat, AF_INET,
+};
+
+use crate::{
+    conf,
+    maps::{EVENTS, SCRATCH, STATS},
+    tracepoint::Endpoints,
+};
+
+/// Add one to a per-CPU counter and return its new value on this CPU.
+#[inline(always)]
+pub fn bump(stat: Stat) -> u64 {
+    match STATS.get_ptr_mut(stat as u32) {
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    }
+}
+
+/// Send an event to userspace unless a trace filter rejects it. A full ring buffer
+/// loses the event and counts the loss; nothing is dropped silently.
+#[inline(always)]
+pub fn submit(event: &Event) {
+    if !passes_filter(event) {
+        bump(Stat::EventsFiltered);
+        return;
+    }
+    match EVENTS.output::<Event>(event, 0) {
+        Ok(()) => bump(Stat::EventsSubmitted),
+        Err(_) => bump(Stat::EventsLost),
+    };
+}
+
+#[inline(always)]
+fn passes_filter(e: &Event) -> bool {
+    let kinds = conf!(filter.kinds);
+    if kinds != 0 && kinds & (1u32 << e.kind) == 0 {
+        return false;
+    }
+    let pid = conf!(filter.pid);
+    if pid != 0 && pid != e.pid {
+        return false;
+    }
+    let port = conf!(filter.port);
+    if port != 0 && port != e.sport && port != e.dport {
+        return false;
+    }
+    let family = conf!(filter.family);
+    if family != 0 && family != e.family {
+        return false;
+    }
+    comm_matches(e) && cidr_matches(e)
+}
+
+#[inline(always)]
+fn comm_matches(e: &Event) -> bool {
+    let len = conf!(filter.comm_len) as usize;
+    if len == 0 {
+        return true;
+    }
+    let want = conf!(filter.comm);
+    let mut i = 0;
+    while i < 16 {
+        // Compare the name and its terminating NUL (or the kernel's 15-byte truncation).
+        if i <= len && want[i] != e.comm[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[inline(always)]
+fn cidr_matches(e: &Event) -> bool {
+    let family = conf!(filter.cidr_family);
+    if family == 0 {
+        return true;
+    }
+    if family != e.family {
+        return false;
+    }
+    let addr = conf!(filter.cidr_addr);
+    let prefix = conf!(filter.cidr_prefix) as u32;
+    in_prefix(&e.saddr, &addr, prefix, family) || in_prefix(&e.daddr, &addr, prefix, family)
+}
+
+#[inline(always)]
+fn in_prefix(ip: &[u8; 16], net: &[u8; 16], prefix: u32, family: u16) -> bool {
+    let bytes = if family == AF_INET { 4 } else { 16 };
+    let mut i = 0u32;
+    while i < 16 {
+        if i < bytes {
+            let bits = if prefix >= (i + 1) * 8 {
+                8
+            } else if prefix > i * 8 {
+                prefix - i * 8
+            } else {
+                0
+            };
+            let mask = if bits == 0 { 0u8 } else { 0xffu8 << (8 - bits) };
+            if ip[i as usize] & mask != net[i as usize] & mask {
+                return false;
+            }
+        }
+        i += 1;
+    }
+    true
+}
+
+/// An event for this socket and owner, with everything but the kind-specific fields,
+/// built in this CPU's scratch slot.
+#[inline(always)]
+pub fn base_event(
+    ep: &Endpoints,
+    owner: &Owner,
+    now: u64,
+    flags: u8,
+) -> Option<&'static mut Event> {
+    let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    *e = Event::zeroed();
+    e.ts_ns = now;
+    e.skaddr = ep.skaddr;
+    e.family = ep.family;
+    e.sport = ep.sport;
+    e.dport = ep.dport;
+    e.saddr = ep.saddr;
+    e.daddr = ep.daddr;
+    e.pid = owner.pid;
+    e.cgroup_id = owner.cgroup_id;
+    e.comm = owner.comm;
+    e.flags = flags & (FLAG_OWNER_UNKNOWN | FLAG_RST_RECEIVED);
+    Some(e)
+}
+
+/// The owner and flags recorded for a socket, or "unknown" when it is not tracked.
+#[inline(always)]
+pub fn owner_of(skaddr: u64) -> (Owner, u8) {
+    match crate::sockets::lookup(skaddr) {
+        Some(info) => unsafe { ((*info).owner, (*info).flags as u8) },
+        None => (Owner::default(), FLAG_OWNER_UNKNOWN),
+    }
+}

@@ -1,0 +1,45 @@
+//! Every map of the object. Sizes here are defaults; the agent overrides them at load
+//! time (`--ring-bytes`, `--max-sockets`), so they stay bounded and configurable.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use tcptrace_common::{
+    event::{ListenKey, SockInfo},
+    stats::STAT_SLOTS,
+    Config, Event, Owner,
+};
+
+/// Load-time configuration (tracepoint layouts, kernel offsets, trace filters).
+/// Read-only for the programs; the agent fills it before loading.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config::DEFAULT;
+
+/// Detail events for `tcptrace trace` and the agent's aggregations.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Self-observability counters, indexed by `tcptrace_common::Stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
+
+/// Tracking state of every socket seen since attach, keyed by kernel socket address.
+#[map]
+pub static SOCKETS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Owner of every listening socket, so accepted children inherit it.
+#[map]
+pub static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);
+
+/// Per-CPU scratch space where an event is built: an `Event` does not fit the 512-byte
+/// BPF stack next to everything else a handler keeps there.
+#[map]
+pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// Read one field of `CONFIG` without letting the compiler constant-fold the default.
+#[macro_export]
+macro_rules! conf {
+    ($($field:tt).+) => {
+        unsafe { core::ptr::read_volatile(&$crate::maps::CONFIG.$($field).+) }
+    };
+}

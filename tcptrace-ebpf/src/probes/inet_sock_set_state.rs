@@ -1,0 +1,171 @@
+//! `sock:inet_sock_set_state`: every TCP state transition. Drives socket tracking,
+//! state-change events and handshake timing.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use tcptrace_common::{
+    config::OFFSET_UNKNOWN,
+    event::{SockInfo, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED, OUTCOME_FAILED},
+    Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
+};
+
+use crate::{
+    conf,
+    emit::{base_event, submit},
+    sockets,
+    tracepoint::{endpoints, read, Endpoints},
+};
+
+const CLOSE: u8 = TcpState::Close as u8;
+const LISTEN: u8 = TcpState::Listen as u8;
+const SYN_SENT: u8 = TcpState::SynSent as u8;
+const SYN_RECV: u8 = TcpState::SynRecv as u8;
+const ESTABLISHED: u8 = TcpState::Established as u8;
+
+pub fn handle(ctx: &TracePointContext) -> Option<()> {
+    let layout = conf!(set_state);
+    let protocol: u16 = read(ctx, layout.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let old: i32 = read(ctx, layout.oldstate)?;
+    let new: i32 = read(ctx, layout.newstate)?;
+    let (old, new) = (old as u8, new as u8);
+    let ep = endpoints(ctx, &layout)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let previous = begin_tracking(ctx, &ep, old, new, now);
+    let (owner, since, handshake_start, flags) = match previous {
+        Some(info) => (
+            info.owner,
+            info.state_since_ns,
+            info.handshake_start_ns,
+            info.flags as u8,
+        ),
+        None => (Owner::default(), 0, 0, FLAG_OWNER_UNKNOWN),
+    };
+
+    let event = base_event(&ep, &owner, now, flags)?;
+    event.kind = EventKind::StateChange as u8;
+    event.old_state = old;
+    event.new_state = new;
+    event.duration_ns = if since == 0 { 0 } else { now - since };
+    submit(event);
+
+    if handshake_start != 0 {
+        finish_handshake(event, old, new, now - handshake_start);
+    }
+    end_tracking(&ep, old, new, now);
+    Some(())
+}
+
+/// Record the owner where the transition runs in process context (connect, listen) or
+/// can be inherited (a listener's child), and return the socket's tracking state as it
+/// was before this transition.
+fn begin_tracking(
+    ctx: &TracePointContext,
+    ep: &Endpoints,
+    old: u8,
+    new: u8,
+    now: u64,
+) -> Option<SockInfo> {
+    if let Some(info) = sockets::lookup(ep.skaddr) {
+        return Some(unsafe { *info });
+    }
+    let owner = match (old, new) {
+        (CLOSE, SYN_SENT) | (CLOSE, LISTEN) => sockets::current_owner(),
+        (LISTEN, SYN_RECV) => sockets::listener_owner(ep.family, ep.sport, &ep.saddr)?,
+        _ => {
+            // A socket that existed before tcptrace attached: track it from here on so
+            // later transitions know how long it stayed, with its owner unknown.
+            if new != CLOSE {
+                let mut info = sockets::new_info(Owner::default(), now, 0);
+                info.flags = FLAG_OWNER_UNKNOWN as u32;
+                sockets::track(ctx, ep.skaddr, &info);
+            }
+            return None;
+        }
+    };
+    if new == LISTEN {
+        sockets::add_listener(
+            ctx,
+            &sockets::listen_key(ep.family, ep.sport, &ep.saddr),
+            &owner,
+        );
+    }
+    let handshake_start = if new == LISTEN { 0 } else { now };
+    let info = sockets::new_info(owner, now, handshake_start);
+    sockets::track(ctx, ep.skaddr, &info);
+    // The socket was not tracked before this transition; the owner is fresh.
+    Some(sockets::new_info(owner, 0, handshake_start))
+}
+
+/// Emit the handshake event when a SYN_SENT/SYN_RECV socket leaves that state.
+fn finish_handshake(event: &mut Event, old: u8, new: u8, duration_ns: u64) {
+    let side = match old {
+        SYN_SENT => HandshakeSide::Client,
+        SYN_RECV => HandshakeSide::Server,
+        _ => return,
+    };
+    event.kind = EventKind::Handshake as u8;
+    event.detail = side as u8;
+    event.duration_ns = duration_ns;
+    if new == ESTABLISHED {
+        event.outcome = OUTCOME_ESTABLISHED;
+        if side == HandshakeSide::Server {
+            event.duration_ns += synack_rtt_ns(event.skaddr);
+        }
+    } else if new == CLOSE {
+        event.outcome = OUTCOME_FAILED;
+        read_socket_error(event);
+    } else {
+        return;
+    }
+    submit(event);
+}
+
+/// The server's child socket only exists from the final ACK on, so SYN_RECV lasts
+/// microseconds. What the server waited for is the SYN-ACK's round trip, which the kernel
+/// has just stored as the first RTT sample (`srtt_us`, scaled by 8) before ESTABLISHED.
+fn synack_rtt_ns(skaddr: u64) -> u64 {
+    let offset = conf!(srtt_offset);
+    if offset == OFFSET_UNKNOWN {
+        return 0;
+    }
+    let ptr = (skaddr + offset as u64) as *const u32;
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(ptr) } {
+        Ok(srtt_us_x8) => (srtt_us_x8 as u64 >> 3) * 1000,
+        Err(_) => 0,
+    }
+}
+
+/// The socket's pending error (ECONNREFUSED, ETIMEDOUT, ...) tells why a handshake
+/// failed; the kernel sets it before moving the socket to CLOSE.
+fn read_socket_error(event: &mut Event) {
+    let offset = conf!(sk_err_offset);
+    if offset == OFFSET_UNKNOWN {
+        return;
+    }
+    let ptr = (event.skaddr + offset as u64) as *const i32;
+    if let Ok(err) = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(ptr) } {
+        event.err = err;
+        event.flags |= FLAG_SK_ERR_READ;
+    }
+}
+
+/// Update or drop the tracking state after the transition.
+fn end_tracking(ep: &Endpoints, old: u8, new: u8, now: u64) {
+    if new == CLOSE {
+        sockets::forget(ep.skaddr);
+        if old == LISTEN {
+            sockets::remove_listener(&sockets::listen_key(ep.family, ep.sport, &ep.saddr));
+        }
+        return;
+    }
+    if let Some(info) = sockets::lookup(ep.skaddr) {
+        unsafe {
+            (*info).state_since_ns = now;
+            if old == SYN_SENT || old == SYN_RECV {
+                (*info).handshake_start_ns = 0;
+            }
+        }
+    }
+}

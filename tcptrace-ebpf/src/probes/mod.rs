@@ -1,0 +1,6 @@
+//! One module per kernel hook.
+pub mod inet_sock_set_state;
+pub mod tcp_destroy_sock;
+pub mod tcp_receive_reset;
+pub mod tcp_retransmit_skb;
+pub mod tcp_retransmit_synack;

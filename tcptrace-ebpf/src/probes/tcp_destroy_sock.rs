@@ -1,0 +1,12 @@
+//! `tcp:tcp_destroy_sock`: the kernel frees a TCP socket. Drops its tracking entry even
+//! when the socket never passed through CLOSE on the state tracepoint, so the socket map
+//! cannot leak.
+use aya_ebpf::programs::TracePointContext;
+
+use crate::{conf, sockets, tracepoint::read};
+
+pub fn handle(ctx: &TracePointContext) -> Option<()> {
+    let skaddr: u64 = read(ctx, conf!(destroy_sock.skaddr))?;
+    sockets::forget(skaddr);
+    Some(())
+}

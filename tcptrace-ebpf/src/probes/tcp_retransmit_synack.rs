@@ -1,0 +1,23 @@
+//! `tcp:tcp_retransmit_synack`: the server re-sent a SYN-ACK for a pending request.
+//! `skaddr` is the listener, so the event carries the listener's owner.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use tcptrace_common::{EventKind, RetransmitKind, TcpState};
+
+use crate::{
+    conf,
+    emit::{base_event, owner_of, submit},
+    tracepoint::endpoints,
+};
+
+pub fn handle(ctx: &TracePointContext) -> Option<()> {
+    let layout = conf!(retransmit_synack);
+    let ep = endpoints(ctx, &layout)?;
+    let (owner, flags) = owner_of(ep.skaddr);
+    let event = base_event(&ep, &owner, unsafe { bpf_ktime_get_ns() }, flags)?;
+    event.kind = EventKind::Retransmit as u8;
+    event.detail = RetransmitKind::SynAck as u8;
+    // The request socket is in NEW_SYN_RECV; users know the handshake state as SYN_RECV.
+    event.old_state = TcpState::SynRecv as u8;
+    submit(event);
+    Some(())
+}
