@@ -84,6 +84,9 @@ fn detail(e: &Event) -> String {
         Some(EventKind::Retransmit) => {
             let kind = RetransmitKind::from_u8(e.detail).map_or("?", RetransmitKind::name);
             let mut s = format!("{kind} in {}", state_name(e.old_state));
+            if e.segs > 1 {
+                s.push_str(&format!(", {} segments", e.segs));
+            }
             if e.err != 0 {
                 s.push_str(&format!(" (not sent: {})", errno_name(-e.err)));
             }
@@ -138,6 +141,9 @@ pub struct JsonEvent {
     pub retransmit: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<&'static str>,
+    /// retransmit: segments re-sent (several under GSO); absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u16>,
 }
 
 pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
@@ -169,6 +175,7 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
         error: None,
         retransmit: None,
         state: None,
+        segments: None,
     };
     match kind {
         Some(EventKind::StateChange) => {
@@ -190,6 +197,7 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
         Some(EventKind::Retransmit) => {
             j.retransmit = RetransmitKind::from_u8(e.detail).map(RetransmitKind::name);
             j.state = Some(state_name(e.old_state));
+            j.segments = (e.segs != 0).then_some(e.segs);
             j.error = (e.err != 0).then(|| errno_name(-e.err));
         }
         None => {}

@@ -140,6 +140,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let offsets = KernelOffsets::from_btf();
     config.sk_err_offset = offsets.sk_err.unwrap_or(OFFSET_UNKNOWN);
     config.srtt_offset = offsets.srtt.unwrap_or(OFFSET_UNKNOWN);
+    config.skb_segs_offset = offsets.skb_segs.unwrap_or(OFFSET_UNKNOWN);
 
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
@@ -229,6 +230,8 @@ struct KernelOffsets {
     sk_err: Option<u32>,
     /// `struct tcp_sock.srtt_us`: the SYN-ACK round trip of a server handshake.
     srtt: Option<u32>,
+    /// `TCP_SKB_CB(skb)->tcp_gso_segs`: segments per retransmitted skb.
+    skb_segs: Option<u32>,
 }
 
 impl KernelOffsets {
@@ -238,13 +241,14 @@ impl KernelOffsets {
             Ok(btf) => KernelOffsets {
                 sk_err: btf.member_offset("sock", "sk_err").ok(),
                 srtt: btf.member_offset("tcp_sock", "srtt_us").ok(),
+                skb_segs: btf
+                    .member_offset("sk_buff", "cb")
+                    .and_then(|cb| Ok(cb + btf.member_offset("tcp_skb_cb", "tcp_gso_segs")?))
+                    .ok(),
             },
             Err(e) => {
                 warn!("no kernel BTF ({e:#})");
-                KernelOffsets {
-                    sk_err: None,
-                    srtt: None,
-                }
+                KernelOffsets { sk_err: None, srtt: None, skb_segs: None }
             }
         }
     }
@@ -257,6 +261,10 @@ impl KernelOffsets {
         match self.srtt {
             Some(off) => info!("BTF: tcp_sock.srtt_us at {off}: server handshakes include the SYN-ACK round trip"),
             None => warn!("tcp_sock.srtt_us unknown: server handshake latency covers only the final-ACK processing"),
+        }
+        match self.skb_segs {
+            Some(off) => info!("BTF: tcp_gso_segs at sk_buff+{off}: retransmits count segments like TcpRetransSegs"),
+            None => warn!("tcp_skb_cb unknown: retransmits count skbs, which under GSO is fewer than TcpRetransSegs"),
         }
     }
 }

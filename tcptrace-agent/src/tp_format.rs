@@ -79,6 +79,7 @@ pub struct Want {
 #[derive(Clone, Copy, Debug)]
 pub enum Slot {
     Skaddr,
+    Skbaddr,
     Sport,
     Dport,
     Family,
@@ -130,8 +131,11 @@ pub const SET_STATE_EXTRA: [Want; 3] = [
     req("protocol", Slot::Protocol, 2),
 ];
 
-pub const RETRANSMIT_SKB_EXTRA: [Want; 2] =
-    [req("state", Slot::OldState, 4), opt("err", Slot::Err, 4)];
+pub const RETRANSMIT_SKB_EXTRA: [Want; 3] = [
+    req("state", Slot::OldState, 4),
+    opt("err", Slot::Err, 4),
+    opt("skbaddr", Slot::Skbaddr, 8),
+];
 
 pub const SKADDR_ONLY: [Want; 1] = [req("skaddr", Slot::Skaddr, 8)];
 
@@ -166,6 +170,7 @@ pub fn layout(fields: &HashMap<String, Field>, wants: &[Want]) -> Result<TpLayou
 fn slot_mut(layout: &mut TpLayout, slot: Slot) -> &mut u16 {
     match slot {
         Slot::Skaddr => &mut layout.skaddr,
+        Slot::Skbaddr => &mut layout.skbaddr,
         Slot::Sport => &mut layout.sport,
         Slot::Dport => &mut layout.dport,
         Slot::Family => &mut layout.family,
@@ -218,7 +223,7 @@ mod tests {
     fn retransmit_skb_with_and_without_err() {
         let f = parse_fields(&fixture("6.18-tcp_retransmit_skb")).unwrap();
         let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA)).unwrap();
-        assert_eq!((l.skaddr, l.oldstate, l.err), (16, 24, 76));
+        assert_eq!((l.skaddr, l.oldstate, l.err, l.skbaddr), (16, 24, 76, 8));
 
         let f = parse_fields(&fixture("5.10-tcp_retransmit_skb")).unwrap();
         let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA)).unwrap();

@@ -15,6 +15,8 @@ pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TpLayout {
     pub skaddr: u16,
+    /// `skbaddr` (tcp_retransmit_skb).
+    pub skbaddr: u16,
     pub sport: u16,
     pub dport: u16,
     pub family: u16,
@@ -33,6 +35,7 @@ pub struct TpLayout {
 impl TpLayout {
     pub const ABSENT: TpLayout = TpLayout {
         skaddr: FIELD_ABSENT,
+        skbaddr: FIELD_ABSENT,
         sport: FIELD_ABSENT,
         dport: FIELD_ABSENT,
         family: FIELD_ABSENT,
@@ -92,10 +95,14 @@ pub struct Config {
     pub retransmit_synack: TpLayout,
     pub destroy_sock: TpLayout,
     pub receive_reset: TpLayout,
+    pub _pad: u16,
     /// `offsetof(struct sock, sk_err)` from BTF, or `OFFSET_UNKNOWN`.
     pub sk_err_offset: u32,
     /// `offsetof(struct tcp_sock, srtt_us)` from BTF, or `OFFSET_UNKNOWN`.
     pub srtt_offset: u32,
+    /// Offset of `TCP_SKB_CB(skb)->tcp_gso_segs` in `struct sk_buff` (`cb` plus the
+    /// member's offset in `struct tcp_skb_cb`), or `OFFSET_UNKNOWN`.
+    pub skb_segs_offset: u32,
     pub filter: Filter,
 }
 
@@ -106,8 +113,10 @@ impl Config {
         retransmit_synack: TpLayout::ABSENT,
         destroy_sock: TpLayout::ABSENT,
         receive_reset: TpLayout::ABSENT,
+        _pad: 0,
         sk_err_offset: OFFSET_UNKNOWN,
         srtt_offset: OFFSET_UNKNOWN,
+        skb_segs_offset: OFFSET_UNKNOWN,
         filter: Filter::ANY,
     };
 }
@@ -119,8 +128,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<TpLayout>(), 24);
+        assert_eq!(size_of::<TpLayout>(), 26);
         assert_eq!(size_of::<Filter>(), 48);
-        assert_eq!(size_of::<Config>(), 5 * 24 + 4 + 4 + 48);
+        assert_eq!(size_of::<Config>(), 5 * 26 + 2 + 3 * 4 + 48);
     }
 }

@@ -166,7 +166,10 @@ pub struct Event {
     /// Handshake: `OUTCOME_*`.
     pub outcome: u8,
     pub flags: u8,
-    pub _pad: [u8; 4],
+    /// Retransmit: segments in the retransmitted skb (GSO), as the kernel's
+    /// TcpRetransSegs counts them; 0 when the kernel offset is unknown.
+    pub segs: u16,
+    pub _pad: [u8; 2],
     pub comm: [u8; 16],
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -190,7 +193,8 @@ impl Event {
             detail: 0,
             outcome: 0,
             flags: 0,
-            _pad: [0; 4],
+            segs: 0,
+            _pad: [0; 2],
             comm: [0; 16],
             saddr: [0; 16],
             daddr: [0; 16],

@@ -1,1 +1,89 @@
-fn main() {}
+//! Project automation: `cargo xtask setup | run | test`.
+//!
+//! `setup` makes a fresh machine able to build and test tcptrace and is safe to rerun:
+//! each step checks first and says whether it found the piece or installed it.
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "tcptrace project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need: nightly rust-src, bpf-linker built against
+    /// the nightly's LLVM, and the Debian packages the tests use. Idempotent.
+    Setup,
+    /// Set up, build the agent (release) and run it with the given arguments,
+    /// e.g. `cargo xtask run -- trace --port 443`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the whole test suite: formatting, clippy, unit tests and the
+    /// root-only integration tests against the real kernel.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Run { args } => setup::run().and_then(|()| run_agent(&args)),
+        Cmd::Test { args } => setup::run().and_then(|()| test(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run a command, failing with its name when it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run_agent(args: &[String]) -> Result<()> {
+    run_cmd(cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
+    let binary = workspace_root().join("target/release/tcptrace");
+    let status = Command::new(&binary)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let host_crates = ["--package", "tcptrace-common", "--package", "tcptrace-agent", "--package", "xtask"];
+    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    run_cmd(cargo().arg("clippy").args(host_crates).args(["--all-targets", "--", "-D", "warnings"]))?;
+    run_cmd(cargo().arg("test").args(host_crates).args(args))
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}

@@ -1,8 +1,11 @@
 //! `tcp:tcp_retransmit_skb`: a data segment, or the client's SYN, was retransmitted.
-//! One event per retransmitted skb; under GSO/TSO one skb can carry several segments
-//! (the kernel's TcpRetransSegs counts segments).
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
-use tcptrace_common::{EventKind, RetransmitKind, TcpState};
+//! One event per retransmitted skb; under GSO one skb carries several segments, so the
+//! event also carries the skb's segment count (the unit of the kernel's TcpRetransSegs).
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::TracePointContext,
+};
+use tcptrace_common::{config::OFFSET_UNKNOWN, EventKind, RetransmitKind, TcpState};
 
 use crate::{
     conf,
@@ -27,6 +30,17 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     event.detail = kind as u8;
     event.old_state = state as u8;
     event.err = err;
+    event.segs = segments(read(ctx, layout.skbaddr).unwrap_or(0));
     submit(event);
     Some(())
+}
+
+/// `tcp_skb_pcount(skb)`: what the kernel just added to TcpRetransSegs.
+fn segments(skbaddr: u64) -> u16 {
+    let offset = conf!(skb_segs_offset);
+    if offset == OFFSET_UNKNOWN || skbaddr == 0 {
+        return 0;
+    }
+    let ptr = (skbaddr + offset as u64) as *const u16;
+    unsafe { bpf_probe_read_kernel(ptr) }.unwrap_or(0)
 }

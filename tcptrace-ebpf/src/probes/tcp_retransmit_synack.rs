@@ -18,6 +18,7 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     event.detail = RetransmitKind::SynAck as u8;
     // The request socket is in NEW_SYN_RECV; users know the handshake state as SYN_RECV.
     event.old_state = TcpState::SynRecv as u8;
+    event.segs = 1;
     submit(event);
     Some(())
 }

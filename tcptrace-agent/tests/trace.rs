@@ -1,0 +1,258 @@
+//! `tcptrace trace` against the real kernel: real sockets, ground truth from the sockets
+//! themselves, from the kernel's counters (nstat) and from libbpf-tools' tcpstates.
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use common::{delta, free_port, require_root, Netns, Tracer};
+use serde_json::Value;
+
+const CONNECTIONS: usize = 200;
+
+const CLIENT_SEQUENCE: [(&str, &str); 5] = [
+    ("CLOSE", "SYN_SENT"),
+    ("SYN_SENT", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "FIN_WAIT2"),
+    // The kernel hands the connection to a timewait socket and closes the full socket.
+    ("FIN_WAIT2", "CLOSE"),
+];
+
+const SERVER_SEQUENCE: [(&str, &str); 5] = [
+    ("LISTEN", "SYN_RECV"),
+    ("SYN_RECV", "ESTABLISHED"),
+    ("ESTABLISHED", "CLOSE_WAIT"),
+    ("CLOSE_WAIT", "LAST_ACK"),
+    ("LAST_ACK", "CLOSE"),
+];
+
+/// Open, use and close `n` connections; the client closes first. Returns each
+/// connection's (client address, server address).
+fn churn(listener: &TcpListener, n: usize) -> Vec<(SocketAddr, SocketAddr)> {
+    let server = listener.local_addr().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let mut client = TcpStream::connect(server).unwrap();
+        let (mut accepted, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        client.write_all(b"x").unwrap();
+        drop(client);
+        let mut buf = Vec::new();
+        accepted.read_to_end(&mut buf).unwrap();
+        drop(accepted);
+        seen.push((peer, server));
+    }
+    seen
+}
+
+fn pair(e: &Value) -> (String, String) {
+    (e["old_state"].as_str().unwrap().to_string(), e["new_state"].as_str().unwrap().to_string())
+}
+
+/// The transitions of one socket, in order. A client's CLOSE->SYN_SENT runs inside
+/// connect() before the kernel picks the local port, so that event carries port 0 and is
+/// joined through the socket address of the events that follow it.
+fn transitions_of(events: &[&Value], local: SocketAddr, remote: SocketAddr) -> Vec<(String, String)> {
+    let by_ports = |e: &&&Value| e["sport"] == local.port() && e["dport"] == remote.port();
+    let Some(first) = events.iter().position(|e| by_ports(&e)) else {
+        return Vec::new();
+    };
+    let skaddr = &events[first]["skaddr"];
+    let connect = events[..first]
+        .iter()
+        .rev()
+        .find(|e| &e["skaddr"] == skaddr)
+        .filter(|e| e["sport"] == 0 && e["dport"] == remote.port());
+    connect.into_iter().chain(events.iter().filter(by_ports)).map(|e| pair(e)).collect()
+}
+
+fn expect_sequence(got: Vec<(String, String)>, want: &[(&str, &str)], what: &str) {
+    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(got, want, "{what}");
+}
+
+fn lifecycle(ip: IpAddr) {
+    require_root();
+    let port = free_port(ip);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
+    let conns = churn(&listener, CONNECTIONS);
+    drop(listener);
+    std::thread::sleep(Duration::from_millis(300));
+    let traced = tracer.stop();
+    assert!(traced.status.success(), "{}", traced.stderr);
+    assert_eq!(traced.lost(), 0, "ring buffer lost events: {}", traced.stderr);
+
+    let me = std::process::id();
+    let family = if ip.is_ipv4() { 4 } else { 6 };
+    let states: Vec<&Value> = traced.of_kind("state").collect();
+    for e in &states {
+        assert_eq!(e["pid"], me, "every socket here is ours: {e}");
+        assert_eq!(e["family"], family, "{e}");
+    }
+    for (client, server) in &conns {
+        expect_sequence(transitions_of(&states, *client, *server), &CLIENT_SEQUENCE, &format!("client {client}"));
+        expect_sequence(transitions_of(&states, *server, *client), &SERVER_SEQUENCE, &format!("server side of {client}"));
+        let client_events: Vec<&&Value> = states.iter().filter(|e| e["sport"] == client.port()).collect();
+        assert!(client_events.iter().all(|e| e["daddr"] == server.ip().to_string()), "{client}");
+        assert!(client_events.iter().skip(1).all(|e| e["saddr"] == client.ip().to_string()), "{client}");
+    }
+    // Listener: one CLOSE->LISTEN and one LISTEN->CLOSE.
+    let listener_events = states.iter().filter(|e| e["sport"] == port && e["dport"] == 0).count();
+    assert_eq!(listener_events, 2);
+    assert_eq!(states.len(), CONNECTIONS * 10 + 2, "no transitions beyond our connections");
+
+    let handshakes: Vec<&Value> = traced.of_kind("handshake").collect();
+    assert_eq!(handshakes.len(), 2 * CONNECTIONS);
+    for (client, _) in &conns {
+        let of_client: Vec<&&Value> = handshakes
+            .iter()
+            .filter(|h| h["sport"] == client.port() || h["dport"] == client.port())
+            .collect();
+        assert_eq!(of_client.len(), 2, "{client}");
+        assert!(of_client.iter().all(|h| h["outcome"] == "established" && h["pid"] == me));
+        assert!(of_client.iter().any(|h| h["side"] == "client"));
+        assert!(of_client.iter().any(|h| h["side"] == "server"));
+        // Loopback handshakes take microseconds, never seconds.
+        assert!(of_client.iter().all(|h| h["duration_ns"].as_u64().unwrap() < 1_000_000_000));
+    }
+}
+
+#[test]
+fn ipv4_connections_each_show_their_full_lifecycle_once() {
+    lifecycle(IpAddr::V4(Ipv4Addr::LOCALHOST));
+}
+
+#[test]
+fn ipv6_connections_each_show_their_full_lifecycle_once() {
+    lifecycle(IpAddr::V6(Ipv6Addr::LOCALHOST));
+}
+
+#[test]
+fn connect_to_a_closed_port_is_refused() {
+    require_root();
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = free_port(ip);
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "handshakes"]);
+    let err = TcpStream::connect(SocketAddr::new(ip, port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let traced = tracer.stop();
+    let events: Vec<&Value> = traced.events.iter().collect();
+    assert_eq!(events.len(), 1, "{:?}", traced.events);
+    let h = events[0];
+    assert_eq!(h["event"], "handshake");
+    assert_eq!(h["side"], "client");
+    assert_eq!(h["outcome"], "failed");
+    assert_eq!(h["reason"], "refused");
+    assert_eq!(h["error"], "ECONNREFUSED");
+    assert_eq!(h["pid"], std::process::id());
+}
+
+/// Ethernet-sized segments: with lo's 64 KiB MTU the whole transfer would be a handful
+/// of packets. Segmentation offload stays on, so retransmitted skbs may carry several
+/// segments, which the events must account for.
+fn like_a_real_link(ns: &Netns) {
+    ns.exec(&["ip", "link", "set", "lo", "mtu", "1500"]);
+}
+
+#[test]
+fn retransmits_match_the_namespace_counters_under_loss() {
+    require_root();
+    let ns = Netns::new("rtx");
+    like_a_real_link(&ns);
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "retransmits"]);
+    let before = ns.nstat();
+    // Drop on input: a packet refused on output never left, and TCP simply sends it again
+    // as a fresh transmission without counting a retransmit.
+    ns.nft(&format!(
+        "table inet tcptrace_loss {{\n chain in {{\n type filter hook input priority 0;\n \
+         tcp dport {port} numgen random mod 100 < 8 counter drop\n \
+         tcp sport {port} numgen random mod 100 < 8 counter drop\n }}\n}}\n"
+    ));
+    let transfer = ns.run(move || {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut sink = Vec::new();
+            s.read_to_end(&mut sink).unwrap();
+            sink.len()
+        });
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client.set_nodelay(true).unwrap();
+        let chunk = [7u8; 1000];
+        for _ in 0..400 {
+            client.write_all(&chunk).unwrap();
+        }
+        drop(client);
+        reader.join().unwrap()
+    });
+    assert_eq!(transfer.join().unwrap(), 400_000);
+    ns.exec(&["nft", "delete", "table", "inet", "tcptrace_loss"]);
+    // Let FIN retransmits and the last ACKs settle before reading the counters.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = ns.nstat();
+    let traced = tracer.stop();
+    assert_eq!(traced.lost(), 0);
+
+    let sent: Vec<&Value> = traced.of_kind("retransmit").filter(|e| e.get("error").is_none()).collect();
+    let truth = delta(&before, &after, "TcpRetransSegs");
+    assert!(truth > 0, "the loss rule caused no retransmits; nothing was tested");
+    // One event per retransmitted skb; TcpRetransSegs counts the segments it carried.
+    let segments: u64 = sent.iter().map(|e| e["segments"].as_u64().expect("segment count")).sum();
+    assert_eq!(segments, truth, "retransmitted segments vs TcpRetransSegs");
+    assert!(sent.len() as u64 <= truth);
+    let syn = sent.iter().filter(|e| e["retransmit"] != "data").count() as u64;
+    assert_eq!(syn, delta(&before, &after, "TcpExtTCPSynRetrans"), "SYN/SYN-ACK retransmits");
+    assert!(sent.iter().all(|e| e["pid"] == std::process::id()));
+}
+
+#[test]
+fn unanswered_syn_backs_off_exponentially_then_times_out() {
+    require_root();
+    let ns = Netns::new("syn");
+    ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=2"]);
+    // Since 6.5 the first SYN retries may be linear (1 s apart); ask for classic backoff.
+    if std::path::Path::new("/proc/sys/net/ipv4/tcp_syn_linear_timeouts").exists() {
+        ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syn_linear_timeouts=0"]);
+    }
+    let port = 20000 + (std::process::id() % 20000) as u16 + 1;
+    ns.nft(&format!(
+        "table inet tcptrace_blackhole {{\n chain in {{\n type filter hook input priority 0;\n \
+         tcp dport {port} drop\n }}\n}}\n"
+    ));
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "retransmits,handshakes"]);
+    let before = ns.nstat();
+    let started = Instant::now();
+    let attempt = ns.run(move || TcpStream::connect(("127.0.0.1", port)).map(|_| ()).unwrap_err().kind());
+    assert_eq!(attempt.join().unwrap(), std::io::ErrorKind::TimedOut);
+    let elapsed = started.elapsed();
+    let after = ns.nstat();
+    let traced = tracer.stop();
+
+    let syns: Vec<u64> = traced
+        .of_kind("retransmit")
+        .inspect(|e| assert_eq!(e["retransmit"], "syn", "{e}"))
+        .map(|e| e["ts_ns"].as_u64().unwrap())
+        .collect();
+    assert_eq!(syns.len(), 2, "tcp_syn_retries=2: {:?}", traced.events);
+    assert_eq!(delta(&before, &after, "TcpExtTCPSynRetrans"), 2);
+    let failure = traced.of_kind("handshake").next().expect("a failed handshake event");
+    assert_eq!(failure["outcome"], "failed");
+    assert_eq!(failure["reason"], "timeout");
+    assert_eq!(failure["error"], "ETIMEDOUT");
+    // Exponential backoff from a 1 s initial RTO: retries at ~1 s and ~3 s, gives up at ~7 s.
+    let sent_at = failure["ts_ns"].as_u64().unwrap() - failure["duration_ns"].as_u64().unwrap();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let first = secs(syns[0] - sent_at);
+    let second = secs(syns[1] - syns[0]);
+    let total = secs(failure["duration_ns"].as_u64().unwrap());
+    assert!((0.9..1.5).contains(&first), "first retry after {first:.3}s");
+    assert!((1.8..3.0).contains(&second), "second retry after {second:.3}s");
+    assert!((6.5..8.5).contains(&total), "gave up after {total:.3}s");
+    assert!(elapsed.as_secs_f64() >= total - 0.5);
+}
