@@ -248,7 +248,11 @@ impl KernelOffsets {
             },
             Err(e) => {
                 warn!("no kernel BTF ({e:#})");
-                KernelOffsets { sk_err: None, srtt: None, skb_segs: None }
+                KernelOffsets {
+                    sk_err: None,
+                    srtt: None,
+                    skb_segs: None,
+                }
             }
         }
     }
@@ -317,5 +321,80 @@ pub fn log_report(hooks: &[HookStatus]) {
             None => info!("attached {} ({}): {}", h.hook, h.method, purpose(h.hook)),
             Some(why) => warn!("not attached {}: {}", h.hook, why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake tracefs holding only the events named, with this kernel's recorded formats.
+    fn fake_tracefs(events: &[(&str, &str, &str)]) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!(
+            "tcptrace-fake-tracefs-{}-{}",
+            std::process::id(),
+            events.len()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for (category, name, fixture) in events {
+            let dir = root.join("events").join(category).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let text = std::fs::read_to_string(format!(
+                "{}/tests/formats/{fixture}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            std::fs::write(dir.join("format"), text).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn a_missing_tracepoint_is_named() {
+        let root = fake_tracefs(&[]);
+        let err = resolve_layout(&root, &HOOKS[0]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("tracepoint sock:inet_sock_set_state not found"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn every_hook_resolves_on_recorded_6_18_formats() {
+        let root = fake_tracefs(&[
+            ("sock", "inet_sock_set_state", "6.18-inet_sock_set_state"),
+            ("tcp", "tcp_retransmit_skb", "6.18-tcp_retransmit_skb"),
+            ("tcp", "tcp_retransmit_synack", "6.18-tcp_retransmit_synack"),
+            ("tcp", "tcp_receive_reset", "6.18-tcp_receive_reset"),
+            ("tcp", "tcp_destroy_sock", "6.18-tcp_destroy_sock"),
+        ]);
+        for hook in &HOOKS {
+            let layout = resolve_layout(&root, hook).unwrap();
+            assert_eq!(
+                layout.skaddr as usize,
+                if hook.event == "tcp_retransmit_skb" {
+                    16
+                } else {
+                    8
+                },
+                "{}",
+                hook.event
+            );
+        }
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn a_layout_that_is_not_understood_is_refused_with_the_file_named() {
+        let root = fake_tracefs(&[("sock", "inet_sock_set_state", "6.18-tcp_destroy_sock")]);
+        let msg = format!("{:#}", resolve_layout(&root, &HOOKS[0]).unwrap_err());
+        assert!(
+            msg.contains("unsupported layout of sock:inet_sock_set_state"),
+            "{msg}"
+        );
+        assert!(msg.contains("`oldstate` is missing"), "{msg}");
+        let _ = std::fs::remove_dir_all(root);
     }
 }

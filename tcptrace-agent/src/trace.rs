@@ -40,7 +40,10 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     let mut loaded = probes::load(&opts.load)?;
     probes::log_report(&loaded.hooks);
     let attached = loaded.hooks.iter().filter(|h| h.attached).count();
-    log::info!("tracing: {attached} of {} hooks attached", loaded.hooks.len());
+    log::info!(
+        "tracing: {attached} of {} hooks attached",
+        loaded.hooks.len()
+    );
     let ring = RingBuf::try_from(
         loaded
             .ebpf

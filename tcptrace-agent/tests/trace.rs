@@ -50,13 +50,20 @@ fn churn(listener: &TcpListener, n: usize) -> Vec<(SocketAddr, SocketAddr)> {
 }
 
 fn pair(e: &Value) -> (String, String) {
-    (e["old_state"].as_str().unwrap().to_string(), e["new_state"].as_str().unwrap().to_string())
+    (
+        e["old_state"].as_str().unwrap().to_string(),
+        e["new_state"].as_str().unwrap().to_string(),
+    )
 }
 
 /// The transitions of one socket, in order. A client's CLOSE->SYN_SENT runs inside
 /// connect() before the kernel picks the local port, so that event carries port 0 and is
 /// joined through the socket address of the events that follow it.
-fn transitions_of(events: &[&Value], local: SocketAddr, remote: SocketAddr) -> Vec<(String, String)> {
+fn transitions_of(
+    events: &[&Value],
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> Vec<(String, String)> {
     let by_ports = |e: &&&Value| e["sport"] == local.port() && e["dport"] == remote.port();
     let Some(first) = events.iter().position(|e| by_ports(&e)) else {
         return Vec::new();
@@ -67,11 +74,18 @@ fn transitions_of(events: &[&Value], local: SocketAddr, remote: SocketAddr) -> V
         .rev()
         .find(|e| &e["skaddr"] == skaddr)
         .filter(|e| e["sport"] == 0 && e["dport"] == remote.port());
-    connect.into_iter().chain(events.iter().filter(by_ports)).map(|e| pair(e)).collect()
+    connect
+        .into_iter()
+        .chain(events.iter().filter(by_ports))
+        .map(|e| pair(e))
+        .collect()
 }
 
 fn expect_sequence(got: Vec<(String, String)>, want: &[(&str, &str)], what: &str) {
-    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(got, want, "{what}");
 }
 
@@ -85,7 +99,12 @@ fn lifecycle(ip: IpAddr) {
     std::thread::sleep(Duration::from_millis(300));
     let traced = tracer.stop();
     assert!(traced.status.success(), "{}", traced.stderr);
-    assert_eq!(traced.lost(), 0, "ring buffer lost events: {}", traced.stderr);
+    assert_eq!(
+        traced.lost(),
+        0,
+        "ring buffer lost events: {}",
+        traced.stderr
+    );
 
     let me = std::process::id();
     let family = if ip.is_ipv4() { 4 } else { 6 };
@@ -95,16 +114,45 @@ fn lifecycle(ip: IpAddr) {
         assert_eq!(e["family"], family, "{e}");
     }
     for (client, server) in &conns {
-        expect_sequence(transitions_of(&states, *client, *server), &CLIENT_SEQUENCE, &format!("client {client}"));
-        expect_sequence(transitions_of(&states, *server, *client), &SERVER_SEQUENCE, &format!("server side of {client}"));
-        let client_events: Vec<&&Value> = states.iter().filter(|e| e["sport"] == client.port()).collect();
-        assert!(client_events.iter().all(|e| e["daddr"] == server.ip().to_string()), "{client}");
-        assert!(client_events.iter().skip(1).all(|e| e["saddr"] == client.ip().to_string()), "{client}");
+        expect_sequence(
+            transitions_of(&states, *client, *server),
+            &CLIENT_SEQUENCE,
+            &format!("client {client}"),
+        );
+        expect_sequence(
+            transitions_of(&states, *server, *client),
+            &SERVER_SEQUENCE,
+            &format!("server side of {client}"),
+        );
+        let client_events: Vec<&&Value> = states
+            .iter()
+            .filter(|e| e["sport"] == client.port())
+            .collect();
+        assert!(
+            client_events
+                .iter()
+                .all(|e| e["daddr"] == server.ip().to_string()),
+            "{client}"
+        );
+        assert!(
+            client_events
+                .iter()
+                .skip(1)
+                .all(|e| e["saddr"] == client.ip().to_string()),
+            "{client}"
+        );
     }
     // Listener: one CLOSE->LISTEN and one LISTEN->CLOSE.
-    let listener_events = states.iter().filter(|e| e["sport"] == port && e["dport"] == 0).count();
+    let listener_events = states
+        .iter()
+        .filter(|e| e["sport"] == port && e["dport"] == 0)
+        .count();
     assert_eq!(listener_events, 2);
-    assert_eq!(states.len(), CONNECTIONS * 10 + 2, "no transitions beyond our connections");
+    assert_eq!(
+        states.len(),
+        CONNECTIONS * 10 + 2,
+        "no transitions beyond our connections"
+    );
 
     let handshakes: Vec<&Value> = traced.of_kind("handshake").collect();
     assert_eq!(handshakes.len(), 2 * CONNECTIONS);
@@ -114,11 +162,15 @@ fn lifecycle(ip: IpAddr) {
             .filter(|h| h["sport"] == client.port() || h["dport"] == client.port())
             .collect();
         assert_eq!(of_client.len(), 2, "{client}");
-        assert!(of_client.iter().all(|h| h["outcome"] == "established" && h["pid"] == me));
+        assert!(of_client
+            .iter()
+            .all(|h| h["outcome"] == "established" && h["pid"] == me));
         assert!(of_client.iter().any(|h| h["side"] == "client"));
         assert!(of_client.iter().any(|h| h["side"] == "server"));
         // Loopback handshakes take microseconds, never seconds.
-        assert!(of_client.iter().all(|h| h["duration_ns"].as_u64().unwrap() < 1_000_000_000));
+        assert!(of_client
+            .iter()
+            .all(|h| h["duration_ns"].as_u64().unwrap() < 1_000_000_000));
     }
 }
 
@@ -199,15 +251,28 @@ fn retransmits_match_the_namespace_counters_under_loss() {
     let traced = tracer.stop();
     assert_eq!(traced.lost(), 0);
 
-    let sent: Vec<&Value> = traced.of_kind("retransmit").filter(|e| e.get("error").is_none()).collect();
+    let sent: Vec<&Value> = traced
+        .of_kind("retransmit")
+        .filter(|e| e.get("error").is_none())
+        .collect();
     let truth = delta(&before, &after, "TcpRetransSegs");
-    assert!(truth > 0, "the loss rule caused no retransmits; nothing was tested");
+    assert!(
+        truth > 0,
+        "the loss rule caused no retransmits; nothing was tested"
+    );
     // One event per retransmitted skb; TcpRetransSegs counts the segments it carried.
-    let segments: u64 = sent.iter().map(|e| e["segments"].as_u64().expect("segment count")).sum();
+    let segments: u64 = sent
+        .iter()
+        .map(|e| e["segments"].as_u64().expect("segment count"))
+        .sum();
     assert_eq!(segments, truth, "retransmitted segments vs TcpRetransSegs");
     assert!(sent.len() as u64 <= truth);
     let syn = sent.iter().filter(|e| e["retransmit"] != "data").count() as u64;
-    assert_eq!(syn, delta(&before, &after, "TcpExtTCPSynRetrans"), "SYN/SYN-ACK retransmits");
+    assert_eq!(
+        syn,
+        delta(&before, &after, "TcpExtTCPSynRetrans"),
+        "SYN/SYN-ACK retransmits"
+    );
     assert!(sent.iter().all(|e| e["pid"] == std::process::id()));
 }
 
@@ -225,10 +290,20 @@ fn unanswered_syn_backs_off_exponentially_then_times_out() {
         "table inet tcptrace_blackhole {{\n chain in {{\n type filter hook input priority 0;\n \
          tcp dport {port} drop\n }}\n}}\n"
     ));
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "retransmits,handshakes"]);
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--events",
+        "retransmits,handshakes",
+    ]);
     let before = ns.nstat();
     let started = Instant::now();
-    let attempt = ns.run(move || TcpStream::connect(("127.0.0.1", port)).map(|_| ()).unwrap_err().kind());
+    let attempt = ns.run(move || {
+        TcpStream::connect(("127.0.0.1", port))
+            .map(|_| ())
+            .unwrap_err()
+            .kind()
+    });
     assert_eq!(attempt.join().unwrap(), std::io::ErrorKind::TimedOut);
     let elapsed = started.elapsed();
     let after = ns.nstat();
@@ -241,7 +316,10 @@ fn unanswered_syn_backs_off_exponentially_then_times_out() {
         .collect();
     assert_eq!(syns.len(), 2, "tcp_syn_retries=2: {:?}", traced.events);
     assert_eq!(delta(&before, &after, "TcpExtTCPSynRetrans"), 2);
-    let failure = traced.of_kind("handshake").next().expect("a failed handshake event");
+    let failure = traced
+        .of_kind("handshake")
+        .next()
+        .expect("a failed handshake event");
     assert_eq!(failure["outcome"], "failed");
     assert_eq!(failure["reason"], "timeout");
     assert_eq!(failure["error"], "ETIMEDOUT");
@@ -252,7 +330,199 @@ fn unanswered_syn_backs_off_exponentially_then_times_out() {
     let second = secs(syns[1] - syns[0]);
     let total = secs(failure["duration_ns"].as_u64().unwrap());
     assert!((0.9..1.5).contains(&first), "first retry after {first:.3}s");
-    assert!((1.8..3.0).contains(&second), "second retry after {second:.3}s");
+    assert!(
+        (1.8..3.0).contains(&second),
+        "second retry after {second:.3}s"
+    );
     assert!((6.5..8.5).contains(&total), "gave up after {total:.3}s");
     assert!(elapsed.as_secs_f64() >= total - 0.5);
+}
+
+/// libbpf-tools' tcpstates, attached to the same tracepoint, as an independent witness.
+struct Tcpstates {
+    child: std::process::Child,
+    out: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Tcpstates {
+    fn start(filter: &str, port: u16) -> Tcpstates {
+        let mut child = std::process::Command::new("stdbuf")
+            .args(["-oL", "tcpstates", "-w", filter, &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("tcpstates (libbpf-tools; cargo xtask setup installs it)");
+        let stdout = child.stdout.take().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let out = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = Vec::new();
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with("SKADDR") {
+                    let _ = ready_tx.send(());
+                } else {
+                    lines.push(line);
+                }
+            }
+            lines
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("tcpstates did not start");
+        Tcpstates { child, out }
+    }
+
+    /// (socket address, old state, new state) of every line it printed.
+    fn stop(mut self) -> Vec<(String, String, String)> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.child.wait().unwrap();
+        self.out
+            .join()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let arrow = f.iter().position(|w| *w == "->").expect("tcpstates line");
+                (
+                    format!("0x{}", f[0]),
+                    f[arrow - 1].to_string(),
+                    f[arrow + 1].to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn same_transitions_as_libbpf_tools_tcpstates() {
+    require_root();
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = free_port(ip);
+    let server_side = Tcpstates::start("-L", port);
+    let client_side = Tcpstates::start("-D", port);
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "states"]);
+    let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
+    churn(&listener, 20);
+    drop(listener);
+    std::thread::sleep(Duration::from_millis(300));
+    let traced = tracer.stop();
+    let mut theirs = server_side.stop();
+    theirs.extend(client_side.stop());
+    let mut ours: Vec<(String, String, String)> = traced
+        .events
+        .iter()
+        .map(|e| {
+            let (old, new) = pair(e);
+            (e["skaddr"].as_str().unwrap().to_string(), old, new)
+        })
+        .collect();
+    theirs.sort();
+    ours.sort();
+    assert_eq!(ours.len(), 20 * 10 + 2);
+    assert_eq!(ours, theirs, "tcptrace and tcpstates disagree");
+}
+
+fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn filters_run_in_the_kernel() {
+    require_root();
+    let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let port = free_port(ip);
+    let p = port.to_string();
+    let ours = Tracer::start(&[
+        "--port",
+        &p,
+        "--comm",
+        &thread_comm(),
+        "-6",
+        "--addr",
+        "::1",
+    ]);
+    let other_pid = Tracer::start(&["--port", &p, "--pid", "1"]);
+    let other_family = Tracer::start(&["--port", &p, "-4"]);
+    let other_net = Tracer::start(&["--port", &p, "--addr", "fd00::/8"]);
+    let handshakes_only = Tracer::start(&["--port", &p, "--events", "handshakes", "--count", "2"]);
+    let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
+    churn(&listener, 5);
+    drop(listener);
+    std::thread::sleep(Duration::from_millis(300));
+
+    assert_eq!(ours.stop().of_kind("state").count(), 5 * 10 + 2);
+    for (name, t) in [
+        ("--pid 1", other_pid),
+        ("-4", other_family),
+        ("--addr fd00::/8", other_net),
+    ] {
+        let traced = t.stop();
+        assert!(
+            traced.events.is_empty(),
+            "{name} let through {:?}",
+            traced.events
+        );
+        assert!(
+            traced.stderr.contains("filtered in the kernel"),
+            "{}",
+            traced.stderr
+        );
+    }
+    // --count stops the tracer by itself once it has printed that many events.
+    let traced = handshakes_only.stop();
+    assert_eq!(traced.events.len(), 2);
+    assert!(traced.events.iter().all(|e| e["event"] == "handshake"));
+}
+
+#[test]
+fn a_full_socket_map_is_counted_and_reported_not_silent() {
+    require_root();
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = free_port(ip);
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--max-sockets",
+        "64",
+        "--events",
+        "handshakes",
+    ]);
+    let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
+    // 100 connections open at once need 201 tracked sockets (both ends and the listener).
+    let held: Vec<(TcpStream, TcpStream)> = (0..100)
+        .map(|_| {
+            let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            (c, listener.accept().unwrap().0)
+        })
+        .collect();
+    drop(held);
+    drop(listener);
+    std::thread::sleep(Duration::from_millis(300));
+    let traced = tracer.stop();
+    assert!(
+        traced
+            .stderr
+            .contains("sockets untracked (socket map full)"),
+        "{}",
+        traced.stderr
+    );
+    // The kernel side said so through aya-log too.
+    assert!(
+        traced
+            .stderr
+            .contains("socket map full, 1 sockets untracked on this CPU"),
+        "{}",
+        traced.stderr
+    );
+    // Sockets that could not be tracked lose their timing, not their events.
+    assert!(
+        traced.events.len() < 200,
+        "untracked handshakes cannot be timed"
+    );
+    assert!(!traced.events.is_empty());
 }

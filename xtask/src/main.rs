@@ -75,9 +75,21 @@ fn run_agent(args: &[String]) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    let host_crates = ["--package", "tcptrace-common", "--package", "tcptrace-agent", "--package", "xtask"];
+    let host_crates = [
+        "--package",
+        "tcptrace-common",
+        "--package",
+        "tcptrace-agent",
+        "--package",
+        "xtask",
+    ];
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
-    run_cmd(cargo().arg("clippy").args(host_crates).args(["--all-targets", "--", "-D", "warnings"]))?;
+    run_cmd(cargo().arg("clippy").args(host_crates).args([
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run_cmd(cargo().arg("test").args(host_crates).args(args))
 }
 

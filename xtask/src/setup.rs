@@ -8,9 +8,15 @@ use crate::run_cmd;
 
 /// Debian packages the tests and the peers they compare against use.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "ip netns, ss and nstat: namespaces and the kernel's own counters"),
+    (
+        "iproute2",
+        "ip netns, ss and nstat: namespaces and the kernel's own counters",
+    ),
     ("nftables", "nft: packet loss for retransmit tests"),
-    ("libbpf-tools", "tcpstates: the peer whose transitions the tests compare with"),
+    (
+        "libbpf-tools",
+        "tcpstates: the peer whose transitions the tests compare with",
+    ),
     ("bpftool", "listing loaded programs, links and maps"),
 ];
 
@@ -32,7 +38,9 @@ fn rustup() -> Command {
 
 fn output_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn nightly_toolchain() -> Result<()> {
@@ -47,8 +55,9 @@ fn nightly_toolchain() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let installed = output_of(rustup().args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        .unwrap_or_default();
+    let installed =
+        output_of(rustup().args(["component", "list", "--installed", "--toolchain", "nightly"]))
+            .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         say("nightly rust-src", "present");
         return Ok(());
@@ -73,7 +82,10 @@ fn bpf_linker() -> Result<()> {
     let libllvm = std::fs::read_dir(&nightly_lib)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so"))
+        })
         .with_context(|| format!("no libLLVM.so in {}", nightly_lib.display()))?;
     let prefix = home().join(".cache/tcptrace-llvm-prefix");
     std::fs::create_dir_all(prefix.join("lib"))?;
@@ -82,8 +94,19 @@ fn bpf_linker() -> Result<()> {
     std::os::unix::fs::symlink(&libllvm, &link)?;
     run_cmd(
         Command::new("cargo")
-            .args(["+nightly", "install", "--force", "bpf-linker", "--version", "0.13.0"])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .args([
+                "+nightly",
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &prefix),
     )?;
     if output_of(rustup().args(["run", "nightly", "bpf-linker", "--version"])).is_none() {
@@ -94,7 +117,8 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn nightly_llvm_major() -> Result<u32> {
-    let vv = output_of(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV")?;
+    let vv =
+        output_of(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV")?;
     let version = vv
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))

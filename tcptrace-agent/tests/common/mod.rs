@@ -29,7 +29,11 @@ pub fn require_root() {
 
 /// A port nobody listens on right now, on this address.
 pub fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind(SocketAddr::new(ip, 0)).unwrap().local_addr().unwrap().port()
+    TcpListener::bind(SocketAddr::new(ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `tcptrace trace --json`, its output collected in the background.
@@ -46,7 +50,10 @@ pub struct Traced {
     pub status: std::process::ExitStatus,
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) -> thread::JoinHandle<()> {
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             into.lock().unwrap().push(line);
@@ -70,7 +77,12 @@ impl Tracer {
             collect(child.stdout.take().unwrap(), stdout.clone()),
             collect(child.stderr.take().unwrap(), stderr.clone()),
         ];
-        let tracer = Tracer { child, stdout, stderr, readers };
+        let tracer = Tracer {
+            child,
+            stdout,
+            stderr,
+            readers,
+        };
         tracer.wait_ready();
         tracer
     }
@@ -78,12 +90,21 @@ impl Tracer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.stderr.lock().unwrap().iter().any(|l| l.contains("tracing:")) {
+            if self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("tracing:"))
+            {
                 return;
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("tcptrace did not attach within 30 s; stderr:\n{}", self.stderr.lock().unwrap().join("\n"));
+        panic!(
+            "tcptrace did not attach within 30 s; stderr:\n{}",
+            self.stderr.lock().unwrap().join("\n")
+        );
     }
 
     /// SIGINT, wait for exit, and return every JSON event it printed.
@@ -98,7 +119,11 @@ impl Tracer {
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect();
-        Traced { events, stderr: self.stderr.lock().unwrap().join("\n"), status }
+        Traced {
+            events,
+            stderr: self.stderr.lock().unwrap().join("\n"),
+            status,
+        }
     }
 }
 
@@ -116,7 +141,11 @@ impl Traced {
 
     /// Ring-buffer losses reported in the closing summary.
     pub fn lost(&self) -> u64 {
-        let summary = self.stderr.lines().find(|l| l.contains("events printed")).expect("no summary line");
+        let summary = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("events printed"))
+            .expect("no summary line");
         let before = summary.split(" lost").next().unwrap();
         before.rsplit(' ').next().unwrap().parse().unwrap()
     }
@@ -145,7 +174,10 @@ impl Netns {
     }
 
     /// Run `f` on a thread whose network namespace is this one: sockets it opens live here.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{}", self.name);
         thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap();
@@ -168,24 +200,37 @@ impl Netns {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(ruleset.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
         assert!(child.wait().unwrap().success(), "nft rejected:\n{ruleset}");
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// Namespaces left by a test run that was killed before its guards could drop.
 fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = name.strip_prefix("tt-").and_then(|r| r.rsplit('-').next()) else { continue };
-        let alive = pid.parse::<i32>().is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        let Some(pid) = name.strip_prefix("tt-").and_then(|r| r.rsplit('-').next()) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<i32>()
+            .is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0);
         if !alive {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
@@ -202,7 +247,10 @@ pub fn parse_nstat(text: &str) -> HashMap<String, u64> {
 }
 
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}\n{}",

@@ -1,0 +1,85 @@
+//! Bad input gets a one-line reason and exit status 2; missing privileges are named.
+mod common;
+
+use std::process::Command;
+
+use common::TCPTRACE;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(TCPTRACE).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_flag_values_exit_2_with_a_reason() {
+    for (args, needle) in [
+        (vec!["trace", "--port", "http"], "--port"),
+        (vec!["trace", "--port", "0"], "--port 0"),
+        (vec!["trace", "--addr", "300.1.1.1/8"], "not an IP address"),
+        (vec!["trace", "--addr", "10.0.0.0/40"], "prefix length"),
+        (vec!["trace", "--ring-bytes", "1000"], "power of two"),
+        (vec!["trace", "--events", "packets"], "unknown event kind"),
+        (vec!["trace", "--comm", "a-name-longer-than-15"], "15"),
+        (vec!["trace", "-4", "-6"], "exclude each other"),
+        (vec!["trace", "--duration=-1"], "positive number of seconds"),
+        (vec!["trace", "--count", "0"], "--count"),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+    ] {
+        let (code, stderr) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_teaches_the_flags() {
+    let out = Command::new(TCPTRACE)
+        .args(["trace", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--json",
+        "--pid",
+        "--comm",
+        "--port",
+        "--addr",
+        "--ipv4",
+        "--ipv6",
+        "--events",
+        "--duration",
+        "--count",
+        "--ring-bytes",
+        "Examples",
+    ] {
+        assert!(help.contains(flag), "trace --help lacks {flag}");
+    }
+}
+
+#[test]
+fn without_capabilities_the_missing_ones_are_named() {
+    common::require_root();
+    // Drop to an unprivileged user with no capabilities at all.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .args([TCPTRACE, "trace", "--duration", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("missing capability CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
