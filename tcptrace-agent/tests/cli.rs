@@ -83,3 +83,25 @@ fn without_capabilities_the_missing_ones_are_named() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
+
+#[test]
+fn mounts_tracefs_when_the_host_has_not() {
+    common::require_root();
+    // A private mount namespace where tracefs is not mounted, as on a fresh host.
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; \
+         test -d /sys/kernel/tracing/events && {{ echo still mounted; exit 3; }}; \
+         {TCPTRACE} --log-level info trace --duration 0.5 && test -d /sys/kernel/tracing/events"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("attached inet_sock_set_state"), "{stderr}");
+}

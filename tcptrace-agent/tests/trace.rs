@@ -315,7 +315,12 @@ fn unanswered_syn_backs_off_exponentially_then_times_out() {
         .map(|e| e["ts_ns"].as_u64().unwrap())
         .collect();
     let kernel_syn_retrans = delta(&before, &after, "TcpExtTCPSynRetrans");
-    assert_eq!(syns.len() as u64, kernel_syn_retrans, "events vs TcpExtTCPSynRetrans: {:?}", traced.events);
+    assert_eq!(
+        syns.len() as u64,
+        kernel_syn_retrans,
+        "events vs TcpExtTCPSynRetrans: {:?}",
+        traced.events
+    );
     assert_eq!(syns.len(), 2, "tcp_syn_retries=2: {:?}", traced.events);
     let failure = traced
         .of_kind("handshake")
