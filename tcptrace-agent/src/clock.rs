@@ -35,6 +35,11 @@ impl Clock {
         mono_ns as i128 + self.realtime_minus_monotonic_ns
     }
 
+    /// The current wall-clock time, RFC 3339 UTC.
+    pub fn rfc3339_now(&self) -> String {
+        self.rfc3339(now_ns(libc::CLOCK_MONOTONIC) as u64)
+    }
+
     /// `HH:MM:SS.micros` in UTC.
     pub fn time_of_day(&self, mono_ns: u64) -> String {
         let ns = self.unix_ns(mono_ns).rem_euclid(86_400 * 1_000_000_000);

@@ -38,8 +38,13 @@ pub fn owner_pid(e: &Event) -> Option<u32> {
 /// Why a handshake failed, as the `reason` of `tcptrace_connect_failures_total`:
 /// refused | timeout | reset | unreachable | other.
 pub fn failure_reason(e: &Event) -> &'static str {
-    if e.flags & FLAG_SK_ERR_READ != 0 && e.err != 0 {
-        return match e.err {
+    reason_for(e.detail, e.flags, e.err)
+}
+
+/// The same classification from what the kernel's failure counter keeps per key.
+pub fn reason_for(side: u8, flags: u8, err: i32) -> &'static str {
+    if flags & FLAG_SK_ERR_READ != 0 && err != 0 {
+        return match err {
             libc::ECONNREFUSED => "refused",
             libc::ETIMEDOUT => "timeout",
             libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED => "reset",
@@ -49,9 +54,9 @@ pub fn failure_reason(e: &Event) -> &'static str {
             _ => "other",
         };
     }
-    if e.flags & FLAG_RST_RECEIVED != 0 {
+    if flags & FLAG_RST_RECEIVED != 0 {
         // A RST answering a SYN is a refusal; one arriving later resets the handshake.
-        return match HandshakeSide::from_u8(e.detail) {
+        return match HandshakeSide::from_u8(side) {
             Some(HandshakeSide::Client) => "refused",
             _ => "reset",
         };

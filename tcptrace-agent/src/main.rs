@@ -3,12 +3,17 @@
 mod btf;
 mod clock;
 mod events;
+mod exposition;
 mod filter;
-mod kernel_stats;
+mod http;
+mod kernel_counters;
+mod metrics;
 mod output;
 mod privileges;
 mod probes;
-mod readable;
+mod ring;
+mod run;
+mod sock_diag;
 mod tp_format;
 mod trace;
 mod tracefs;
@@ -23,8 +28,12 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "tcptrace", version, about, long_about = None)]
 struct Cli {
     /// Log level for diagnostics on stderr: error, warn, info, debug, trace.
-    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
-    log_level: log::LevelFilter,
+    /// Defaults to warn for `trace` (its output is the events) and info for `run`.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<log::LevelFilter>,
+    /// Log format on stderr: text, or json (one object per line, for log collectors).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +53,37 @@ enum Command {
     ///   tcptrace trace --json --duration 10 > events.jsonl
     #[command(verbatim_doc_comment)]
     Trace(TraceArgs),
+    /// Run the agent: keep the programs attached and serve Prometheus metrics.
+    ///
+    /// Serves /metrics (text exposition), /healthz (process alive) and /readyz (programs
+    /// attached and the ring buffer being drained) until SIGTERM or SIGINT. Counters are
+    /// kept in the kernel, so a full ring buffer loses event detail, never counts.
+    /// The metric reference is METRICS.md.
+    ///
+    /// Examples:
+    ///   tcptrace run
+    ///   tcptrace run --listen 127.0.0.1:9479 --log-format json
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+}
+
+/// The default metrics port.
+const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
+
+#[derive(Args)]
+struct RunArgs {
+    /// Address and port for /metrics, /healthz and /readyz: `0.0.0.0:9479`,
+    /// `127.0.0.1:9479`, `[::]:9479`, or `:9479` for every IPv4 address.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    listen: std::net::SocketAddr,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 0.0.0.0:9479, [::]:9479 or :9479)"))
 }
 
 #[derive(Args)]
@@ -147,11 +187,21 @@ impl TraceArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new()
-        .filter_level(cli.log_level)
-        .format_target(false)
-        .init();
+    let default_level = match cli.command {
+        Command::Trace(_) => log::LevelFilter::Warn,
+        Command::Run(_) => log::LevelFilter::Info,
+    };
+    init_logging(cli.log_level.unwrap_or(default_level), cli.log_format == "json");
     match cli.command {
+        Command::Run(args) => run(run::run(run::RunOptions {
+            listen: args.listen,
+            load: probes::LoadOptions {
+                ring_bytes: args.limits.ring_bytes,
+                max_sockets: args.limits.max_sockets,
+                filter: tcptrace_common::Filter::ANY,
+            },
+            http: http::Limits::default(),
+        })),
         Command::Trace(args) => {
             // Flag values are validated before anything touches the kernel: exit 2.
             let opts = match args.options() {
@@ -161,6 +211,23 @@ fn main() -> ExitCode {
             run(trace::run(opts))
         }
     }
+}
+
+fn init_logging(level: log::LevelFilter, json: bool) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).format_target(false);
+    if json {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": clock::Clock::new().rfc3339_now(),
+                "level": record.level().as_str().to_lowercase(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    builder.init();
 }
 
 fn usage_error(e: &anyhow::Error) -> ExitCode {

@@ -35,7 +35,7 @@ pub struct Hook {
     pub purpose: &'static str,
 }
 
-pub const HOOKS: [Hook; 5] = [
+pub const HOOKS: [Hook; 6] = [
     Hook {
         program: "inet_sock_set_state",
         category: "sock",
@@ -75,6 +75,16 @@ pub const HOOKS: [Hook; 5] = [
         endpoints: false,
         slot: |c| &mut c.receive_reset,
         purpose: "refused/reset handshakes when BTF is missing",
+    },
+    Hook {
+        program: "tcp_send_reset",
+        category: "tcp",
+        event: "tcp_send_reset",
+        required: false,
+        extra: &[],
+        endpoints: false,
+        slot: |c| &mut c.send_reset,
+        purpose: "RSTs sent",
     },
     Hook {
         program: "tcp_destroy_sock",
@@ -291,7 +301,7 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
     match aya_log::EbpfLogger::init(ebpf) {
         Ok(logger) => {
             tokio::spawn(async move {
-                let Ok(mut fd) = crate::readable::watch(logger) else {
+                let Ok(mut fd) = crate::ring::watch(logger) else {
                     return;
                 };
                 loop {
@@ -368,20 +378,17 @@ mod tests {
             ("tcp", "tcp_retransmit_skb", "6.18-tcp_retransmit_skb"),
             ("tcp", "tcp_retransmit_synack", "6.18-tcp_retransmit_synack"),
             ("tcp", "tcp_receive_reset", "6.18-tcp_receive_reset"),
+            ("tcp", "tcp_send_reset", "6.18-tcp_send_reset"),
             ("tcp", "tcp_destroy_sock", "6.18-tcp_destroy_sock"),
         ]);
         for hook in &HOOKS {
             let layout = resolve_layout(&root, hook).unwrap();
-            assert_eq!(
-                layout.skaddr as usize,
-                if hook.event == "tcp_retransmit_skb" {
-                    16
-                } else {
-                    8
-                },
-                "{}",
-                hook.event
-            );
+            let skaddr = match hook.event {
+                "tcp_retransmit_skb" => 16,
+                "tcp_send_reset" => tcptrace_common::FIELD_ABSENT, // counted, nothing read
+                _ => 8,
+            };
+            assert_eq!(layout.skaddr, skaddr, "{}", hook.event);
         }
         let _ = std::fs::remove_dir_all(root);
     }

@@ -4,18 +4,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use tcptrace_common::{Event, EventKind, Stat};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     clock::Clock,
-    events::decode,
-    kernel_stats::KernelStats,
+    kernel_counters::KernelCounters,
     output,
     probes::{self, LoadOptions},
-    readable,
+    ring,
 };
 
 pub struct TraceOptions {
@@ -44,14 +43,8 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
         "tracing: {attached} of {} hooks attached",
         loaded.hooks.len()
     );
-    let ring = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map("EVENTS")
-            .context("EVENTS map missing")?,
-    )?;
-    let stats = KernelStats::take(&mut loaded.ebpf)?;
-    let mut ring = readable::watch(ring)?;
+    let mut ring = ring::take_events(&mut loaded.ebpf)?;
+    let stats = KernelCounters::take(&mut loaded.ebpf)?;
     let clock = Clock::new();
     let mut out = io::BufWriter::new(io::stdout().lock());
     if !opts.json {
@@ -94,14 +87,11 @@ fn drain(
     out: &mut impl Write,
     tally: &mut Tally,
 ) {
-    while !done(tally, opts.count) {
-        let Some(item) = ring.next() else { break };
-        let Some(event) = decode(&item) else {
-            tally.malformed += 1;
-            continue;
-        };
-        drop(item);
-        write_event(&event, opts.json, clock, out, tally);
+    if !done(tally, opts.count) {
+        tally.malformed += ring::drain(ring, |event| {
+            write_event(event, opts.json, clock, out, tally);
+            !done(tally, opts.count)
+        });
     }
     if out.flush().is_err() {
         tally.stdout_closed = true;
@@ -128,10 +118,10 @@ fn write_event(e: &Event, json: bool, clock: &Clock, out: &mut impl Write, tally
     }
 }
 
-fn print_summary(t: &Tally, stats: &KernelStats) {
-    let lost = stats.get(Stat::EventsLost);
-    let filtered = stats.get(Stat::EventsFiltered);
-    let untracked = stats.get(Stat::SocketMapFull);
+fn print_summary(t: &Tally, stats: &KernelCounters) {
+    let lost = stats.stat(Stat::EventsLost);
+    let filtered = stats.stat(Stat::EventsFiltered);
+    let untracked = stats.stat(Stat::SocketMapFull);
     let mut line = format!(
         "tcptrace: {} events printed ({} state changes, {} handshakes, {} retransmits); \
          {lost} lost (ring buffer full); {filtered} filtered in the kernel",

@@ -95,7 +95,8 @@ pub struct Config {
     pub retransmit_synack: TpLayout,
     pub destroy_sock: TpLayout,
     pub receive_reset: TpLayout,
-    pub _pad: u16,
+    /// Only its presence matters: the program counts, reading no field.
+    pub send_reset: TpLayout,
     /// `offsetof(struct sock, sk_err)` from BTF, or `OFFSET_UNKNOWN`.
     pub sk_err_offset: u32,
     /// `offsetof(struct tcp_sock, srtt_us)` from BTF, or `OFFSET_UNKNOWN`.
@@ -113,7 +114,7 @@ impl Config {
         retransmit_synack: TpLayout::ABSENT,
         destroy_sock: TpLayout::ABSENT,
         receive_reset: TpLayout::ABSENT,
-        _pad: 0,
+        send_reset: TpLayout::ABSENT,
         sk_err_offset: OFFSET_UNKNOWN,
         srtt_offset: OFFSET_UNKNOWN,
         skb_segs_offset: OFFSET_UNKNOWN,
@@ -130,6 +131,6 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<TpLayout>(), 26);
         assert_eq!(size_of::<Filter>(), 48);
-        assert_eq!(size_of::<Config>(), 5 * 26 + 2 + 3 * 4 + 48);
+        assert_eq!(size_of::<Config>(), 6 * 26 + 3 * 4 + 48);
     }
 }

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod config;
+pub mod counters;
 pub mod event;
 pub mod state;
 pub mod stats;

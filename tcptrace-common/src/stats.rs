@@ -13,17 +13,20 @@ pub enum Stat {
     ListenerMapFull = 3,
     /// Events filtered out in the kernel by `tcptrace trace` filters.
     EventsFiltered = 4,
+    /// A counter key could not be created (its map was full): the count is short.
+    CounterUpdateFailed = 5,
 }
 
 pub const STAT_SLOTS: u32 = 8;
 
 impl Stat {
-    pub const ALL: [Stat; 5] = [
+    pub const ALL: [Stat; 6] = [
         Stat::EventsSubmitted,
         Stat::EventsLost,
         Stat::SocketMapFull,
         Stat::ListenerMapFull,
         Stat::EventsFiltered,
+        Stat::CounterUpdateFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Stat {
             Stat::SocketMapFull => "socket_map_full",
             Stat::ListenerMapFull => "listener_map_full",
             Stat::EventsFiltered => "events_filtered",
+            Stat::CounterUpdateFailed => "counter_update_failed",
         }
     }
 }

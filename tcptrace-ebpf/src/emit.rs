@@ -5,21 +5,51 @@ use tcptrace_common::{
     Event, Owner, Stat, AF_INET,
 };
 
+use aya_ebpf::maps::{PerCpuArray, PerCpuHashMap};
+
+/// `BPF_NOEXIST`: create only.
+const BPF_NOEXIST: u64 = 1;
+
 use crate::{
     conf,
     maps::{EVENTS, SCRATCH, STATS},
     tracepoint::Endpoints,
 };
 
-/// Add one to a per-CPU counter and return its new value on this CPU.
+/// Add one to a self-observability counter and return its new value on this CPU.
 #[inline(always)]
 pub fn bump(stat: Stat) -> u64 {
-    match STATS.get_ptr_mut(stat as u32) {
+    add_slot(&STATS, stat as u32, 1)
+}
+
+/// Add `n` to a slot of a per-CPU array counter; returns this CPU's new value.
+#[inline(always)]
+pub fn add_slot(map: &PerCpuArray<u64>, index: u32, n: u64) -> u64 {
+    match map.get_ptr_mut(index) {
         Some(p) => unsafe {
-            *p += 1;
+            *p += n;
             *p
         },
         None => 0,
+    }
+}
+
+/// Add `n` to a key of a per-CPU hash counter, creating the key on first use.
+#[inline(always)]
+pub fn add_key(map: &PerCpuHashMap<u32, u64>, key: u32, n: u64) {
+    if let Some(p) = map.get_ptr_mut(key) {
+        unsafe { *p += n };
+        return;
+    }
+    if map.insert(key, n, BPF_NOEXIST).is_ok() {
+        return;
+    }
+    // Another CPU created the key first: this CPU's slot exists now, zeroed.
+    match map.get_ptr_mut(key) {
+        Some(p) => unsafe { *p += n },
+        None => {
+            bump(Stat::CounterUpdateFailed);
+        }
     }
 }
 

@@ -38,6 +38,12 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn tcp_send_reset(_ctx: TracePointContext) -> u32 {
+    probes::tcp_send_reset::handle();
+    0
+}
+
+#[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     probes::tcp_destroy_sock::handle(&ctx);
     0

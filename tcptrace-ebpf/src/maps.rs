@@ -2,9 +2,10 @@
 //! time (`--ring-bytes`, `--max-sockets`), so they stay bounded and configurable.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
+    counters::{HANDSHAKE_SLOTS, RESET_SLOTS},
     event::{ListenKey, SockInfo},
     stats::STAT_SLOTS,
     Config, Event, Owner,
@@ -30,6 +31,20 @@ pub static SOCKETS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0)
 /// Owner of every listening socket, so accepted children inherit it.
 #[map]
 pub static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);
+
+/// Lossless counters behind the Prometheus metrics, independent of the ring buffer.
+/// Keys: `tcptrace_common::counters`. The sparse ones are hashes sized to their whole
+/// key space, so they cannot fill up.
+#[map]
+pub static TRANSITIONS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(256, 0);
+#[map]
+pub static RETRANSMITS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(128, 0);
+#[map]
+pub static HANDSHAKES: PerCpuArray<u64> = PerCpuArray::with_max_entries(HANDSHAKE_SLOTS, 0);
+#[map]
+pub static FAILURES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+#[map]
+pub static RESETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESET_SLOTS, 0);
 
 /// Per-CPU scratch space where an event is built: an `Event` does not fit the 512-byte
 /// BPF stack next to everything else a handler keeps there.

@@ -4,12 +4,13 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use tcptrace_common::{
     config::OFFSET_UNKNOWN,
     event::{SockInfo, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED, OUTCOME_FAILED},
-    Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
+    counters, Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
 };
 
 use crate::{
     conf,
-    emit::{base_event, submit},
+    emit::{add_key, add_slot, base_event, submit},
+    maps::{FAILURES, HANDSHAKES, TRANSITIONS},
     sockets,
     tracepoint::{endpoints, read, Endpoints},
 };
@@ -31,6 +32,7 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let (old, new) = (old as u8, new as u8);
     let ep = endpoints(ctx, &layout)?;
     let now = unsafe { bpf_ktime_get_ns() };
+    add_key(&TRANSITIONS, counters::transition_key(old, new), 1);
 
     let previous = begin_tracking(ctx, &ep, old, new, now);
     let (owner, since, handshake_start, flags) = match previous {
@@ -113,9 +115,13 @@ fn finish_handshake(event: &mut Event, old: u8, new: u8, duration_ns: u64) {
         if side == HandshakeSide::Server {
             event.duration_ns += synack_rtt_ns(event.skaddr);
         }
+        let side = side as u8;
+        add_slot(&HANDSHAKES, counters::handshake_bucket_index(side, counters::handshake_bucket(event.duration_ns)), 1);
+        add_slot(&HANDSHAKES, counters::handshake_sum_index(side), event.duration_ns);
     } else if new == CLOSE {
         event.outcome = OUTCOME_FAILED;
         read_socket_error(event);
+        add_key(&FAILURES, counters::failure_key(side as u8, event.flags, event.err), 1);
     } else {
         return;
     }

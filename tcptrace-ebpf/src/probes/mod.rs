@@ -4,3 +4,4 @@ pub mod tcp_destroy_sock;
 pub mod tcp_receive_reset;
 pub mod tcp_retransmit_skb;
 pub mod tcp_retransmit_synack;
+pub mod tcp_send_reset;

@@ -5,11 +5,14 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     programs::TracePointContext,
 };
-use tcptrace_common::{config::OFFSET_UNKNOWN, EventKind, RetransmitKind, TcpState};
+use tcptrace_common::{
+    config::OFFSET_UNKNOWN, counters, EventKind, RetransmitKind, TcpState, AF_INET6,
+};
 
 use crate::{
     conf,
-    emit::{base_event, owner_of, submit},
+    emit::{add_key, base_event, owner_of, submit},
+    maps::RETRANSMITS,
     tracepoint::{endpoints, read},
 };
 
@@ -31,6 +34,11 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     event.old_state = state as u8;
     event.err = err;
     event.segs = segments(read(ctx, layout.skbaddr).unwrap_or(0));
+    if err == 0 {
+        // TcpRetransSegs counts segments of retransmits that were sent.
+        let key = counters::retransmit_key(kind as u8, state as u8, ep.family == AF_INET6);
+        add_key(&RETRANSMITS, key, event.segs.max(1) as u64);
+    }
     submit(event);
     Some(())
 }

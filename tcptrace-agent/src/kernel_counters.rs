@@ -1,0 +1,108 @@
+//! Reading the eBPF programs' per-CPU counters: the lossless metric counters and the
+//! programs' own bookkeeping (events submitted, lost, filtered, maps full).
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    Ebpf,
+};
+use tcptrace_common::{counters, Stat};
+
+pub struct KernelCounters {
+    stats: PerCpuArray<MapData, u64>,
+    transitions: PerCpuHashMap<MapData, u32, u64>,
+    retransmits: PerCpuHashMap<MapData, u32, u64>,
+    handshakes: PerCpuArray<MapData, u64>,
+    failures: PerCpuHashMap<MapData, u32, u64>,
+    resets: PerCpuArray<MapData, u64>,
+}
+
+/// Latency histogram of one handshake side, straight from the kernel's log2 buckets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// `buckets[b]`: handshakes that took less than 2^b microseconds (not cumulative).
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+}
+
+impl Histogram {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+/// Every metric counter at one instant, summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// (from, to) -> transitions.
+    pub transitions: BTreeMap<(u8, u8), u64>,
+    /// (kind, state, ipv6) -> retransmitted segments.
+    pub retransmits: BTreeMap<(u8, u8, bool), u64>,
+    /// [client, server].
+    pub handshakes: [Histogram; 2],
+    /// (side, flags, err) -> failed handshakes.
+    pub failures: BTreeMap<(u8, u8, i32), u64>,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+}
+
+fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+    let map = ebpf.take_map(name).with_context(|| format!("{name} map missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("{name} map has an unexpected type"))
+}
+
+fn sum_hash(map: &PerCpuHashMap<MapData, u32, u64>) -> BTreeMap<u32, u64> {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+        .collect()
+}
+
+fn sum_slot(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+}
+
+impl KernelCounters {
+    pub fn take(ebpf: &mut Ebpf) -> Result<KernelCounters> {
+        Ok(KernelCounters {
+            stats: take_map(ebpf, "STATS")?,
+            transitions: take_map(ebpf, "TRANSITIONS")?,
+            retransmits: take_map(ebpf, "RETRANSMITS")?,
+            handshakes: take_map(ebpf, "HANDSHAKES")?,
+            failures: take_map(ebpf, "FAILURES")?,
+            resets: take_map(ebpf, "RESETS")?,
+        })
+    }
+
+    /// A bookkeeping counter summed over all CPUs.
+    pub fn stat(&self, stat: Stat) -> u64 {
+        sum_slot(&self.stats, stat as u32)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let handshake = |side: u8| Histogram {
+            buckets: (0..counters::HANDSHAKE_BUCKETS)
+                .map(|b| sum_slot(&self.handshakes, counters::handshake_bucket_index(side, b)))
+                .collect(),
+            sum_ns: sum_slot(&self.handshakes, counters::handshake_sum_index(side)),
+        };
+        Snapshot {
+            transitions: sum_hash(&self.transitions)
+                .into_iter()
+                .map(|(k, v)| (counters::transition_from_key(k), v))
+                .collect(),
+            retransmits: sum_hash(&self.retransmits)
+                .into_iter()
+                .map(|(k, v)| (counters::retransmit_from_key(k), v))
+                .collect(),
+            handshakes: [handshake(0), handshake(1)],
+            failures: sum_hash(&self.failures)
+                .into_iter()
+                .map(|(k, v)| (counters::failure_from_key(k), v))
+                .collect(),
+            resets_sent: sum_slot(&self.resets, counters::RESET_SENT),
+            resets_received: sum_slot(&self.resets, counters::RESET_RECEIVED),
+        }
+    }
+}

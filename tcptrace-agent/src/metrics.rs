@@ -1,0 +1,270 @@
+//! `/metrics`: every metric tcptrace exports, read at scrape time from the kernel's
+//! lossless counters, from sock_diag and from the agent itself. METRICS.md documents
+//! each one; keep the two in step.
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::Instant,
+};
+
+use prometheus::{core::Collector, proto::MetricFamily};
+use tcptrace_common::{
+    counters::{handshake_bucket_upper_seconds, HANDSHAKE_BUCKETS},
+    state::state_name,
+    HandshakeSide, RetransmitKind, Stat, TcpState,
+};
+
+use crate::{
+    events::reason_for,
+    exposition::{self, counter, gauge, histogram, HistogramSeries},
+    kernel_counters::{Histogram, KernelCounters, Snapshot},
+    probes::HookStatus,
+    sock_diag,
+};
+
+/// Exported histogram buckets: 2^4 us (16 us) .. 2^28 us (268 s, beyond the 127 s a
+/// default SYN-retry budget can take), then +Inf.
+const FIRST_EXPORTED_BUCKET: u32 = 4;
+const LAST_EXPORTED_BUCKET: u32 = 28;
+
+pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "reset", "unreachable", "other"];
+
+/// What the agent knows about itself, updated by the ring-buffer drain.
+#[derive(Default)]
+pub struct AgentStats {
+    /// Events decoded from the ring buffer.
+    pub events_delivered: AtomicU64,
+}
+
+pub struct Metrics {
+    counters: Mutex<KernelCounters>,
+    hooks: Vec<HookStatus>,
+    pub agent: AgentStats,
+    process: prometheus::process_collector::ProcessCollector,
+}
+
+impl Metrics {
+    pub fn new(counters: KernelCounters, hooks: Vec<HookStatus>) -> Metrics {
+        Metrics {
+            counters: Mutex::new(counters),
+            hooks,
+            agent: AgentStats::default(),
+            process: prometheus::process_collector::ProcessCollector::for_self(),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> prometheus::Result<String> {
+        let started = Instant::now();
+        let mut families = {
+            let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            let snap = counters.snapshot();
+            let mut f = kernel_families(&snap);
+            f.extend(self.self_families(&counters));
+            f
+        };
+        families.push(socket_states());
+        families.extend(self.process.collect());
+        families.push(gauge(
+            "tcptrace_scrape_duration_seconds",
+            "Time this scrape took to collect every metric (before encoding).",
+            &[],
+            vec![(vec![], started.elapsed().as_secs_f64())],
+        ));
+        exposition::encode(&families)
+    }
+
+    fn self_families(&self, counters: &KernelCounters) -> Vec<MetricFamily> {
+        let map_full = |s: Stat| counters.stat(s) as f64;
+        vec![
+            counter(
+                "tcptrace_ringbuf_events_total",
+                "Events the kernel wrote to the ring buffer.",
+                &[],
+                vec![(vec![], counters.stat(Stat::EventsSubmitted) as f64)],
+            ),
+            counter(
+                "tcptrace_ringbuf_events_lost_total",
+                "Events dropped because the ring buffer was full (counters are unaffected).",
+                &[],
+                vec![(vec![], counters.stat(Stat::EventsLost) as f64)],
+            ),
+            counter(
+                "tcptrace_events_delivered_total",
+                "Events the agent read from the ring buffer.",
+                &[],
+                vec![(vec![], self.agent.events_delivered.load(Ordering::Relaxed) as f64)],
+            ),
+            counter(
+                "tcptrace_kernel_map_full_total",
+                "Updates refused because a bounded kernel map was full.",
+                &["map"],
+                vec![
+                    (vec!["sockets"], map_full(Stat::SocketMapFull)),
+                    (vec!["listeners"], map_full(Stat::ListenerMapFull)),
+                    (vec!["counters"], map_full(Stat::CounterUpdateFailed)),
+                ],
+            ),
+            gauge(
+                "tcptrace_probe_attached",
+                "1 when the hook is attached with this method, 0 when it could not be.",
+                &["probe", "method"],
+                self.hooks
+                    .iter()
+                    .map(|h| (vec![h.hook, h.method], if h.attached { 1.0 } else { 0.0 }))
+                    .collect(),
+            ),
+            gauge(
+                "tcptrace_build_info",
+                "Always 1; the version of the running agent.",
+                &["version"],
+                vec![(vec![env!("CARGO_PKG_VERSION")], 1.0)],
+            ),
+        ]
+    }
+}
+
+fn family_label(ipv6: bool) -> &'static str {
+    if ipv6 {
+        "ipv6"
+    } else {
+        "ipv4"
+    }
+}
+
+/// The metric families backed by the kernel's lossless counters.
+pub fn kernel_families(s: &Snapshot) -> Vec<MetricFamily> {
+    vec![
+        counter(
+            "tcptrace_state_transitions_total",
+            "TCP state transitions (sock:inet_sock_set_state), by old and new state.",
+            &["from", "to"],
+            s.transitions
+                .iter()
+                .map(|((from, to), n)| (vec![state_name(*from), state_name(*to)], *n as f64))
+                .collect(),
+        ),
+        counter(
+            "tcptrace_retransmits_total",
+            "Retransmitted segments (as TcpRetransSegs counts them), by kind, socket state and family.",
+            &["kind", "state", "family"],
+            s.retransmits
+                .iter()
+                .map(|((kind, state, ipv6), n)| {
+                    let kind = RetransmitKind::from_u8(*kind).map_or("unknown", RetransmitKind::name);
+                    (vec![kind, state_name(*state), family_label(*ipv6)], *n as f64)
+                })
+                .collect(),
+        ),
+        histogram(
+            "tcptrace_handshake_duration_seconds",
+            "Completed TCP handshakes by side: client SYN_SENT->ESTABLISHED; server SYN-ACK round trip plus final-ACK processing.",
+            &["side"],
+            [HandshakeSide::Client, HandshakeSide::Server]
+                .iter()
+                .map(|side| handshake_series(side.name(), &s.handshakes[*side as usize]))
+                .collect(),
+        ),
+        counter(
+            "tcptrace_connect_failures_total",
+            "Client handshakes that failed, by reason (from the socket error: ECONNREFUSED, ETIMEDOUT, ...).",
+            &["reason"],
+            failures_by_reason(s, HandshakeSide::Client),
+        ),
+        counter(
+            "tcptrace_accept_failures_total",
+            "Server handshakes (SYN_RECV) that failed, by reason.",
+            &["reason"],
+            failures_by_reason(s, HandshakeSide::Server),
+        ),
+        counter(
+            "tcptrace_resets_total",
+            "TCP resets sent (tcp:tcp_send_reset) and received (tcp:tcp_receive_reset).",
+            &["direction"],
+            vec![(vec!["sent"], s.resets_sent as f64), (vec!["received"], s.resets_received as f64)],
+        ),
+    ]
+}
+
+fn handshake_series<'a>(side: &'a str, h: &Histogram) -> HistogramSeries<'a> {
+    let mut cumulative = 0;
+    let mut buckets = Vec::new();
+    for b in 0..HANDSHAKE_BUCKETS {
+        cumulative += h.buckets.get(b as usize).copied().unwrap_or(0);
+        if (FIRST_EXPORTED_BUCKET..=LAST_EXPORTED_BUCKET).contains(&b) {
+            buckets.push((handshake_bucket_upper_seconds(b), cumulative));
+        }
+    }
+    HistogramSeries { labels: vec![side], buckets, count: h.count(), sum: h.sum_ns as f64 / 1e9 }
+}
+
+/// Every reason is always present (0 until it happens), so rate() works from the start.
+fn failures_by_reason(s: &Snapshot, side: HandshakeSide) -> Vec<(Vec<&'static str>, f64)> {
+    FAILURE_REASONS
+        .iter()
+        .map(|reason| {
+            let n: u64 = s
+                .failures
+                .iter()
+                .filter(|((sd, flags, err), _)| *sd == side as u8 && reason_for(*sd, *flags, *err) == *reason)
+                .map(|(_, n)| n)
+                .sum();
+            (vec![*reason], n as f64)
+        })
+        .collect()
+}
+
+/// `tcptrace_sockets{state}` from sock_diag, every state present.
+fn socket_states() -> MetricFamily {
+    let counts = sock_diag::count_by_state().unwrap_or_else(|e| {
+        log::warn!("sock_diag: {e:#}");
+        Default::default()
+    });
+    gauge(
+        "tcptrace_sockets",
+        "TCP sockets in the agent's network namespace by state, from sock_diag (as ss -tan).",
+        &["state"],
+        TcpState::ALL
+            .iter()
+            .filter(|s| **s != TcpState::BoundInactive)
+            .map(|s| (vec![s.name()], counts.get(&(*s as u8)).copied().unwrap_or(0) as f64))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_bounded() {
+        let mut h = Histogram { buckets: vec![0; HANDSHAKE_BUCKETS as usize], sum_ns: 3_000_000 };
+        h.buckets[2] = 1; // < 4 us: folded into the first exported bucket
+        h.buckets[7] = 2; // < 128 us
+        h.buckets[31] = 1; // beyond the last exported bucket: only in +Inf
+        let s = handshake_series("client", &h);
+        assert_eq!(s.count, 4);
+        assert_eq!(s.buckets.first(), Some(&(16e-6, 1)));
+        assert!(s.buckets.contains(&(128e-6, 3)));
+        assert_eq!(s.buckets.last().unwrap().1, 3);
+        assert!((s.sum - 0.003).abs() < 1e-12);
+    }
+
+    #[test]
+    fn kernel_families_render_as_valid_exposition() {
+        let mut snap = Snapshot::default();
+        snap.transitions.insert((7, 2), 5);
+        snap.retransmits.insert((1, 2, false), 3);
+        snap.failures.insert((0, tcptrace_common::event::FLAG_SK_ERR_READ, libc::ECONNREFUSED), 2);
+        snap.handshakes[0].buckets = vec![0; HANDSHAKE_BUCKETS as usize];
+        snap.handshakes[1].buckets = vec![0; HANDSHAKE_BUCKETS as usize];
+        let text = exposition::encode(&kernel_families(&snap)).unwrap();
+        assert!(text.contains("tcptrace_state_transitions_total{from=\"CLOSE\",to=\"SYN_SENT\"} 5"), "{text}");
+        assert!(text.contains("tcptrace_retransmits_total{kind=\"syn\",state=\"SYN_SENT\",family=\"ipv4\"} 3"), "{text}");
+        assert!(text.contains("tcptrace_connect_failures_total{reason=\"refused\"} 2"), "{text}");
+        assert!(text.contains("tcptrace_connect_failures_total{reason=\"timeout\"} 0"), "{text}");
+        assert!(text.contains("tcptrace_handshake_duration_seconds_bucket{side=\"server\",le=\"+Inf\"} 0"), "{text}");
+    }
+}

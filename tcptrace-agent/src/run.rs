@@ -1,0 +1,119 @@
+//! `tcptrace run`: the long-running agent (the DaemonSet's entrypoint). Keeps the
+//! programs attached, drains the ring buffer and serves `/metrics`, `/healthz` and
+//! `/readyz` until SIGTERM or SIGINT.
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use log::info;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+
+use crate::{
+    http::{self, Response},
+    kernel_counters::KernelCounters,
+    metrics::Metrics,
+    probes::{self, LoadOptions},
+    ring,
+};
+
+pub struct RunOptions {
+    pub listen: SocketAddr,
+    pub load: LoadOptions,
+    pub http: http::Limits,
+}
+
+/// The ring buffer counts as drained when the drain loop checked in this recently.
+const READY_WITHIN: Duration = Duration::from_secs(5);
+
+struct Health {
+    started: Instant,
+    /// Milliseconds since `started` of the drain loop's last pass.
+    drained_at_ms: AtomicU64,
+}
+
+impl Health {
+    fn mark_drained(&self) {
+        self.drained_at_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn since_drained(&self) -> Duration {
+        self.started.elapsed().saturating_sub(Duration::from_millis(self.drained_at_ms.load(Ordering::Relaxed)))
+    }
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    // Take the port before touching the kernel: a port in use fails with nothing loaded.
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let mut loaded = probes::load(&opts.load)?;
+    probes::log_report(&loaded.hooks);
+    let mut ring = ring::take_events(&mut loaded.ebpf)?;
+    let metrics = Arc::new(Metrics::new(KernelCounters::take(&mut loaded.ebpf)?, loaded.hooks.clone()));
+    let health = Arc::new(Health { started: Instant::now(), drained_at_ms: AtomicU64::new(0) });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, routes(metrics.clone(), health.clone()), opts.http, shutdown_rx));
+    info!("serving http://{}/metrics (also /healthz, /readyz)", opts.listen);
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = ready?;
+                let delivered = &metrics.agent.events_delivered;
+                ring::drain(guard.get_inner_mut(), |_| {
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    true
+                });
+                guard.clear_ready();
+                health.mark_drained();
+            }
+            _ = tick.tick() => health.mark_drained(),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    drop(ring);
+    drop(loaded);
+    info!("stopped; every program detached");
+    Ok(())
+}
+
+fn routes(metrics: Arc<Metrics>, health: Arc<Health>) -> http::Handler {
+    Arc::new(move |path: &str| match path {
+        "/metrics" => match metrics.render() {
+            Ok(body) => Response { status: 200, content_type: "text/plain; version=0.0.4; charset=utf-8", body },
+            Err(e) => {
+                log::error!("rendering /metrics: {e}");
+                Response::text(500, "rendering metrics failed; see the agent's log\n")
+            }
+        },
+        "/healthz" => Response::text(200, "ok\n"),
+        "/readyz" => {
+            let since = health.since_drained();
+            if since <= READY_WITHIN {
+                Response::text(200, "ready\n")
+            } else {
+                Response::text(503, format!("not ready: ring buffer not drained for {}s\n", since.as_secs()))
+            }
+        }
+        "/" => Response::text(200, "tcptrace: /metrics /healthz /readyz\n"),
+        _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
+    })
+}

@@ -1,0 +1,98 @@
+//! Keys of the lossless in-kernel counters behind the Prometheus metrics. Kernel and
+//! agent share these functions, so both sides agree on what each slot means.
+
+/// `TRANSITIONS` key: (from, to) state pair.
+pub fn transition_key(old: u8, new: u8) -> u32 {
+    ((old as u32) << 8) | new as u32
+}
+
+pub fn transition_from_key(key: u32) -> (u8, u8) {
+    ((key >> 8) as u8, key as u8)
+}
+
+/// `RETRANSMITS` key: (kind, state, family). Values are segments, as TcpRetransSegs.
+pub fn retransmit_key(kind: u8, state: u8, ipv6: bool) -> u32 {
+    ((kind as u32) << 16) | ((state as u32) << 8) | ipv6 as u32
+}
+
+pub fn retransmit_from_key(key: u32) -> (u8, u8, bool) {
+    ((key >> 16) as u8, (key >> 8) as u8, key & 1 == 1)
+}
+
+/// Handshake latency histogram: bucket `b` holds durations below 2^b microseconds.
+pub const HANDSHAKE_BUCKETS: u32 = 32;
+/// Per side: the buckets, then the sum of durations in nanoseconds.
+pub const HANDSHAKE_SLOTS_PER_SIDE: u32 = HANDSHAKE_BUCKETS + 1;
+pub const HANDSHAKE_SLOTS: u32 = 2 * HANDSHAKE_SLOTS_PER_SIDE;
+
+#[inline(always)]
+pub fn handshake_bucket(duration_ns: u64) -> u32 {
+    let us = duration_ns / 1000;
+    let bits = 64 - us.leading_zeros();
+    if bits >= HANDSHAKE_BUCKETS {
+        HANDSHAKE_BUCKETS - 1
+    } else {
+        bits
+    }
+}
+
+#[inline(always)]
+pub fn handshake_bucket_index(side: u8, bucket: u32) -> u32 {
+    (side as u32 & 1) * HANDSHAKE_SLOTS_PER_SIDE + bucket
+}
+
+#[inline(always)]
+pub fn handshake_sum_index(side: u8) -> u32 {
+    (side as u32 & 1) * HANDSHAKE_SLOTS_PER_SIDE + HANDSHAKE_BUCKETS
+}
+
+/// Upper bound of bucket `b` in seconds (2^b microseconds).
+pub fn handshake_bucket_upper_seconds(bucket: u32) -> f64 {
+    (1u64 << bucket) as f64 / 1e6
+}
+
+/// `FAILURES` key: what the kernel knew when a handshake failed. The agent turns it
+/// into a reason with the same function that labels `tcptrace trace` output.
+pub fn failure_key(side: u8, flags: u8, err: i32) -> u32 {
+    ((side as u32) << 24) | ((flags as u32) << 16) | (err as u32 & 0xffff)
+}
+
+pub fn failure_from_key(key: u32) -> (u8, u8, i32) {
+    ((key >> 24) as u8, (key >> 16) as u8, (key & 0xffff) as i32)
+}
+
+/// `RESETS` slots.
+pub const RESET_SENT: u32 = 0;
+pub const RESET_RECEIVED: u32 = 1;
+pub const RESET_SLOTS: u32 = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(transition_from_key(transition_key(2, 1)), (2, 1));
+        assert_eq!(retransmit_from_key(retransmit_key(2, 3, true)), (2, 3, true));
+        assert_eq!(retransmit_from_key(retransmit_key(0, 1, false)), (0, 1, false));
+        assert_eq!(failure_from_key(failure_key(1, 5, 111)), (1, 5, 111));
+    }
+
+    #[test]
+    fn buckets_are_log2_microseconds() {
+        assert_eq!(handshake_bucket(0), 0);
+        assert_eq!(handshake_bucket(999), 0, "under 1 us");
+        assert_eq!(handshake_bucket(1_000), 1, "1 us < 2^1");
+        assert_eq!(handshake_bucket(50_000), 6, "50 us < 64");
+        assert_eq!(handshake_bucket(63_999), 6);
+        assert_eq!(handshake_bucket(64_000), 7);
+        // 127 s, the SYN-retry limit, lands below 2^27 us (134 s).
+        assert_eq!(handshake_bucket(127_000_000_000), 27);
+        assert_eq!(handshake_bucket(u64::MAX), HANDSHAKE_BUCKETS - 1);
+        for ns in [1_000u64, 7_777, 64_000, 3_000_000_000] {
+            let b = handshake_bucket(ns);
+            assert!((ns as f64 / 1e9) < handshake_bucket_upper_seconds(b));
+        }
+        assert_eq!(handshake_sum_index(1), HANDSHAKE_SLOTS - 1);
+    }
+}
