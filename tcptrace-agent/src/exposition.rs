@@ -1,6 +1,8 @@
 //! Building Prometheus metric families (the `prometheus` crate's data model) from plain
 //! values, so each metric is one short function call in `metrics.rs`.
-use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 
 /// Label values of one series, in the order of the family's label names.
 pub type Labels<'a> = Vec<&'a str>;
@@ -27,7 +29,12 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     f
 }
 
-pub fn counter(name: &str, help: &str, label_names: &[&str], series: Vec<(Labels<'_>, f64)>) -> MetricFamily {
+pub fn counter(
+    name: &str,
+    help: &str,
+    label_names: &[&str],
+    series: Vec<(Labels<'_>, f64)>,
+) -> MetricFamily {
     let metrics = series
         .into_iter()
         .map(|(values, v)| {
@@ -41,7 +48,12 @@ pub fn counter(name: &str, help: &str, label_names: &[&str], series: Vec<(Labels
     family(name, help, MetricType::COUNTER, metrics)
 }
 
-pub fn gauge(name: &str, help: &str, label_names: &[&str], series: Vec<(Labels<'_>, f64)>) -> MetricFamily {
+pub fn gauge(
+    name: &str,
+    help: &str,
+    label_names: &[&str],
+    series: Vec<(Labels<'_>, f64)>,
+) -> MetricFamily {
     let metrics = series
         .into_iter()
         .map(|(values, v)| {
@@ -63,7 +75,12 @@ pub struct HistogramSeries<'a> {
     pub sum: f64,
 }
 
-pub fn histogram(name: &str, help: &str, label_names: &[&str], series: Vec<HistogramSeries<'_>>) -> MetricFamily {
+pub fn histogram(
+    name: &str,
+    help: &str,
+    label_names: &[&str],
+    series: Vec<HistogramSeries<'_>>,
+) -> MetricFamily {
     let metrics = series
         .into_iter()
         .map(|s| {
@@ -92,6 +109,10 @@ pub fn histogram(name: &str, help: &str, label_names: &[&str], series: Vec<Histo
 /// The text exposition. A family without series yet (no retransmit so far) is left out:
 /// the format has no way to write it.
 pub fn encode(families: &[MetricFamily]) -> prometheus::Result<String> {
-    let present: Vec<MetricFamily> = families.iter().filter(|f| !f.get_metric().is_empty()).cloned().collect();
+    let present: Vec<MetricFamily> = families
+        .iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .cloned()
+        .collect();
     prometheus::TextEncoder::new().encode_to_string(&present)
 }

@@ -20,7 +20,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_head_bytes: 8192, read_timeout: Duration::from_secs(5), max_connections: 32 }
+        Limits {
+            max_head_bytes: 8192,
+            read_timeout: Duration::from_secs(5),
+            max_connections: 32,
+        }
     }
 }
 
@@ -34,7 +38,10 @@ pub enum Method {
 pub enum Parsed {
     /// No blank line yet: read more.
     Incomplete,
-    Request { method: Method, path: String },
+    Request {
+        method: Method,
+        path: String,
+    },
     /// Answer with this status and close.
     Reject(u16),
 }
@@ -53,7 +60,8 @@ pub fn parse_head(buf: &[u8], max_head_bytes: usize) -> Parsed {
     };
     let mut lines = head.lines();
     let mut parts = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Parsed::Reject(400);
     };
@@ -66,10 +74,16 @@ pub fn parse_head(buf: &[u8], max_head_bytes: usize) -> Parsed {
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
-        m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => return Parsed::Reject(405),
+        m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+            return Parsed::Reject(405)
+        }
         _ => return Parsed::Reject(400),
     };
-    let path = target.split(['?', '#']).next().unwrap_or(target).to_string();
+    let path = target
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(target)
+        .to_string();
     Parsed::Request { method, path }
 }
 
@@ -85,7 +99,11 @@ pub struct Response {
 
 impl Response {
     pub fn text(status: u16, body: impl Into<String>) -> Response {
-        Response { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
     }
 }
 
@@ -127,7 +145,12 @@ pub fn serialize(r: &Response, include_body: bool) -> Vec<u8> {
 pub type Handler = Arc<dyn Fn(&str) -> Response + Send + Sync>;
 
 /// Serve until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, handler: Handler, limits: Limits, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         tokio::select! {
@@ -153,7 +176,12 @@ pub async fn serve(listener: TcpListener, handler: Handler, limits: Limits, mut 
 }
 
 async fn handle(mut stream: TcpStream, handler: Handler, limits: Limits) {
-    let parsed = match tokio::time::timeout(limits.read_timeout, read_head(&mut stream, limits.max_head_bytes)).await {
+    let parsed = match tokio::time::timeout(
+        limits.read_timeout,
+        read_head(&mut stream, limits.max_head_bytes),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(_) => Parsed::Reject(408),
     };
@@ -164,7 +192,10 @@ async fn handle(mut stream: TcpStream, handler: Handler, limits: Limits) {
                 .unwrap_or_else(|_| Response::text(500, "internal error\n"));
             (response, method == Method::Get)
         }
-        Parsed::Reject(status) => (Response::text(status, format!("{}\n", reason(status))), true),
+        Parsed::Reject(status) => (
+            Response::text(status, format!("{}\n", reason(status))),
+            true,
+        ),
         Parsed::Incomplete => return, // client went away
     };
     reply_and_close(stream, response, include_body).await;
@@ -200,31 +231,67 @@ mod tests {
     fn accepts_get_and_head() {
         assert_eq!(
             parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", MAX),
-            Parsed::Request { method: Method::Get, path: "/metrics".into() }
+            Parsed::Request {
+                method: Method::Get,
+                path: "/metrics".into()
+            }
         );
         assert_eq!(
             parse_head(b"HEAD /healthz?x=1 HTTP/1.0\r\n\r\n", MAX),
-            Parsed::Request { method: Method::Head, path: "/healthz".into() }
+            Parsed::Request {
+                method: Method::Head,
+                path: "/healthz".into()
+            }
         );
     }
 
     #[test]
     fn waits_for_the_blank_line() {
-        assert_eq!(parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n", MAX), Parsed::Incomplete);
+        assert_eq!(
+            parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n", MAX),
+            Parsed::Incomplete
+        );
         assert_eq!(parse_head(b"", MAX), Parsed::Incomplete);
     }
 
     #[test]
     fn rejects_what_it_does_not_serve() {
-        assert_eq!(parse_head(b"POST /metrics HTTP/1.1\r\n\r\n", MAX), Parsed::Reject(405));
-        assert_eq!(parse_head(b"DELETE / HTTP/1.1\r\n\r\n", MAX), Parsed::Reject(405));
-        assert_eq!(parse_head(b"get /metrics HTTP/1.1\r\n\r\n", MAX), Parsed::Reject(400));
-        assert_eq!(parse_head(b"GET metrics HTTP/1.1\r\n\r\n", MAX), Parsed::Reject(400));
-        assert_eq!(parse_head(b"GET /metrics SPDY/3\r\n\r\n", MAX), Parsed::Reject(400));
-        assert_eq!(parse_head(b"GET /metrics\r\n\r\n", MAX), Parsed::Reject(400));
-        assert_eq!(parse_head(b"GET / HTTP/1.1 extra\r\n\r\n", MAX), Parsed::Reject(400));
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", MAX), Parsed::Reject(400));
-        assert_eq!(parse_head(b"GET /\xff HTTP/1.1\r\n\r\n", MAX), Parsed::Reject(400));
+        assert_eq!(
+            parse_head(b"POST /metrics HTTP/1.1\r\n\r\n", MAX),
+            Parsed::Reject(405)
+        );
+        assert_eq!(
+            parse_head(b"DELETE / HTTP/1.1\r\n\r\n", MAX),
+            Parsed::Reject(405)
+        );
+        assert_eq!(
+            parse_head(b"get /metrics HTTP/1.1\r\n\r\n", MAX),
+            Parsed::Reject(400)
+        );
+        assert_eq!(
+            parse_head(b"GET metrics HTTP/1.1\r\n\r\n", MAX),
+            Parsed::Reject(400)
+        );
+        assert_eq!(
+            parse_head(b"GET /metrics SPDY/3\r\n\r\n", MAX),
+            Parsed::Reject(400)
+        );
+        assert_eq!(
+            parse_head(b"GET /metrics\r\n\r\n", MAX),
+            Parsed::Reject(400)
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1 extra\r\n\r\n", MAX),
+            Parsed::Reject(400)
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", MAX),
+            Parsed::Reject(400)
+        );
+        assert_eq!(
+            parse_head(b"GET /\xff HTTP/1.1\r\n\r\n", MAX),
+            Parsed::Reject(400)
+        );
     }
 
     #[test]

@@ -47,8 +47,13 @@ pub struct Snapshot {
     pub resets_received: u64,
 }
 
-fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
-    let map = ebpf.take_map(name).with_context(|| format!("{name} map missing from the eBPF object"))?;
+fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("{name} map missing from the eBPF object"))?;
     T::try_from(map).with_context(|| format!("{name} map has an unexpected type"))
 }
 
@@ -60,7 +65,9 @@ fn sum_hash(map: &PerCpuHashMap<MapData, u32, u64>) -> BTreeMap<u32, u64> {
 }
 
 fn sum_slot(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
-    map.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    map.get(&index, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
 }
 
 impl KernelCounters {

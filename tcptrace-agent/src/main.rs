@@ -81,7 +81,11 @@ struct RunArgs {
 }
 
 fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
     full.parse()
         .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 0.0.0.0:9479, [::]:9479 or :9479)"))
 }
@@ -191,7 +195,10 @@ fn main() -> ExitCode {
         Command::Trace(_) => log::LevelFilter::Warn,
         Command::Run(_) => log::LevelFilter::Info,
     };
-    init_logging(cli.log_level.unwrap_or(default_level), cli.log_format == "json");
+    init_logging(
+        cli.log_level.unwrap_or(default_level),
+        cli.log_format == "json",
+    );
     match cli.command {
         Command::Run(args) => run(run::run(run::RunOptions {
             listen: args.listen,

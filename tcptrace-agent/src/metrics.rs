@@ -95,7 +95,10 @@ impl Metrics {
                 "tcptrace_events_delivered_total",
                 "Events the agent read from the ring buffer.",
                 &[],
-                vec![(vec![], self.agent.events_delivered.load(Ordering::Relaxed) as f64)],
+                vec![(
+                    vec![],
+                    self.agent.events_delivered.load(Ordering::Relaxed) as f64,
+                )],
             ),
             counter(
                 "tcptrace_kernel_map_full_total",
@@ -197,7 +200,12 @@ fn handshake_series<'a>(side: &'a str, h: &Histogram) -> HistogramSeries<'a> {
             buckets.push((handshake_bucket_upper_seconds(b), cumulative));
         }
     }
-    HistogramSeries { labels: vec![side], buckets, count: h.count(), sum: h.sum_ns as f64 / 1e9 }
+    HistogramSeries {
+        labels: vec![side],
+        buckets,
+        count: h.count(),
+        sum: h.sum_ns as f64 / 1e9,
+    }
 }
 
 /// Every reason is always present (0 until it happens), so rate() works from the start.
@@ -208,7 +216,9 @@ fn failures_by_reason(s: &Snapshot, side: HandshakeSide) -> Vec<(Vec<&'static st
             let n: u64 = s
                 .failures
                 .iter()
-                .filter(|((sd, flags, err), _)| *sd == side as u8 && reason_for(*sd, *flags, *err) == *reason)
+                .filter(|((sd, flags, err), _)| {
+                    *sd == side as u8 && reason_for(*sd, *flags, *err) == *reason
+                })
                 .map(|(_, n)| n)
                 .sum();
             (vec![*reason], n as f64)
@@ -229,7 +239,12 @@ fn socket_states() -> MetricFamily {
         TcpState::ALL
             .iter()
             .filter(|s| **s != TcpState::BoundInactive)
-            .map(|s| (vec![s.name()], counts.get(&(*s as u8)).copied().unwrap_or(0) as f64))
+            .map(|s| {
+                (
+                    vec![s.name()],
+                    counts.get(&(*s as u8)).copied().unwrap_or(0) as f64,
+                )
+            })
             .collect(),
     )
 }
@@ -240,7 +255,10 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_and_bounded() {
-        let mut h = Histogram { buckets: vec![0; HANDSHAKE_BUCKETS as usize], sum_ns: 3_000_000 };
+        let mut h = Histogram {
+            buckets: vec![0; HANDSHAKE_BUCKETS as usize],
+            sum_ns: 3_000_000,
+        };
         h.buckets[2] = 1; // < 4 us: folded into the first exported bucket
         h.buckets[7] = 2; // < 128 us
         h.buckets[31] = 1; // beyond the last exported bucket: only in +Inf
@@ -257,14 +275,40 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.transitions.insert((7, 2), 5);
         snap.retransmits.insert((1, 2, false), 3);
-        snap.failures.insert((0, tcptrace_common::event::FLAG_SK_ERR_READ, libc::ECONNREFUSED), 2);
+        snap.failures.insert(
+            (
+                0,
+                tcptrace_common::event::FLAG_SK_ERR_READ,
+                libc::ECONNREFUSED,
+            ),
+            2,
+        );
         snap.handshakes[0].buckets = vec![0; HANDSHAKE_BUCKETS as usize];
         snap.handshakes[1].buckets = vec![0; HANDSHAKE_BUCKETS as usize];
         let text = exposition::encode(&kernel_families(&snap)).unwrap();
-        assert!(text.contains("tcptrace_state_transitions_total{from=\"CLOSE\",to=\"SYN_SENT\"} 5"), "{text}");
-        assert!(text.contains("tcptrace_retransmits_total{kind=\"syn\",state=\"SYN_SENT\",family=\"ipv4\"} 3"), "{text}");
-        assert!(text.contains("tcptrace_connect_failures_total{reason=\"refused\"} 2"), "{text}");
-        assert!(text.contains("tcptrace_connect_failures_total{reason=\"timeout\"} 0"), "{text}");
-        assert!(text.contains("tcptrace_handshake_duration_seconds_bucket{side=\"server\",le=\"+Inf\"} 0"), "{text}");
+        assert!(
+            text.contains("tcptrace_state_transitions_total{from=\"CLOSE\",to=\"SYN_SENT\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tcptrace_retransmits_total{kind=\"syn\",state=\"SYN_SENT\",family=\"ipv4\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcptrace_connect_failures_total{reason=\"refused\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcptrace_connect_failures_total{reason=\"timeout\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tcptrace_handshake_duration_seconds_bucket{side=\"server\",le=\"+Inf\"} 0"
+            ),
+            "{text}"
+        );
     }
 }

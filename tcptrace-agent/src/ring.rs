@@ -22,7 +22,9 @@ pub fn watch<T: AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
 
 /// The `EVENTS` ring buffer, ready to be awaited.
 pub fn take_events(ebpf: &mut Ebpf) -> Result<AsyncFd<RingBuf<MapData>>> {
-    let map = ebpf.take_map("EVENTS").context("EVENTS map missing from the eBPF object")?;
+    let map = ebpf
+        .take_map("EVENTS")
+        .context("EVENTS map missing from the eBPF object")?;
     watch(RingBuf::try_from(map)?)
 }
 

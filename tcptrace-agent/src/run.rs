@@ -43,11 +43,14 @@ struct Health {
 
 impl Health {
     fn mark_drained(&self) {
-        self.drained_at_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.drained_at_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn since_drained(&self) -> Duration {
-        self.started.elapsed().saturating_sub(Duration::from_millis(self.drained_at_ms.load(Ordering::Relaxed)))
+        self.started.elapsed().saturating_sub(Duration::from_millis(
+            self.drained_at_ms.load(Ordering::Relaxed),
+        ))
     }
 }
 
@@ -59,12 +62,26 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut loaded = probes::load(&opts.load)?;
     probes::log_report(&loaded.hooks);
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
-    let metrics = Arc::new(Metrics::new(KernelCounters::take(&mut loaded.ebpf)?, loaded.hooks.clone()));
-    let health = Arc::new(Health { started: Instant::now(), drained_at_ms: AtomicU64::new(0) });
+    let metrics = Arc::new(Metrics::new(
+        KernelCounters::take(&mut loaded.ebpf)?,
+        loaded.hooks.clone(),
+    ));
+    let health = Arc::new(Health {
+        started: Instant::now(),
+        drained_at_ms: AtomicU64::new(0),
+    });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server = tokio::spawn(http::serve(listener, routes(metrics.clone(), health.clone()), opts.http, shutdown_rx));
-    info!("serving http://{}/metrics (also /healthz, /readyz)", opts.listen);
+    let server = tokio::spawn(http::serve(
+        listener,
+        routes(metrics.clone(), health.clone()),
+        opts.http,
+        shutdown_rx,
+    ));
+    info!(
+        "serving http://{}/metrics (also /healthz, /readyz)",
+        opts.listen
+    );
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -98,7 +115,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 fn routes(metrics: Arc<Metrics>, health: Arc<Health>) -> http::Handler {
     Arc::new(move |path: &str| match path {
         "/metrics" => match metrics.render() {
-            Ok(body) => Response { status: 200, content_type: "text/plain; version=0.0.4; charset=utf-8", body },
+            Ok(body) => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            },
             Err(e) => {
                 log::error!("rendering /metrics: {e}");
                 Response::text(500, "rendering metrics failed; see the agent's log\n")
@@ -110,7 +131,13 @@ fn routes(metrics: Arc<Metrics>, health: Arc<Health>) -> http::Handler {
             if since <= READY_WITHIN {
                 Response::text(200, "ready\n")
             } else {
-                Response::text(503, format!("not ready: ring buffer not drained for {}s\n", since.as_secs()))
+                Response::text(
+                    503,
+                    format!(
+                        "not ready: ring buffer not drained for {}s\n",
+                        since.as_secs()
+                    ),
+                )
             }
         }
         "/" => Response::text(200, "tcptrace: /metrics /healthz /readyz\n"),

@@ -77,7 +77,12 @@ pub fn dump_tcp(family: u8, mut visit: impl FnMut(&InetDiagMsg)) -> Result<()> {
             seq: 1,
             pid: 0,
         },
-        body: InetDiagReqV2 { family, protocol: libc::IPPROTO_TCP as u8, states: !0, ..Default::default() },
+        body: InetDiagReqV2 {
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            states: !0,
+            ..Default::default()
+        },
     };
     fd.send(&req)?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -94,7 +99,10 @@ pub fn dump_tcp(family: u8, mut visit: impl FnMut(&InetDiagMsg)) -> Result<()> {
                 NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
                     let errno: i32 = read_struct(&buf[off + size_of::<NlMsgHdr>()..]).unwrap_or(0);
-                    bail!("sock_diag dump failed: {}", io::Error::from_raw_os_error(-errno));
+                    bail!(
+                        "sock_diag dump failed: {}",
+                        io::Error::from_raw_os_error(-errno)
+                    );
                 }
                 _ => {
                     let payload = &buf[off + size_of::<NlMsgHdr>()..off + len];
@@ -135,7 +143,13 @@ struct Netlink(std::os::fd::OwnedFd);
 impl Netlink {
     fn open() -> Result<Netlink> {
         // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error()).context("opening a sock_diag netlink socket");
         }

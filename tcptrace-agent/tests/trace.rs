@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{delta, free_port, require_root, Netns, Tracer};
+use common::{churn, delta, free_port, require_root, Netns, Tracer};
 use serde_json::Value;
 
 const CONNECTIONS: usize = 200;
@@ -29,25 +29,6 @@ const SERVER_SEQUENCE: [(&str, &str); 5] = [
     ("CLOSE_WAIT", "LAST_ACK"),
     ("LAST_ACK", "CLOSE"),
 ];
-
-/// Open, use and close `n` connections; the client closes first. Returns each
-/// connection's (client address, server address).
-fn churn(listener: &TcpListener, n: usize) -> Vec<(SocketAddr, SocketAddr)> {
-    let server = listener.local_addr().unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..n {
-        let mut client = TcpStream::connect(server).unwrap();
-        let (mut accepted, peer) = listener.accept().unwrap();
-        assert_eq!(peer, client.local_addr().unwrap());
-        client.write_all(b"x").unwrap();
-        drop(client);
-        let mut buf = Vec::new();
-        accepted.read_to_end(&mut buf).unwrap();
-        drop(accepted);
-        seen.push((peer, server));
-    }
-    seen
-}
 
 fn pair(e: &Value) -> (String, String) {
     (
@@ -531,4 +512,33 @@ fn a_full_socket_map_is_counted_and_reported_not_silent() {
         "untracked handshakes cannot be timed"
     );
     assert!(!traced.events.is_empty());
+}
+
+#[test]
+fn children_of_a_listener_older_than_the_tracer_are_timed_without_an_owner() {
+    require_root();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "handshakes"]);
+    churn(&listener, 3);
+    std::thread::sleep(Duration::from_millis(200));
+    let traced = tracer.stop();
+    let server: Vec<&Value> = traced
+        .events
+        .iter()
+        .filter(|e| e["side"] == "server")
+        .collect();
+    assert_eq!(server.len(), 3, "{:?}", traced.events);
+    assert!(server
+        .iter()
+        .all(|e| e["pid"].is_null() && e["outcome"] == "established"));
+    let client: Vec<&Value> = traced
+        .events
+        .iter()
+        .filter(|e| e["side"] == "client")
+        .collect();
+    assert!(
+        client.iter().all(|e| e["pid"] == std::process::id()),
+        "connect() is seen live"
+    );
 }

@@ -73,8 +73,14 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         assert_eq!(transition_from_key(transition_key(2, 1)), (2, 1));
-        assert_eq!(retransmit_from_key(retransmit_key(2, 3, true)), (2, 3, true));
-        assert_eq!(retransmit_from_key(retransmit_key(0, 1, false)), (0, 1, false));
+        assert_eq!(
+            retransmit_from_key(retransmit_key(2, 3, true)),
+            (2, 3, true)
+        );
+        assert_eq!(
+            retransmit_from_key(retransmit_key(0, 1, false)),
+            (0, 1, false)
+        );
         assert_eq!(failure_from_key(failure_key(1, 5, 111)), (1, 5, 111));
     }
 

@@ -2,6 +2,7 @@
 //!
 //! `setup` makes a fresh machine able to build and test tcptrace and is safe to rerun:
 //! each step checks first and says whether it found the piece or installed it.
+mod bench;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -34,6 +35,18 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root; not part of the tests). See BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Time GET /metrics against GET /healthz on a running release agent.
+    Render {
+        #[arg(long, default_value_t = 300)]
+        rounds: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +54,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Run { args } => setup::run().and_then(|()| run_agent(&args)),
         Cmd::Test { args } => setup::run().and_then(|()| test(&args)),
+        Cmd::Bench(Bench::Render { rounds }) => setup::run().and_then(|()| bench::render(rounds)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

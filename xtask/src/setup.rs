@@ -18,7 +18,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "tcpstates: the peer whose transitions the tests compare with",
     ),
     ("bpftool", "listing loaded programs, links and maps"),
-    ("prometheus", "a real Prometheus scraping the agent, and promtool"),
+    (
+        "prometheus",
+        "a real Prometheus scraping the agent, and promtool",
+    ),
 ];
 
 pub fn run() -> Result<()> {

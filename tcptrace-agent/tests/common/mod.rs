@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
@@ -199,7 +199,6 @@ impl Netns {
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
-        use std::io::Write;
         child
             .stdin
             .take()
@@ -263,4 +262,144 @@ pub fn sh(args: &[&str]) -> String {
 /// Counter growth between two nstat readings.
 pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: &str) -> u64 {
     after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+}
+
+/// A running `tcptrace run`, scraped over real HTTP.
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Agent {
+        let port = free_port(IpAddr::from([127, 0, 0, 1]));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = Command::new(TCPTRACE)
+            .args(["run", "--listen", &addr.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcptrace run");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let reader = Some(collect(child.stderr.take().unwrap(), stderr.clone()));
+        let agent = Agent {
+            child,
+            addr,
+            stderr,
+            reader,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if matches!(agent.get("/readyz"), Ok((200, _))) {
+                return agent;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent not ready within 30 s:\n{}", agent.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// One HTTP GET: (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_request(
+            self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: tcptrace\r\n\r\n"),
+        )
+    }
+
+    /// `/metrics` parsed into series -> value (`name{labels}` exactly as exposed).
+    pub fn scrape(&self) -> HashMap<String, f64> {
+        let (status, body) = self.get("/metrics").expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        parse_exposition(&body)
+    }
+
+    /// SIGTERM and wait: (exit status, everything it logged).
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        (status, self.stderr())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send raw bytes, read the whole answer: (status, body).
+pub fn http_request(addr: SocketAddr, raw: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(raw.as_bytes())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every series of a metric (all label sets).
+pub fn total(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+pub fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
+}
+
+/// Tests that read machine-wide counters run one at a time.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Open, use and close `n` connections; the client closes first. Returns each
+/// connection's (client address, server address).
+pub fn churn(listener: &TcpListener, n: usize) -> Vec<(SocketAddr, SocketAddr)> {
+    let server = listener.local_addr().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let mut client = std::net::TcpStream::connect(server).unwrap();
+        let (mut accepted, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        client.write_all(b"x").unwrap();
+        drop(client);
+        let mut buf = Vec::new();
+        accepted.read_to_end(&mut buf).unwrap();
+        drop(accepted);
+        seen.push((peer, server));
+    }
+    seen
 }

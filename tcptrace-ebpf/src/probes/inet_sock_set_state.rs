@@ -3,8 +3,9 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use tcptrace_common::{
     config::OFFSET_UNKNOWN,
+    counters,
     event::{SockInfo, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED, OUTCOME_FAILED},
-    counters, Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
+    Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
 };
 
 use crate::{
@@ -72,9 +73,14 @@ fn begin_tracking(
     if let Some(info) = sockets::lookup(ep.skaddr) {
         return Some(unsafe { *info });
     }
-    let owner = match (old, new) {
-        (CLOSE, SYN_SENT) | (CLOSE, LISTEN) => sockets::current_owner(),
-        (LISTEN, SYN_RECV) => sockets::listener_owner(ep.family, ep.sport, &ep.saddr)?,
+    let (owner, flags) = match (old, new) {
+        (CLOSE, SYN_SENT) | (CLOSE, LISTEN) => (sockets::current_owner(), 0),
+        // A listener that predates tcptrace has no known owner; its children are still
+        // tracked so their handshakes are timed.
+        (LISTEN, SYN_RECV) => match sockets::listener_owner(ep.family, ep.sport, &ep.saddr) {
+            Some(owner) => (owner, 0),
+            None => (Owner::default(), FLAG_OWNER_UNKNOWN as u32),
+        },
         _ => {
             // A socket that existed before tcptrace attached: track it from here on so
             // later transitions know how long it stayed, with its owner unknown.
@@ -94,10 +100,12 @@ fn begin_tracking(
         );
     }
     let handshake_start = if new == LISTEN { 0 } else { now };
-    let info = sockets::new_info(owner, now, handshake_start);
+    let mut info = sockets::new_info(owner, now, handshake_start);
+    info.flags = flags;
     sockets::track(ctx, ep.skaddr, &info);
-    // The socket was not tracked before this transition; the owner is fresh.
-    Some(sockets::new_info(owner, 0, handshake_start))
+    // The socket was not tracked before this transition: no time in the old state.
+    info.state_since_ns = 0;
+    Some(info)
 }
 
 /// Emit the handshake event when a SYN_SENT/SYN_RECV socket leaves that state.
@@ -116,12 +124,24 @@ fn finish_handshake(event: &mut Event, old: u8, new: u8, duration_ns: u64) {
             event.duration_ns += synack_rtt_ns(event.skaddr);
         }
         let side = side as u8;
-        add_slot(&HANDSHAKES, counters::handshake_bucket_index(side, counters::handshake_bucket(event.duration_ns)), 1);
-        add_slot(&HANDSHAKES, counters::handshake_sum_index(side), event.duration_ns);
+        add_slot(
+            &HANDSHAKES,
+            counters::handshake_bucket_index(side, counters::handshake_bucket(event.duration_ns)),
+            1,
+        );
+        add_slot(
+            &HANDSHAKES,
+            counters::handshake_sum_index(side),
+            event.duration_ns,
+        );
     } else if new == CLOSE {
         event.outcome = OUTCOME_FAILED;
         read_socket_error(event);
-        add_key(&FAILURES, counters::failure_key(side as u8, event.flags, event.err), 1);
+        add_key(
+            &FAILURES,
+            counters::failure_key(side as u8, event.flags, event.err),
+            1,
+        );
     } else {
         return;
     }

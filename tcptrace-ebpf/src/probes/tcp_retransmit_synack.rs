@@ -20,7 +20,11 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     // The request socket is in NEW_SYN_RECV; users know the handshake state as SYN_RECV.
     event.old_state = TcpState::SynRecv as u8;
     event.segs = 1;
-    let key = counters::retransmit_key(RetransmitKind::SynAck as u8, event.old_state, ep.family == AF_INET6);
+    let key = counters::retransmit_key(
+        RetransmitKind::SynAck as u8,
+        event.old_state,
+        ep.family == AF_INET6,
+    );
     add_key(&RETRANSMITS, key, 1);
     submit(event);
     Some(())

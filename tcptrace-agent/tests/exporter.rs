@@ -1,0 +1,403 @@
+//! `tcptrace run` against the real kernel: its counters must equal what the tests' own
+//! connections did and what the kernel counted (nstat), even when the ring buffer
+//! overflows; a real Prometheus scrapes it and promtool checks the exposition.
+//!
+//! The kernel counters are machine-wide, so every test here runs alone (`serial`): even
+//! a readiness probe is a TCP connection that would show up in another test's counts.
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use common::{
+    churn, delta, free_port, http_request, require_root, serial, total, value, Agent, Netns,
+};
+
+/// One scrape is one TCP connection to the agent: between two snapshots, the first
+/// scrape's close and the second's handshake (4 transitions, 2 handshake events) land in
+/// the counters. The agent shuts its side down for writing and then closes it, and the
+/// kernel reports that close as FIN_WAIT1 -> FIN_WAIT1, so the close is 7 transitions.
+const SCRAPE_TRANSITIONS: f64 = 11.0;
+const SCRAPE_HANDSHAKES: f64 = 2.0;
+
+fn growth(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {
+    total(after, name) - total(before, name)
+}
+
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn transitions_and_handshakes_grow_by_exactly_our_connections() {
+    require_root();
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    const N: usize = 150;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    settle();
+    let before = agent.scrape();
+    churn(&listener, N);
+    drop(listener);
+    settle();
+    let after = agent.scrape();
+
+    let transitions = growth(&before, &after, "tcptrace_state_transitions_total");
+    // Each connection: 5 client + 5 server transitions; the listener: LISTEN -> CLOSE.
+    assert_eq!(transitions, (N * 10 + 1) as f64 + SCRAPE_TRANSITIONS);
+    let listen_to_syn_recv = r#"tcptrace_state_transitions_total{from="LISTEN",to="SYN_RECV"}"#;
+    assert_eq!(
+        value(&after, listen_to_syn_recv) - value(&before, listen_to_syn_recv),
+        N as f64 + 1.0
+    );
+    let handshakes = growth(&before, &after, "tcptrace_handshake_duration_seconds_count");
+    assert_eq!(
+        handshakes,
+        2.0 * N as f64 + SCRAPE_HANDSHAKES,
+        "client and server side of each"
+    );
+    for side in ["client", "server"] {
+        let count = format!(r#"tcptrace_handshake_duration_seconds_count{{side="{side}"}}"#);
+        let inf =
+            format!(r#"tcptrace_handshake_duration_seconds_bucket{{side="{side}",le="+Inf"}}"#);
+        assert_eq!(value(&after, &count), value(&after, &inf));
+        assert_eq!(
+            value(&after, &count) - value(&before, &count),
+            N as f64 + 1.0
+        );
+    }
+    assert_eq!(value(&after, "tcptrace_ringbuf_events_lost_total"), 0.0);
+}
+
+#[test]
+fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
+    require_root();
+    let _serial = serial();
+    let ns = Netns::new("xrtx");
+    ns.exec(&["ip", "link", "set", "lo", "mtu", "1500"]);
+    ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=1"]);
+    let data_port = 21000 + (std::process::id() % 20000) as u16;
+    let dark_port = data_port + 1;
+    // Drop on input (see the trace tests): 8% of the transfer both ways, every SYN to
+    // the dark port.
+    ns.nft(&format!(
+        "table inet tcptrace_xloss {{\n chain in {{\n type filter hook input priority 0;\n \
+         tcp dport {data_port} numgen random mod 100 < 8 drop\n \
+         tcp sport {data_port} numgen random mod 100 < 8 drop\n \
+         tcp dport {dark_port} drop\n }}\n}}\n"
+    ));
+    let agent = Agent::start(&[]);
+    let kernel_before = ns.nstat();
+    let before = agent.scrape();
+    let work = ns.run(move || {
+        let listener = TcpListener::bind(("127.0.0.1", data_port)).unwrap();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let (mut s, _) = listener.accept().unwrap();
+            let mut sink = Vec::new();
+            s.read_to_end(&mut sink).unwrap();
+        });
+        let dark: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    TcpStream::connect(("127.0.0.1", dark_port))
+                        .unwrap_err()
+                        .kind()
+                })
+            })
+            .collect();
+        let mut client = TcpStream::connect(("127.0.0.1", data_port)).unwrap();
+        client.set_nodelay(true).unwrap();
+        for _ in 0..400 {
+            use std::io::Write;
+            client.write_all(&[1u8; 1000]).unwrap();
+        }
+        drop(client);
+        reader.join().unwrap();
+        dark.into_iter()
+            .map(|t| t.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let dark_outcomes = work.join().unwrap();
+    assert!(
+        dark_outcomes
+            .iter()
+            .all(|k| *k == std::io::ErrorKind::TimedOut),
+        "{dark_outcomes:?}"
+    );
+    ns.exec(&["nft", "delete", "table", "inet", "tcptrace_xloss"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let kernel_after = ns.nstat();
+    let after = agent.scrape();
+
+    let segs = delta(&kernel_before, &kernel_after, "TcpRetransSegs") as f64;
+    assert!(segs > 4.0, "the loss rule caused no data retransmits");
+    assert_eq!(
+        growth(&before, &after, "tcptrace_retransmits_total"),
+        segs,
+        "vs TcpRetransSegs"
+    );
+    let syn_like: f64 = ["syn", "synack"]
+        .iter()
+        .map(|k| {
+            after
+                .iter()
+                .filter(|(s, _)| s.contains(&format!("kind=\"{k}\"")))
+                .map(|(_, v)| v)
+                .sum::<f64>()
+                - before
+                    .iter()
+                    .filter(|(s, _)| s.contains(&format!("kind=\"{k}\"")))
+                    .map(|(_, v)| v)
+                    .sum::<f64>()
+        })
+        .sum();
+    assert_eq!(
+        syn_like,
+        delta(&kernel_before, &kernel_after, "TcpExtTCPSynRetrans") as f64,
+        "vs TcpExtTCPSynRetrans"
+    );
+    let timeouts = r#"tcptrace_connect_failures_total{reason="timeout"}"#;
+    assert_eq!(
+        value(&after, timeouts) - value(&before, timeouts),
+        4.0,
+        "the four dark connects"
+    );
+}
+
+#[test]
+fn counters_stay_exact_when_the_ring_buffer_overflows() {
+    require_root();
+    let _serial = serial();
+    let agent = Agent::start(&["--ring-bytes", "4096"]);
+    const N: usize = 1500;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    settle();
+    let before = agent.scrape();
+    churn(&listener, N);
+    drop(listener);
+    settle();
+    let after = agent.scrape();
+    let lost = growth(&before, &after, "tcptrace_ringbuf_events_lost_total");
+    assert!(lost > 0.0, "a 4 KiB ring must overflow under this churn");
+    assert_eq!(
+        growth(&before, &after, "tcptrace_state_transitions_total"),
+        (N * 10 + 1) as f64 + SCRAPE_TRANSITIONS,
+        "{lost} events lost, counts exact"
+    );
+    assert_eq!(
+        growth(&before, &after, "tcptrace_handshake_duration_seconds_count"),
+        2.0 * N as f64 + SCRAPE_HANDSHAKES
+    );
+    let submitted = growth(&before, &after, "tcptrace_ringbuf_events_total");
+    assert!(submitted > 0.0);
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    require_root();
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    // Make every family appear: a retransmit is hard to force here, the rest are easy.
+    let _ = TcpStream::connect(("127.0.0.1", free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+    let (_, body) = agent.get("/metrics").unwrap();
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(body.as_bytes());
+    assert!(
+        child.status.success() && child.stdout.is_empty() && child.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
+    child.stdout.clear();
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output;
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus; cargo xtask setup installs it)");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_same_values() {
+    require_root();
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let dir = std::env::temp_dir().join(format!("tcptrace-prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: ['{}']\n",
+            agent.addr
+        ),
+    )
+    .unwrap();
+    let prom_port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let prom_addr = SocketAddr::from(([127, 0, 0, 1], prom_port));
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package; cargo xtask setup installs it)");
+    struct Kill<'a>(&'a mut std::process::Child, std::path::PathBuf);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _guard = Kill(&mut prom, dir.clone());
+
+    let query = |q: &str| -> Option<f64> {
+        let path = format!(
+            "/api/v1/query?query={}",
+            q.replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+        );
+        let (status, body) = http_request(
+            prom_addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: prom\r\nConnection: close\r\n\r\n"),
+        )
+        .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    // Until Prometheus listens, every query is itself a refused connection: wait first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while query(r#"up{job="tcptrace"}"#) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never scraped the agent"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let closed = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    for _ in 0..3 {
+        let _ = TcpStream::connect(("127.0.0.1", closed));
+    }
+    let refused = r#"tcptrace_connect_failures_total{reason="refused"}"#;
+    let direct = value(&agent.scrape(), refused);
+    assert!(direct >= 3.0);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline {
+        seen = query(refused);
+        if seen == Some(direct) && query(r#"up{job="tcptrace"}"#) == Some(1.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(seen, Some(direct), "Prometheus's value of {refused}");
+    assert_eq!(query("tcptrace_build_info"), Some(1.0));
+}
+
+#[test]
+fn http_answers_bad_requests_clearly_and_keeps_serving() {
+    require_root();
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let req = |raw: &str| http_request(agent.addr, raw).unwrap().0;
+    assert_eq!(req("GET /nope HTTP/1.1\r\n\r\n"), 404);
+    assert_eq!(
+        req("POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+        405
+    );
+    assert_eq!(req("GARBAGE\r\n\r\n"), 400);
+    assert_eq!(
+        req(&format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(10_000)
+        )),
+        431
+    );
+    assert_eq!(req("HEAD /metrics HTTP/1.1\r\n\r\n"), 200);
+    assert_eq!(req("GET /healthz HTTP/1.1\r\n\r\n"), 200);
+    assert_eq!(agent.get("/metrics").unwrap().0, 200);
+    let (status, log) = agent.stop();
+    assert!(status.success(), "SIGTERM is a clean exit: {log}");
+    assert!(log.contains("every program detached"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn bad_listen_addresses_fail_before_loading() {
+    require_root();
+    let _serial = serial();
+    let out = Command::new(common::TCPTRACE)
+        .args(["run", "--listen", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not ADDR:PORT"));
+
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(common::TCPTRACE)
+        .args(["--log-level", "info", "run", "--listen", &addr])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("attached"),
+        "nothing may be loaded when the port is taken: {stderr}"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    require_root();
+    let _serial = serial();
+    let agent = Agent::start(&["--log-format", "json"]);
+    let (_, log) = agent.stop();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(
+            v["level"].is_string() && v["msg"].is_string() && v["ts"].is_string(),
+            "{line}"
+        );
+    }
+}
