@@ -1,12 +1,19 @@
 //! A deliberately small HTTP/1.x server for `/metrics`, `/healthz` and `/readyz`:
 //! GET and HEAD only, one request per connection, bounded request size, read timeout
 //! and connection count, so a hostile client cannot hold the agent's memory or sockets.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{watch, Semaphore},
+    sync::watch,
+    task::AbortHandle,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -144,6 +151,62 @@ pub fn serialize(r: &Response, include_body: bool) -> Vec<u8> {
 /// reads kernel maps.
 pub type Handler = Arc<dyn Fn(&str) -> Response + Send + Sync>;
 
+/// The connections being served. At the cap, a new connection evicts the oldest one
+/// still sending its request head: a client that trickles bytes (slowloris) cannot keep
+/// a scraper out, however many connections it opens.
+struct Connections {
+    max: usize,
+    live: Mutex<Vec<Connection>>,
+    next_id: AtomicU64,
+}
+
+struct Connection {
+    id: u64,
+    started: Instant,
+    reading: Arc<AtomicBool>,
+    abort: AbortHandle,
+}
+
+impl Connections {
+    fn live(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make room for one more; false when every slot is busy answering a request.
+    fn make_room(&self) -> bool {
+        let mut live = self.live();
+        if live.len() < self.max {
+            return true;
+        }
+        let oldest_reader = live
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.reading.load(Ordering::Relaxed))
+            .min_by_key(|(_, c)| c.started)
+            .map(|(i, _)| i);
+        match oldest_reader {
+            Some(i) => {
+                live.swap_remove(i).abort.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add(&self, id: u64, reading: Arc<AtomicBool>, abort: AbortHandle) {
+        self.live().push(Connection {
+            id,
+            started: Instant::now(),
+            reading,
+            abort,
+        });
+    }
+
+    fn remove(&self, id: u64) {
+        self.live().retain(|c| c.id != id);
+    }
+}
+
 /// Serve until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
@@ -151,31 +214,36 @@ pub async fn serve(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let conns = Arc::new(Connections {
+        max: limits.max_connections,
+        live: Mutex::new(Vec::new()),
+        next_id: AtomicU64::new(0),
+    });
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                match slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let handler = handler.clone();
-                        tokio::spawn(async move {
-                            handle(stream, handler, limits).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        // Over the cap: answer at once instead of queueing.
-                        tokio::spawn(reply_and_close(stream, Response::text(503, "too many connections\n"), true));
-                    }
+                if !conns.make_room() {
+                    // Every slot is rendering: answer at once instead of queueing.
+                    tokio::spawn(reply_and_close(stream, Response::text(503, "too many connections\n"), true));
+                    continue;
                 }
+                let id = conns.next_id.fetch_add(1, Ordering::Relaxed);
+                let reading = Arc::new(AtomicBool::new(true));
+                let (handler, flag, done) = (handler.clone(), reading.clone(), conns.clone());
+                // Registered before it can run (single-threaded runtime), removed by itself.
+                let task = tokio::spawn(async move {
+                    handle(stream, handler, limits, &flag).await;
+                    done.remove(id);
+                });
+                conns.add(id, reading, task.abort_handle());
             }
             _ = shutdown.changed() => return,
         }
     }
 }
 
-async fn handle(mut stream: TcpStream, handler: Handler, limits: Limits) {
+async fn handle(mut stream: TcpStream, handler: Handler, limits: Limits, reading: &AtomicBool) {
     let parsed = match tokio::time::timeout(
         limits.read_timeout,
         read_head(&mut stream, limits.max_head_bytes),
@@ -185,6 +253,7 @@ async fn handle(mut stream: TcpStream, handler: Handler, limits: Limits) {
         Ok(p) => p,
         Err(_) => Parsed::Reject(408),
     };
+    reading.store(false, Ordering::Relaxed);
     let (response, include_body) = match parsed {
         Parsed::Request { method, path } => {
             let response = tokio::task::spawn_blocking(move || handler(&path))

@@ -1,26 +1,13 @@
 //! tcptrace: eBPF TCP tracing agent. The command line lives here; each command's work
-//! lives in its own module.
-mod btf;
-mod clock;
-mod events;
-mod exposition;
-mod filter;
-mod http;
-mod kernel_counters;
-mod metrics;
-mod output;
-mod privileges;
-mod probes;
-mod ring;
-mod run;
-mod sock_diag;
-mod tp_format;
-mod trace;
-mod tracefs;
-
-use std::{process::ExitCode, time::Duration};
+//! lives in its own module of the library.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use tcptrace_agent::{
+    clock, filter, http, probes, run,
+    settings::{self, LogFormat},
+    trace,
+};
 
 /// Watch the kernel's TCP state machine: handshakes, state changes and retransmits,
 /// with the process that owns each socket.
@@ -29,11 +16,11 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     /// Log level for diagnostics on stderr: error, warn, info, debug, trace.
     /// Defaults to warn for `trace` (its output is the events) and info for `run`.
-    #[arg(long, global = true, value_name = "LEVEL")]
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = settings::parse_log_level)]
     log_level: Option<log::LevelFilter>,
     /// Log format on stderr: text, or json (one object per line, for log collectors).
-    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = settings::parse_log_format)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,36 +45,35 @@ enum Command {
     /// Serves /metrics (text exposition), /healthz (process alive) and /readyz (programs
     /// attached and the ring buffer being drained) until SIGTERM or SIGINT. Counters are
     /// kept in the kernel, so a full ring buffer loses event detail, never counts.
-    /// The metric reference is METRICS.md.
+    /// The metric reference is METRICS.md. After loading, the agent drops every
+    /// capability it holds.
+    ///
+    /// Settings come from flags, then the --config file, then defaults.
     ///
     /// Examples:
     ///   tcptrace run
     ///   tcptrace run --listen 127.0.0.1:9479 --log-format json
+    ///   tcptrace run --config /etc/tcptrace/tcptrace.toml
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
 }
 
-/// The default metrics port.
-const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
-
 #[derive(Args)]
 struct RunArgs {
-    /// Address and port for /metrics, /healthz and /readyz: `0.0.0.0:9479`,
+    /// Address and port for /metrics, /healthz and /readyz: `0.0.0.0:9479` (default),
     /// `127.0.0.1:9479`, `[::]:9479`, or `:9479` for every IPv4 address.
-    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
-    listen: std::net::SocketAddr,
-    #[command(flatten)]
-    limits: LimitArgs,
-}
-
-fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_string()
-    };
-    full.parse()
-        .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 0.0.0.0:9479, [::]:9479 or :9479)"))
+    #[arg(long, value_name = "ADDR:PORT", value_parser = settings::parse_listen)]
+    listen: Option<std::net::SocketAddr>,
+    /// TOML file with any of: listen, ring_bytes, max_sockets, log_level, log_format.
+    /// Unknown keys and bad values are refused before anything is loaded.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Ring buffer size in bytes: a power of two from 4096 to 1 GiB (default 4 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    ring_bytes: Option<u32>,
+    /// Sockets tracked at once in the kernel (default 65536).
+    #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
+    max_sockets: Option<u32>,
 }
 
 #[derive(Args)]
@@ -126,20 +112,13 @@ struct TraceArgs {
     /// Stop after printing this many events.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
-    #[command(flatten)]
-    limits: LimitArgs,
-}
-
-/// Kernel memory bounds shared by every command that loads the programs.
-#[derive(Args)]
-struct LimitArgs {
     /// Ring buffer size in bytes: a power of two from 4096 to 1 GiB. Events that find
     /// it full are lost and counted, never silently dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    #[arg(long, value_name = "BYTES", default_value_t = settings::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     ring_bytes: u32,
     /// How many sockets the kernel tracks at once (owner and state timing); sockets
     /// beyond it are counted and reported without owner.
-    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    #[arg(long, value_name = "N", default_value_t = settings::DEFAULT_MAX_SOCKETS, value_parser = parse_max_sockets)]
     max_sockets: u32,
 }
 
@@ -154,15 +133,14 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a byte count"))?;
-    if !(4096..=1 << 30).contains(&n) || !n.is_power_of_two() {
-        return Err(format!(
-            "{n} must be a power of two between 4096 and 1073741824"
-        ));
-    }
-    Ok(n)
+    settings::check_ring_bytes(
+        s.parse()
+            .map_err(|_| format!("`{s}` is not a byte count"))?,
+    )
+}
+
+fn parse_max_sockets(s: &str) -> Result<u32, String> {
+    settings::check_max_sockets(s.parse().map_err(|_| format!("`{s}` is not a number"))?)
 }
 
 impl TraceArgs {
@@ -178,8 +156,8 @@ impl TraceArgs {
         })?;
         Ok(trace::TraceOptions {
             load: probes::LoadOptions {
-                ring_bytes: self.limits.ring_bytes,
-                max_sockets: self.limits.max_sockets,
+                ring_bytes: self.ring_bytes,
+                max_sockets: self.max_sockets,
                 filter,
             },
             json: self.json,
@@ -189,41 +167,60 @@ impl TraceArgs {
     }
 }
 
+impl RunArgs {
+    fn settings(&self, cli: &Cli) -> anyhow::Result<settings::Settings> {
+        let file = match &self.config {
+            Some(path) => settings::ConfigFile::load(path)?,
+            None => settings::ConfigFile::default(),
+        };
+        let flags = settings::Flags {
+            listen: self.listen,
+            ring_bytes: self.ring_bytes,
+            max_sockets: self.max_sockets,
+            log_level: cli.log_level,
+            log_format: cli.log_format,
+        };
+        settings::resolve(flags, file)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Trace(_) => log::LevelFilter::Warn,
-        Command::Run(_) => log::LevelFilter::Info,
-    };
-    init_logging(
-        cli.log_level.unwrap_or(default_level),
-        cli.log_format == "json",
-    );
-    match cli.command {
-        Command::Run(args) => run(run::run(run::RunOptions {
-            listen: args.listen,
-            load: probes::LoadOptions {
-                ring_bytes: args.limits.ring_bytes,
-                max_sockets: args.limits.max_sockets,
-                filter: tcptrace_common::Filter::ANY,
-            },
-            http: http::Limits::default(),
-        })),
+    match &cli.command {
         Command::Trace(args) => {
+            init_logging(
+                cli.log_level.unwrap_or(log::LevelFilter::Warn),
+                cli.log_format.unwrap_or(LogFormat::Text),
+            );
             // Flag values are validated before anything touches the kernel: exit 2.
-            let opts = match args.options() {
-                Ok(o) => o,
+            match args.options() {
+                Ok(opts) => block_on(trace::run(opts)),
+                Err(e) => usage_error(&e),
+            }
+        }
+        Command::Run(args) => {
+            let s = match args.settings(&cli) {
+                Ok(s) => s,
                 Err(e) => return usage_error(&e),
             };
-            run(trace::run(opts))
+            init_logging(s.log_level, s.log_format);
+            block_on(run::run(run::RunOptions {
+                listen: s.listen,
+                load: probes::LoadOptions {
+                    ring_bytes: s.ring_bytes,
+                    max_sockets: s.max_sockets,
+                    filter: tcptrace_common::Filter::ANY,
+                },
+                http: http::Limits::default(),
+            }))
         }
     }
 }
 
-fn init_logging(level: log::LevelFilter, json: bool) {
+fn init_logging(level: log::LevelFilter, format: LogFormat) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level).format_target(false);
-    if json {
+    if format == LogFormat::Json {
         builder.format(|buf, record| {
             use std::io::Write;
             let line = serde_json::json!({
@@ -242,7 +239,7 @@ fn usage_error(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

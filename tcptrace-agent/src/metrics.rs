@@ -20,7 +20,7 @@ use crate::{
     events::reason_for,
     exposition::{self, counter, gauge, histogram, HistogramSeries},
     kernel_counters::{Histogram, KernelCounters, Snapshot},
-    probes::HookStatus,
+    probes::{self, HookStatus},
     sock_diag,
 };
 
@@ -80,6 +80,12 @@ impl Metrics {
         let map_full = |s: Stat| counters.stat(s) as f64;
         vec![
             counter(
+                "tcptrace_ringbuf_events_produced_total",
+                "Events offered to the ring buffer (= written + lost).",
+                &[],
+                vec![(vec![], counters.stat(Stat::EventsProduced) as f64)],
+            ),
+            counter(
                 "tcptrace_ringbuf_events_total",
                 "Events the kernel wrote to the ring buffer.",
                 &[],
@@ -109,6 +115,12 @@ impl Metrics {
                     (vec!["listeners"], map_full(Stat::ListenerMapFull)),
                     (vec!["counters"], map_full(Stat::CounterUpdateFailed)),
                 ],
+            ),
+            counter(
+                "tcptrace_kernel_missed_runs_total",
+                "Hook runs the kernel skipped because another BPF program was running on the same CPU (recursion protection): their events and counts are missing.",
+                &["probe"],
+                probes::missed_by_hook(&self.hooks).into_iter().map(|(hook, n)| (vec![hook], n as f64)).collect(),
             ),
             gauge(
                 "tcptrace_probe_attached",

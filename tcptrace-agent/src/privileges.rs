@@ -39,3 +39,49 @@ pub fn check_can_load() -> Result<()> {
         missing.join(" and ")
     )
 }
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Once the programs are attached nothing else needs a capability: map reads, the ring
+/// buffers and the perf links work through file descriptors already held, the listen
+/// socket is bound, sock_diag and /proc need none. Drop every capability of every set,
+/// and forbid regaining any through exec. Call before any other thread exists.
+pub fn drop_all() -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NO_NEW_PRIVS)");
+    }
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and data are valid capset(2) arguments for version 3.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("capset: dropping capabilities");
+    }
+    let left = effective()?;
+    if left != 0 {
+        bail!("capabilities still effective after dropping them: {left:#x}");
+    }
+    log::info!("dropped every capability; programs stay attached through their file descriptors");
+    Ok(())
+}

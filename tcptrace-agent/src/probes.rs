@@ -4,9 +4,12 @@
 //! this kernel's tracefs format files; a hook whose tracepoint is missing or whose layout
 //! is not understood is skipped with its reason (or, when the agent cannot work without
 //! it, refused with a clear error), and the agent reports what it attached.
-use std::path::Path;
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::{programs::TracePoint, Ebpf, EbpfLoader};
 use log::{info, warn};
 use serde::Serialize;
@@ -104,6 +107,9 @@ pub struct HookStatus {
     pub hook: &'static str,
     pub method: &'static str,
     pub attached: bool,
+    /// The loaded program's fd, for reading its kernel statistics.
+    #[serde(skip)]
+    pub prog_fd: Option<i32>,
     /// Why it is not attached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -152,6 +158,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     config.srtt_offset = offsets.srtt.unwrap_or(OFFSET_UNKNOWN);
     config.skb_segs_offset = offsets.skb_segs.unwrap_or(OFFSET_UNKNOWN);
 
+    if EBPF_OBJECT.is_empty() {
+        bail!("this binary was built with AYA_BUILD_SKIP and holds no eBPF object");
+    }
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", opts.ring_bytes)
@@ -162,10 +171,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
 
     for hook in usable {
         let status = match attach(&mut ebpf, hook) {
-            Ok(()) => HookStatus {
+            Ok(prog_fd) => HookStatus {
                 hook: hook.program,
                 method: "tracepoint",
                 attached: true,
+                prog_fd: Some(prog_fd),
                 reason: None,
             },
             Err(e) if hook.required => return Err(e),
@@ -183,6 +193,7 @@ fn skipped(hook: &Hook, reason: String) -> HookStatus {
         hook: hook.program,
         method: "tracepoint",
         attached: false,
+        prog_fd: None,
         reason: Some(reason),
     }
 }
@@ -217,7 +228,8 @@ fn resolve_layout(root: &Path, hook: &Hook) -> Result<TpLayout> {
     })
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
+/// Load and attach one hook's program; returns the program's fd.
+fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<i32> {
     let program: &mut TracePoint = ebpf
         .program_mut(hook.program)
         .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
@@ -231,7 +243,26 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
             hook.program, hook.category, hook.event
         )
     })?;
-    Ok(())
+    Ok(program.fd()?.as_fd().as_raw_fd())
+}
+
+/// How often the kernel skipped this program because another BPF program was already
+/// running on the same CPU (its recursion protection): those invocations, their events
+/// and their counts are missing. Read from the program fd's fdinfo (`recursion_misses`,
+/// Linux 5.12+; `None` where the kernel does not report it).
+pub fn missed_runs(prog_fd: i32) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{prog_fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Missed runs of every attached hook.
+pub fn missed_by_hook(hooks: &[HookStatus]) -> Vec<(&'static str, u64)> {
+    hooks
+        .iter()
+        .filter_map(|h| Some((h.hook, missed_runs(h.prog_fd?)?)))
+        .collect()
 }
 
 /// Offsets of the two socket fields the programs read directly, from the kernel's BTF.

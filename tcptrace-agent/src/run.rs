@@ -22,6 +22,7 @@ use crate::{
     http::{self, Response},
     kernel_counters::KernelCounters,
     metrics::Metrics,
+    privileges,
     probes::{self, LoadOptions},
     ring,
 };
@@ -66,6 +67,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         KernelCounters::take(&mut loaded.ebpf)?,
         loaded.hooks.clone(),
     ));
+    privileges::drop_all()?;
     let health = Arc::new(Health {
         started: Instant::now(),
         drained_at_ms: AtomicU64::new(0),

@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     clock::Clock,
     kernel_counters::KernelCounters,
-    output,
+    output, privileges,
     probes::{self, LoadOptions},
     ring,
 };
@@ -45,6 +45,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     );
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
     let stats = KernelCounters::take(&mut loaded.ebpf)?;
+    privileges::drop_all()?;
     let clock = Clock::new();
     let mut out = io::BufWriter::new(io::stdout().lock());
     if !opts.json {
@@ -71,8 +72,12 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     }
     // Whatever the kernel produced before we stopped is still reported.
     drain(ring.get_mut(), &opts, &clock, &mut out, &mut tally);
+    let missed: u64 = probes::missed_by_hook(&loaded.hooks)
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
     drop(loaded); // detach every program before the summary
-    print_summary(&tally, &stats);
+    print_summary(&tally, &stats, missed);
     Ok(())
 }
 
@@ -118,7 +123,7 @@ fn write_event(e: &Event, json: bool, clock: &Clock, out: &mut impl Write, tally
     }
 }
 
-fn print_summary(t: &Tally, stats: &KernelCounters) {
+fn print_summary(t: &Tally, stats: &KernelCounters, missed: u64) {
     let lost = stats.stat(Stat::EventsLost);
     let filtered = stats.stat(Stat::EventsFiltered);
     let untracked = stats.stat(Stat::SocketMapFull);
@@ -130,6 +135,11 @@ fn print_summary(t: &Tally, stats: &KernelCounters) {
     if untracked > 0 {
         line.push_str(&format!(
             "; {untracked} sockets untracked (socket map full)"
+        ));
+    }
+    if missed > 0 {
+        line.push_str(&format!(
+            "; {missed} hook runs skipped by the kernel (another BPF program was running on that CPU)"
         ));
     }
     if t.malformed > 0 {

@@ -15,18 +15,22 @@ pub enum Stat {
     EventsFiltered = 4,
     /// A counter key could not be created (its map was full): the count is short.
     CounterUpdateFailed = 5,
+    /// Events that passed the filters and were offered to the ring buffer, counted
+    /// before the attempt: produced = submitted + lost, checked by the tests.
+    EventsProduced = 6,
 }
 
 pub const STAT_SLOTS: u32 = 8;
 
 impl Stat {
-    pub const ALL: [Stat; 6] = [
+    pub const ALL: [Stat; 7] = [
         Stat::EventsSubmitted,
         Stat::EventsLost,
         Stat::SocketMapFull,
         Stat::ListenerMapFull,
         Stat::EventsFiltered,
         Stat::CounterUpdateFailed,
+        Stat::EventsProduced,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +41,7 @@ impl Stat {
             Stat::ListenerMapFull => "listener_map_full",
             Stat::EventsFiltered => "events_filtered",
             Stat::CounterUpdateFailed => "counter_update_failed",
+            Stat::EventsProduced => "events_produced",
         }
     }
 }

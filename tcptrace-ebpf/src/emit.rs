@@ -61,6 +61,7 @@ pub fn submit(event: &Event) {
         bump(Stat::EventsFiltered);
         return;
     }
+    bump(Stat::EventsProduced);
     match EVENTS.output::<Event>(event, 0) {
         Ok(()) => bump(Stat::EventsSubmitted),
         Err(_) => bump(Stat::EventsLost),

@@ -2,7 +2,7 @@
 //! time (`--ring-bytes`, `--max-sockets`), so they stay bounded and configurable.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
     counters::{HANDSHAKE_SLOTS, RESET_SLOTS},
@@ -25,12 +25,16 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
 /// Tracking state of every socket seen since attach, keyed by kernel socket address.
+/// Entries go when their socket closes or is destroyed. The kernel skips a program when
+/// another one already runs on the same CPU (recursion protection, counted as missed),
+/// so a cleanup can be missed: LRU makes such strays the first to be replaced when the
+/// map is full, instead of filling it for good.
 #[map]
-pub static SOCKETS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
+pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// Owner of every listening socket, so accepted children inherit it.
 #[map]
-pub static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);
+pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(4096, 0);
 
 /// Lossless counters behind the Prometheus metrics, independent of the ring buffer.
 /// Keys: `tcptrace_common::counters`. The sparse ones are hashes sized to their whole

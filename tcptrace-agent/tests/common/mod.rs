@@ -305,6 +305,10 @@ impl Agent {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One HTTP GET: (status, body).
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
         http_request(

@@ -1,0 +1,20 @@
+//! tcptrace's agent as a library: the `tcptrace` binary's commands, and the pieces the
+//! fuzz targets and benchmarks exercise directly.
+pub mod btf;
+pub mod clock;
+pub mod events;
+pub mod exposition;
+pub mod filter;
+pub mod http;
+pub mod kernel_counters;
+pub mod metrics;
+pub mod output;
+pub mod privileges;
+pub mod probes;
+pub mod ring;
+pub mod run;
+pub mod settings;
+pub mod sock_diag;
+pub mod tp_format;
+pub mod trace;
+pub mod tracefs;

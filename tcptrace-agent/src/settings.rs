@@ -1,0 +1,203 @@
+//! Validated settings of `tcptrace run`: command-line flags over an optional TOML config
+//! file over defaults. Every value is checked here, before anything touches the kernel,
+//! with a message that names the value and where it came from. The flag parsers use the
+//! same checks, so a value means the same in both places.
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::{Context as _, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
+
+/// `0.0.0.0:9479`, `[::]:9479`, `127.0.0.1:9479`, or `:9479` (every IPv4 address).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 0.0.0.0:9479, [::]:9479 or :9479)"))
+}
+
+/// The ring buffer must be a power of two pages: 4 KiB .. 1 GiB.
+pub fn check_ring_bytes(n: u64) -> Result<u32, String> {
+    if !(4096..=1 << 30).contains(&n) || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} must be a power of two between 4096 and 1073741824"
+        ));
+    }
+    Ok(n as u32)
+}
+
+pub fn check_max_sockets(n: u64) -> Result<u32, String> {
+    if !(64..=16_777_216).contains(&n) {
+        return Err(format!("{n} must be between 64 and 16777216"));
+    }
+    Ok(n as u32)
+}
+
+pub fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not a log level (error, warn, info, debug, trace, off)"))
+}
+
+pub fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("`{s}` is not a log format (text, json)")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The config file as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<String>,
+    pub ring_bytes: Option<u64>,
+    pub max_sockets: Option<u64>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        ConfigFile::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<ConfigFile> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// Flags as given on the command line (`None` = not given).
+#[derive(Debug, Default)]
+pub struct Flags {
+    pub listen: Option<SocketAddr>,
+    pub ring_bytes: Option<u32>,
+    pub max_sockets: Option<u32>,
+    pub log_level: Option<log::LevelFilter>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub ring_bytes: u32,
+    pub max_sockets: u32,
+    pub log_level: log::LevelFilter,
+    pub log_format: LogFormat,
+}
+
+/// Name the config key in a value's error.
+fn checked<T>(key: &str, r: Result<T, String>) -> Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{key}: {e}"))
+}
+
+/// Flags win over the file, the file over defaults; file values are checked like flags.
+pub fn resolve(flags: Flags, file: ConfigFile) -> Result<Settings> {
+    Ok(Settings {
+        listen: match (flags.listen, file.listen) {
+            (Some(v), _) => v,
+            (None, Some(s)) => checked("listen", parse_listen(&s))?,
+            (None, None) => parse_listen(DEFAULT_LISTEN).map_err(anyhow::Error::msg)?,
+        },
+        ring_bytes: match (flags.ring_bytes, file.ring_bytes) {
+            (Some(v), _) => v,
+            (None, Some(n)) => checked("ring_bytes", check_ring_bytes(n))?,
+            (None, None) => DEFAULT_RING_BYTES,
+        },
+        max_sockets: match (flags.max_sockets, file.max_sockets) {
+            (Some(v), _) => v,
+            (None, Some(n)) => checked("max_sockets", check_max_sockets(n))?,
+            (None, None) => DEFAULT_MAX_SOCKETS,
+        },
+        log_level: match (flags.log_level, file.log_level) {
+            (Some(v), _) => v,
+            (None, Some(s)) => checked("log_level", parse_log_level(&s))?,
+            (None, None) => log::LevelFilter::Info,
+        },
+        log_format: match (flags.log_format, file.log_format) {
+            (Some(v), _) => v,
+            (None, Some(s)) => checked("log_format", parse_log_format(&s))?,
+            (None, None) => LogFormat::Text,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let file = ConfigFile::parse(
+            "listen = \"127.0.0.1:1234\"\nring_bytes = 8192\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            ring_bytes: Some(16384),
+            ..Default::default()
+        };
+        let s = resolve(flags, file).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(s.ring_bytes, 16384);
+        assert_eq!(s.max_sockets, DEFAULT_MAX_SOCKETS);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(
+            resolve(Flags::default(), ConfigFile::default())
+                .unwrap()
+                .listen
+                .port(),
+            9479
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = |text: &str| {
+            format!(
+                "{:#}",
+                ConfigFile::parse(text)
+                    .and_then(|f| resolve(Flags::default(), f))
+                    .unwrap_err()
+            )
+        };
+        assert!(err("ring_bytes = 0").contains("ring_bytes: 0 must be a power of two"));
+        assert!(err("ring_bytes = 4097").contains("ring_bytes: 4097"));
+        assert!(err("ring_bytes = 99999999999999").contains("ring_bytes"));
+        assert!(err("max_sockets = 1").contains("max_sockets: 1 must be between"));
+        assert!(err("listen = \"nowhere\"").contains("listen: `nowhere` is not ADDR:PORT"));
+        assert!(err("log_level = \"loud\"").contains("log_level"));
+        assert!(err("log_format = \"xml\"").contains("log_format"));
+        assert!(err("rings = 4096").contains("unknown field `rings`"));
+        assert!(err("ring_bytes = \"big\"").contains("ring_bytes"));
+        assert!(
+            err("listen = ").contains("TOML parse error"),
+            "{}",
+            err("listen = ")
+        );
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen(":9479").unwrap(),
+            "0.0.0.0:9479".parse().unwrap()
+        );
+        assert_eq!(parse_listen("[::]:80").unwrap(), "[::]:80".parse().unwrap());
+        assert!(parse_listen("localhost:80").is_err());
+        assert!(parse_listen("1.2.3.4").is_err());
+    }
+}
