@@ -49,10 +49,14 @@ pub fn render(rounds: usize) -> Result<()> {
     Ok(())
 }
 
-struct AgentProcess(Child);
+pub struct AgentProcess(Child);
 
 impl AgentProcess {
-    fn start(addr: SocketAddr) -> Result<AgentProcess> {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn start(addr: SocketAddr) -> Result<AgentProcess> {
         let bin = workspace_root().join("target/release/tcptrace");
         let child = Command::new(&bin)
             .args(["run", "--listen", &addr.to_string(), "--log-level", "warn"])

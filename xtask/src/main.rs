@@ -4,6 +4,7 @@
 //! each step checks first and says whether it found the piece or installed it.
 mod bench;
 mod setup;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -35,6 +36,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Steady churn for N minutes against a release agent: RSS growth after warm-up
+    /// and kernel socket-map occupancy over time (root; not part of the tests).
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Benchmarks (root; not part of the tests). See BENCHMARKS.md.
     #[command(subcommand)]
     Bench(Bench),
@@ -54,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Run { args } => setup::run().and_then(|()| run_agent(&args)),
         Cmd::Test { args } => setup::run().and_then(|()| test(&args)),
+        Cmd::Soak { minutes } => setup::run().and_then(|()| soak::soak(minutes)),
         Cmd::Bench(Bench::Render { rounds }) => setup::run().and_then(|()| bench::render(rounds)),
     };
     match result {
@@ -104,7 +112,30 @@ fn test(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run_cmd(cargo().arg("test").args(host_crates).args(args))
+    run_cmd(cargo().arg("test").args(host_crates).args(args))?;
+    if args.is_empty() {
+        fuzz(FUZZ_SECONDS)?;
+    }
+    Ok(())
+}
+
+/// Each fuzz target's time budget in the default test run.
+const FUZZ_SECONDS: u32 = 20;
+const FUZZ_TARGETS: [&str; 3] = ["http_request", "tracepoint_format", "btf"];
+
+/// Run every fuzz target for a bounded time (nightly, sanitizers; no eBPF object needed).
+fn fuzz(seconds: u32) -> Result<()> {
+    for target in FUZZ_TARGETS {
+        run_cmd(
+            Command::new("cargo")
+                .current_dir(workspace_root().join("fuzz"))
+                .args(["+nightly", "fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}"))
+                .env("AYA_BUILD_SKIP", "1"),
+        )?;
+        println!("fuzz: {target}: {seconds}s without a crash");
+    }
+    Ok(())
 }
 
 pub fn workspace_root() -> std::path::PathBuf {

@@ -28,7 +28,25 @@ pub fn run() -> Result<()> {
     nightly_toolchain()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_packages()?;
+    Ok(())
+}
+
+/// cargo-fuzz drives the fuzz targets the test run exercises for a bounded time.
+fn cargo_fuzz() -> Result<()> {
+    if output_of(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        say("cargo-fuzz", "present");
+        return Ok(());
+    }
+    run_cmd(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        "0.13.2",
+    ]))?;
+    say("cargo-fuzz", "installed");
     Ok(())
 }
 
