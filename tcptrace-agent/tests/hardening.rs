@@ -249,7 +249,9 @@ fn churn_threads(addr: SocketAddr, threads: usize, until: Instant) -> std::threa
     })
 }
 
-/// Accepts and drains connections on a thread until stopped.
+/// Accepts (and at once closes) connections on a thread until stopped. It never reads:
+/// a slow acceptor overflows the listen backlog, and dropped SYNs stall clients for the
+/// 1 s SYN timeout, which would turn a flood into a trickle.
 struct Sink {
     addr: SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -263,12 +265,11 @@ impl Sink {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            for mut c in listener.incoming().flatten() {
+            for c in listener.incoming().flatten() {
                 if flag.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
                 }
-                let mut buf = [0u8; 16];
-                let _ = c.read(&mut buf);
+                drop(c);
             }
         });
         Sink { addr, stop, thread }

@@ -3,6 +3,7 @@
 //! `setup` makes a fresh machine able to build and test tcptrace and is safe to rerun:
 //! each step checks first and says whether it found the piece or installed it.
 mod bench;
+mod churn;
 mod setup;
 mod soak;
 
@@ -49,6 +50,22 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Loopback connection churn under (a) nothing, (b) tcpstates, (c) a bpftrace
+    /// counter, (d) tcptrace run, (e) tcptrace trace --json, interleaved.
+    Churn {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// IPv6 instead of IPv4.
+        #[arg(long)]
+        ipv6: bool,
+    },
+    /// Userspace micro-benchmarks: /metrics encoding at 1k and 10k series, ring drain
+    /// rate, per-event decode and render cost, each beside a baseline.
+    Micro,
     /// Time GET /metrics against GET /healthz on a running release agent.
     Render {
         #[arg(long, default_value_t = 300)]
@@ -62,6 +79,22 @@ fn main() -> ExitCode {
         Cmd::Run { args } => setup::run().and_then(|()| run_agent(&args)),
         Cmd::Test { args } => setup::run().and_then(|()| test(&args)),
         Cmd::Soak { minutes } => setup::run().and_then(|()| soak::soak(minutes)),
+        Cmd::Bench(Bench::Churn {
+            rounds,
+            seconds,
+            threads,
+            ipv6,
+        }) => setup::run().and_then(|()| {
+            churn::churn(&churn::Options {
+                rounds,
+                seconds,
+                threads,
+                ipv6,
+            })
+        }),
+        Cmd::Bench(Bench::Micro) => {
+            run_cmd(cargo().args(["bench", "--package", "tcptrace-agent", "--bench", "micro"]))
+        }
         Cmd::Bench(Bench::Render { rounds }) => setup::run().and_then(|()| bench::render(rounds)),
     };
     match result {

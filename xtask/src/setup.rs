@@ -22,6 +22,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "a real Prometheus scraping the agent, and promtool",
     ),
+    (
+        "bpftrace",
+        "the in-kernel counting baseline of the churn benchmark",
+    ),
 ];
 
 pub fn run() -> Result<()> {

@@ -1,0 +1,416 @@
+//! `cargo xtask bench churn`: what each tracer costs a host making connections. Runs one
+//! loopback connection-churn load (threads doing connect / 1-byte write / close) under
+//! each configuration, interleaved A B C D E A B C D E ..., and reports connections/s
+//! against the bare kernel, the tracer's CPU per 1,000 connections, its peak RSS and
+//! its event accounting.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{cargo, run_cmd, workspace_root};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Config {
+    Bare,
+    Tcpstates,
+    BpftraceCount,
+    TcptraceRun,
+    TcptraceTraceJson,
+}
+
+impl Config {
+    const ALL: [Config; 5] = [
+        Config::Bare,
+        Config::Tcpstates,
+        Config::BpftraceCount,
+        Config::TcptraceRun,
+        Config::TcptraceTraceJson,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Config::Bare => "(a) nothing attached",
+            Config::Tcpstates => "(b) tcpstates > /dev/null",
+            Config::BpftraceCount => "(c) bpftrace count in map",
+            Config::TcptraceRun => "(d) tcptrace run",
+            Config::TcptraceTraceJson => "(e) tcptrace trace --json",
+        }
+    }
+}
+
+pub struct Options {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub threads: usize,
+    pub ipv6: bool,
+}
+
+/// One measured run of one configuration.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    conns_per_s: f64,
+    tool_cpu_s: f64,
+    conns: u64,
+    peak_rss_kib: u64,
+    delivered: Option<u64>,
+    lost: Option<u64>,
+}
+
+pub fn churn(opts: &Options) -> Result<()> {
+    run_cmd(cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
+    let mut samples: Vec<(Config, Sample)> = Vec::new();
+    for round in 0..opts.rounds {
+        for config in Config::ALL {
+            let s = measure(config, opts)
+                .with_context(|| format!("{} (round {})", config.label(), round + 1))?;
+            eprintln!(
+                "round {} {:<28} {:>8.0} conn/s",
+                round + 1,
+                config.label(),
+                s.conns_per_s
+            );
+            samples.push((config, s));
+        }
+    }
+    print_table(&samples, opts);
+    Ok(())
+}
+
+fn measure(config: Config, opts: &Options) -> Result<Sample> {
+    let tool = Tool::start(config)?;
+    let before_cpu = tool.as_ref().map(|t| t.cpu_seconds()).transpose()?;
+    let (conns, elapsed) = run_load(opts)?;
+    let mut sample = Sample {
+        conns_per_s: conns as f64 / elapsed.as_secs_f64(),
+        conns,
+        ..Default::default()
+    };
+    if let Some(tool) = tool {
+        sample.tool_cpu_s = tool.cpu_seconds()? - before_cpu.unwrap_or(0.0);
+        sample.peak_rss_kib = tool.peak_rss_kib()?;
+        (sample.delivered, sample.lost) = tool.finish()?;
+    }
+    Ok(sample)
+}
+
+/// Threads hammering a loopback listener for the configured time.
+fn run_load(opts: &Options) -> Result<(u64, Duration)> {
+    let ip: IpAddr = if opts.ipv6 {
+        Ipv6Addr::LOCALHOST.into()
+    } else {
+        Ipv4Addr::LOCALHOST.into()
+    };
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
+    let target = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                drop(conn);
+            }
+        })
+    };
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let until = start + Duration::from_secs(opts.seconds);
+    let workers: Vec<_> = (0..opts.threads)
+        .map(|_| {
+            let count = count.clone();
+            std::thread::spawn(move || {
+                while Instant::now() < until {
+                    if let Ok(mut c) = TcpStream::connect(target) {
+                        let _ = c.write_all(b"x");
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().ok();
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = TcpStream::connect(target);
+    acceptor.join().ok();
+    Ok((count.load(Ordering::Relaxed), elapsed))
+}
+
+/// A tracer process under test, its stderr collected for readiness and summaries.
+struct Tool {
+    config: Config,
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    metrics: Option<SocketAddr>,
+}
+
+impl Tool {
+    fn start(config: Config) -> Result<Option<Tool>> {
+        let bin = workspace_root()
+            .join("target/release/tcptrace")
+            .display()
+            .to_string();
+        let free = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let (mut cmd, metrics) = match config {
+            Config::Bare => return Ok(None),
+            Config::Tcpstates => (Command::new("tcpstates"), None),
+            Config::BpftraceCount => {
+                let mut c = Command::new("bpftrace");
+                c.args(["-e", "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }"]);
+                (c, None)
+            }
+            Config::TcptraceRun => {
+                let mut c = Command::new(&bin);
+                c.args(["run", "--listen", &free.to_string()]);
+                (c, Some(free))
+            }
+            Config::TcptraceTraceJson => {
+                let mut c = Command::new(&bin);
+                c.args(["--log-level", "info", "trace", "--json"]);
+                (c, None)
+            }
+        };
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn().with_context(
+            || format!("starting {config:?}: is it installed? (cargo xtask setup installs libbpf-tools and bpftrace)"),
+        )?;
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().context("stderr")?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let tool = Tool {
+            config,
+            child,
+            stderr: rx,
+            metrics,
+        };
+        tool.wait_ready()?;
+        Ok(Some(tool))
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        match self.config {
+            Config::TcptraceRun => {
+                let addr = self.metrics.context("no metrics address")?;
+                while http_get(addr, "/readyz").is_err() {
+                    if Instant::now() > deadline {
+                        bail!("tcptrace run not ready");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Config::TcptraceTraceJson => self.wait_line("tracing:", deadline)?,
+            // tcpstates and bpftrace say nothing on stderr once attached; give them the
+            // time they take to load (measured here: well under a second).
+            _ => std::thread::sleep(Duration::from_secs(2)),
+        }
+        Ok(())
+    }
+
+    fn wait_line(&self, needle: &str, deadline: Instant) -> Result<()> {
+        while Instant::now() < deadline {
+            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(100)) {
+                if line.contains(needle) {
+                    return Ok(());
+                }
+            }
+        }
+        bail!("never printed {needle:?}")
+    }
+
+    /// user + system CPU seconds of the tool so far, from /proc.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let after_comm = stat.rsplit_once(')').context("bad /proc stat")?.1;
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / clock_ticks())
+    }
+
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM")
+    }
+
+    /// Stop the tool; for tcptrace, its delivered and lost event counts.
+    fn finish(mut self) -> Result<(Option<u64>, Option<u64>)> {
+        let counts = match self.config {
+            Config::TcptraceRun => {
+                let body = http_get(self.metrics.context("no metrics address")?, "/metrics")?;
+                let value = |name: &str| {
+                    body.lines()
+                        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                        .map(|v| v as u64)
+                };
+                (
+                    value("tcptrace_events_delivered_total "),
+                    value("tcptrace_ringbuf_events_lost_total "),
+                )
+            }
+            _ => (None, None),
+        };
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.child.wait()?;
+        if self.config == Config::TcptraceTraceJson {
+            let summary = self
+                .stderr
+                .try_iter()
+                .find(|l| l.contains("events printed"))
+                .unwrap_or_default();
+            let number_before = |word: &str| {
+                summary
+                    .split(word)
+                    .next()?
+                    .split_whitespace()
+                    .last()?
+                    .trim_start_matches("tcptrace:")
+                    .parse()
+                    .ok()
+            };
+            return Ok((number_before(" events printed"), number_before(" lost")));
+        }
+        Ok(counts)
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory arguments.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    use std::io::Read;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    if !body.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", body.lines().next().unwrap_or_default());
+    }
+    Ok(body)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn print_table(samples: &[(Config, Sample)], opts: &Options) {
+    let of = |c: Config| samples.iter().filter(move |(k, _)| *k == c).map(|(_, s)| s);
+    let bare = median(of(Config::Bare).map(|s| s.conns_per_s).collect());
+    println!(
+        "\nloopback churn, IPv{}, {} threads x {} s, {} rounds interleaved; release build",
+        if opts.ipv6 { 6 } else { 4 },
+        opts.threads,
+        opts.seconds,
+        opts.rounds
+    );
+    println!(
+        "| configuration | conn/s median (min-max) | ratio to (a) | tool CPU s / 1000 conn | peak RSS MiB | events delivered / lost |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut medians = std::collections::BTreeMap::new();
+    for c in Config::ALL {
+        let rates: Vec<f64> = of(c).map(|s| s.conns_per_s).collect();
+        let (lo, hi) = rates
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        let m = median(rates);
+        medians.insert(c as u8, m);
+        let cpu = median(
+            of(c)
+                .map(|s| s.tool_cpu_s * 1000.0 / s.conns.max(1) as f64)
+                .collect(),
+        );
+        let rss = of(c).map(|s| s.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let events = match (
+            of(c).filter_map(|s| s.delivered).sum::<u64>(),
+            of(c).filter_map(|s| s.lost).sum::<u64>(),
+        ) {
+            (0, 0) if !matches!(c, Config::TcptraceRun | Config::TcptraceTraceJson) => {
+                "-".to_string()
+            }
+            (d, l) => format!("{d} / {l}"),
+        };
+        let (cpu, rss) = if c == Config::Bare {
+            ("-".into(), "-".into())
+        } else {
+            (format!("{cpu:.3}"), format!("{rss:.1}"))
+        };
+        println!(
+            "| {} | {m:.0} ({lo:.0}-{hi:.0}) | {:.2} | {cpu} | {rss} | {events} |",
+            c.label(),
+            m / bare
+        );
+    }
+    let ratio = |c: Config| medians[&(c as u8)] / bare;
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let run_cpu = median(
+        of(Config::TcptraceRun)
+            .map(|s| s.tool_cpu_s * 1000.0 / s.conns.max(1) as f64)
+            .collect(),
+    );
+    let lost_e: u64 = of(Config::TcptraceTraceJson).filter_map(|s| s.lost).sum();
+    let rss_max = of(Config::TcptraceRun)
+        .chain(of(Config::TcptraceTraceJson))
+        .map(|s| s.peak_rss_kib)
+        .max()
+        .unwrap_or(0);
+    println!("\ntargets:");
+    println!(
+        "- (d) >= 0.97 of (a): {:.3} {}",
+        ratio(Config::TcptraceRun),
+        verdict(ratio(Config::TcptraceRun) >= 0.97)
+    );
+    println!(
+        "- (e) >= 2x (b): {:.2}x {}",
+        medians[&(Config::TcptraceTraceJson as u8)] / medians[&(Config::Tcpstates as u8)],
+        verdict(
+            medians[&(Config::TcptraceTraceJson as u8)]
+                >= 2.0 * medians[&(Config::Tcpstates as u8)]
+        )
+    );
+    println!(
+        "- zero events lost in (e), default ring: {lost_e} {}",
+        verdict(lost_e == 0)
+    );
+    println!(
+        "- (d) CPU <= 0.1 s per 1000 conn: {run_cpu:.3} {}",
+        verdict(run_cpu <= 0.1)
+    );
+    println!(
+        "- peak RSS <= 30 MB in (d) and (e): {:.1} MiB {}",
+        rss_max as f64 / 1024.0,
+        verdict(rss_max <= 30 * 1024)
+    );
+}
