@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context as _, Result};
-use tcptrace_common::{TpLayout, FIELD_ABSENT};
+use tcptrace_common::{config::RECORD_MAX, TpLayout, FIELD_ABSENT};
 
 /// One `field:` line of a format file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +142,7 @@ pub const SKADDR_ONLY: [Want; 1] = [req("skaddr", Slot::Skaddr, 8)];
 /// Build a layout from a format file's fields, checking every wanted field's size.
 pub fn layout(fields: &HashMap<String, Field>, wants: &[Want]) -> Result<TpLayout> {
     let mut layout = TpLayout::ABSENT;
+    let mut end = 0usize;
     for want in wants {
         let Some(field) = fields.get(want.field) else {
             if want.required {
@@ -163,7 +164,12 @@ pub fn layout(fields: &HashMap<String, Field>, wants: &[Want]) -> Result<TpLayou
             .filter(|o| *o != FIELD_ABSENT)
             .with_context(|| format!("field `{}` offset {} too large", want.field, field.offset))?;
         *slot_mut(&mut layout, want.slot) = offset;
+        end = end.max(field.offset + field.size);
     }
+    if end > RECORD_MAX {
+        bail!("the fields tcptrace reads end at byte {end}, beyond the {RECORD_MAX} it copies");
+    }
+    layout.len = end as u16;
     Ok(layout)
 }
 
@@ -224,6 +230,7 @@ mod tests {
         let f = parse_fields(&fixture("6.18-tcp_retransmit_skb")).unwrap();
         let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA)).unwrap();
         assert_eq!((l.skaddr, l.oldstate, l.err, l.skbaddr), (16, 24, 76, 8));
+        assert_eq!(l.len, 80, "copies up to the end of err");
 
         let f = parse_fields(&fixture("5.10-tcp_retransmit_skb")).unwrap();
         let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA)).unwrap();

@@ -57,6 +57,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
+    let mut poll = tokio::time::interval(probes::DRAIN_EVERY);
 
     while !done(&tally, opts.count) {
         tokio::select! {
@@ -65,6 +66,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
                 drain(guard.get_inner_mut(), &opts, &clock, &mut out, &mut tally);
                 guard.clear_ready();
             }
+            _ = poll.tick() => drain(ring.get_mut(), &opts, &clock, &mut out, &mut tally),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline, if opts.duration.is_some() => break,

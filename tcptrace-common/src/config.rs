@@ -5,6 +5,9 @@
 
 /// Marks a tracepoint field this kernel does not have.
 pub const FIELD_ABSENT: u16 = u16::MAX;
+/// The most of a tracepoint record the programs copy (one read per event).
+pub const RECORD_MAX: usize = 128;
+
 /// Marks a kernel struct offset that could not be resolved (no BTF).
 pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 
@@ -14,6 +17,8 @@ pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TpLayout {
+    /// Bytes of the record the programs copy: the end of the furthest field they read.
+    pub len: u16,
     pub skaddr: u16,
     /// `skbaddr` (tcp_retransmit_skb).
     pub skbaddr: u16,
@@ -34,6 +39,7 @@ pub struct TpLayout {
 
 impl TpLayout {
     pub const ABSENT: TpLayout = TpLayout {
+        len: 0,
         skaddr: FIELD_ABSENT,
         skbaddr: FIELD_ABSENT,
         sport: FIELD_ABSENT,
@@ -54,7 +60,7 @@ impl TpLayout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
-    /// Bit set of `EventKind::bit()`; 0 = every kind.
+    /// Bit set of `EventKind::bit()`; 0 = every kind, `NO_EVENTS` = none.
     pub kinds: u32,
     /// Owner thread-group id.
     pub pid: u32,
@@ -71,6 +77,9 @@ pub struct Filter {
     /// Exact owner command name (as the kernel truncates it, up to 15 bytes).
     pub comm: [u8; 16],
 }
+
+/// `Filter::kinds` value that lets no event through: counters only.
+pub const NO_EVENTS: u32 = 1 << 31;
 
 impl Filter {
     pub const ANY: Filter = Filter {
@@ -104,6 +113,9 @@ pub struct Config {
     /// Offset of `TCP_SKB_CB(skb)->tcp_gso_segs` in `struct sk_buff` (`cb` plus the
     /// member's offset in `struct tcp_skb_cb`), or `OFFSET_UNKNOWN`.
     pub skb_segs_offset: u32,
+    /// Wake the reader once this many bytes wait in the ring buffer; below it events
+    /// are batched and the reader polls on a short timer (fewer wakeups under load).
+    pub wakeup_bytes: u32,
     pub filter: Filter,
 }
 
@@ -118,6 +130,7 @@ impl Config {
         sk_err_offset: OFFSET_UNKNOWN,
         srtt_offset: OFFSET_UNKNOWN,
         skb_segs_offset: OFFSET_UNKNOWN,
+        wakeup_bytes: 0,
         filter: Filter::ANY,
     };
 }
@@ -129,8 +142,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<TpLayout>(), 26);
+        assert_eq!(size_of::<TpLayout>(), 28);
         assert_eq!(size_of::<Filter>(), 48);
-        assert_eq!(size_of::<Config>(), 6 * 26 + 3 * 4 + 48);
+        assert_eq!(size_of::<Config>(), 6 * 28 + 4 * 4 + 48);
     }
 }

@@ -9,6 +9,10 @@ use aya_ebpf::maps::{PerCpuArray, PerCpuHashMap};
 
 /// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;
+/// Ring buffer flags and queries (uapi `BPF_RB_*`).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 use crate::{
     conf,
@@ -62,7 +66,13 @@ pub fn submit(event: &Event) {
         return;
     }
     bump(Stat::EventsProduced);
-    match EVENTS.output::<Event>(event, 0) {
+    // Wake the reader only once enough has piled up; it also polls on a timer.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= conf!(wakeup_bytes) as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    match EVENTS.output::<Event>(event, flags) {
         Ok(()) => bump(Stat::EventsSubmitted),
         Err(_) => bump(Stat::EventsLost),
     };

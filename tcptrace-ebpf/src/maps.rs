@@ -2,9 +2,10 @@
 //! time (`--ring-bytes`, `--max-sockets`), so they stay bounded and configurable.
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
+    config::RECORD_MAX,
     counters::{HANDSHAKE_SLOTS, RESET_SLOTS},
     event::{ListenKey, SockInfo},
     stats::STAT_SLOTS,
@@ -25,16 +26,16 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
 /// Tracking state of every socket seen since attach, keyed by kernel socket address.
-/// Entries go when their socket closes or is destroyed. The kernel skips a program when
-/// another one already runs on the same CPU (recursion protection, counted as missed),
-/// so a cleanup can be missed: LRU makes such strays the first to be replaced when the
-/// map is full, instead of filling it for good.
+/// Entries go when their socket closes or is destroyed. A plain hash, not an LRU: when
+/// it is full, new sockets go untracked and that is counted, where an LRU would evict
+/// live entries silently. The only way an entry outlives its socket is the kernel
+/// skipping both cleanups (recursion protection), which the kernel counts as missed.
 #[map]
-pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKETS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
 
 /// Owner of every listening socket, so accepted children inherit it.
 #[map]
-pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(4096, 0);
+pub static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);
 
 /// Lossless counters behind the Prometheus metrics, independent of the ring buffer.
 /// Keys: `tcptrace_common::counters`. The sparse ones are hashes sized to their whole
@@ -49,6 +50,10 @@ pub static HANDSHAKES: PerCpuArray<u64> = PerCpuArray::with_max_entries(HANDSHAK
 pub static FAILURES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
 #[map]
 pub static RESETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESET_SLOTS, 0);
+
+/// Per-CPU copy of the tracepoint record being handled (`tracepoint::Record`).
+#[map]
+pub static RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space where an event is built: an `Event` does not fit the 512-byte
 /// BPF stack next to everything else a handler keeps there.

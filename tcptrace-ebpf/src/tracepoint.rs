@@ -1,16 +1,42 @@
 //! Reading tracepoint records through the layout the agent parsed from tracefs.
-use aya_ebpf::programs::TracePointContext;
-use tcptrace_common::{TpLayout, AF_INET, AF_INET6, FIELD_ABSENT};
+//!
+//! Each event copies the part of its record tcptrace needs into a per-CPU buffer with a
+//! single helper call; fields are then plain loads at the offsets from the layout.
+use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, programs::TracePointContext, EbpfContext};
+use tcptrace_common::{config::RECORD_MAX, TpLayout, AF_INET, AF_INET6, FIELD_ABSENT};
 
-/// Read a field at `offset`, or `None` when this kernel's record lacks it.
-#[inline(always)]
-pub fn read<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
-    if offset == FIELD_ABSENT {
-        return None;
+use crate::maps::RECORD;
+
+/// A copy of the first `layout.len` bytes of this event's record.
+pub struct Record {
+    buf: &'static [u8; RECORD_MAX],
+}
+
+impl Record {
+    #[inline(always)]
+    pub fn load(ctx: &TracePointContext, layout: &TpLayout) -> Option<Record> {
+        let buf = unsafe { &mut *RECORD.get_ptr_mut(0)? };
+        let len = layout.len as usize;
+        if len == 0 || len > RECORD_MAX {
+            return None;
+        }
+        // SAFETY: the length comes from this kernel's format file for this tracepoint;
+        // bpf_probe_read_kernel turns a bad read into an error instead of a fault.
+        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut buf[..len]).ok()? };
+        Some(Record { buf })
     }
-    // SAFETY: the offset comes from this kernel's format file for this very tracepoint;
-    // bpf_probe_read_kernel turns a bad read into an error instead of a fault.
-    unsafe { ctx.read_at::<T>(offset as usize).ok() }
+
+    /// The field at `offset`, or `None` when this kernel's record lacks it.
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, offset: u16) -> Option<T> {
+        let off = offset as usize;
+        if offset == FIELD_ABSENT || off + core::mem::size_of::<T>() > RECORD_MAX {
+            return None;
+        }
+        // SAFETY: bounds checked against the buffer just above; T is a plain integer
+        // or byte array.
+        Some(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().add(off) as *const T) })
+    }
 }
 
 /// The endpoint fields every TCP tracepoint carries.
@@ -25,29 +51,29 @@ pub struct Endpoints {
 
 /// Read skaddr, family, ports and addresses. `None` for anything but IPv4/IPv6.
 #[inline(always)]
-pub fn endpoints(ctx: &TracePointContext, layout: &TpLayout) -> Option<Endpoints> {
-    let family: u16 = match read(ctx, layout.family) {
+pub fn endpoints(rec: &Record, layout: &TpLayout) -> Option<Endpoints> {
+    let family: u16 = match rec.get(layout.family) {
         Some(f) => f,
-        None => family_from_v6(ctx, layout)?,
+        None => family_from_v6(rec, layout)?,
     };
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET {
-        let s: [u8; 4] = read(ctx, layout.saddr)?;
-        let d: [u8; 4] = read(ctx, layout.daddr)?;
+        let s: [u8; 4] = rec.get(layout.saddr)?;
+        let d: [u8; 4] = rec.get(layout.daddr)?;
         saddr[..4].copy_from_slice(&s);
         daddr[..4].copy_from_slice(&d);
     } else if family == AF_INET6 {
-        saddr = read(ctx, layout.saddr_v6)?;
-        daddr = read(ctx, layout.daddr_v6)?;
+        saddr = rec.get(layout.saddr_v6)?;
+        daddr = rec.get(layout.daddr_v6)?;
     } else {
         return None;
     }
     Some(Endpoints {
-        skaddr: read(ctx, layout.skaddr).unwrap_or(0),
+        skaddr: rec.get(layout.skaddr).unwrap_or(0),
         family,
-        sport: read(ctx, layout.sport).unwrap_or(0),
-        dport: read(ctx, layout.dport).unwrap_or(0),
+        sport: rec.get(layout.sport).unwrap_or(0),
+        dport: rec.get(layout.dport).unwrap_or(0),
         saddr,
         daddr,
     })
@@ -55,8 +81,8 @@ pub fn endpoints(ctx: &TracePointContext, layout: &TpLayout) -> Option<Endpoints
 
 /// Kernels whose event lacks `family` store IPv4 endpoints v4-mapped in `saddr_v6`.
 #[inline(always)]
-fn family_from_v6(ctx: &TracePointContext, layout: &TpLayout) -> Option<u16> {
-    let v6: [u8; 16] = read(ctx, layout.saddr_v6)?;
+fn family_from_v6(rec: &Record, layout: &TpLayout) -> Option<u16> {
+    let v6: [u8; 16] = rec.get(layout.saddr_v6)?;
     let mapped = v6[..10].iter().all(|b| *b == 0) && v6[10] == 0xff && v6[11] == 0xff;
     Some(if mapped { AF_INET } else { AF_INET6 })
 }

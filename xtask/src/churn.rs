@@ -102,6 +102,19 @@ fn measure(config: Config, opts: &Options) -> Result<Sample> {
     Ok(sample)
 }
 
+/// A listener with a deep accept queue. std listens with a backlog of 128: a burst of
+/// loopback connects overflows it, dropped SYNs stall clients for the 1 s SYN timeout,
+/// and the benchmark would measure those stalls instead of the tracer.
+pub fn deep_listener(addr: SocketAddr) -> Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind(addr)?;
+    // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
+    if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(listener)
+}
+
 /// Threads hammering a loopback listener for the configured time.
 fn run_load(opts: &Options) -> Result<(u64, Duration)> {
     let ip: IpAddr = if opts.ipv6 {
@@ -109,7 +122,7 @@ fn run_load(opts: &Options) -> Result<(u64, Duration)> {
     } else {
         Ipv4Addr::LOCALHOST.into()
     };
-    let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
+    let listener = deep_listener(SocketAddr::new(ip, 0))?;
     let target = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let acceptor = {

@@ -83,7 +83,7 @@ fn spawn_churn(
     stop: Arc<AtomicBool>,
     opened: Arc<AtomicU64>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let listener = crate::churn::deep_listener("127.0.0.1:0".parse()?)?;
     let target = listener.local_addr()?;
     std::thread::spawn(move || {
         for conn in listener.incoming() {

@@ -407,3 +407,12 @@ pub fn churn(listener: &TcpListener, n: usize) -> Vec<(SocketAddr, SocketAddr)> 
     }
     seen
 }
+
+/// A loopback listener with a deep accept queue: std's backlog of 128 overflows under a
+/// connect burst, and clients whose SYN was dropped stall for the 1 s SYN timeout.
+pub fn deep_listener() -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4096) }, 0);
+    listener
+}

@@ -13,7 +13,7 @@ use crate::{
     emit::{add_key, add_slot, base_event, submit},
     maps::{FAILURES, HANDSHAKES, TRANSITIONS},
     sockets,
-    tracepoint::{endpoints, read, Endpoints},
+    tracepoint::{endpoints, Endpoints, Record},
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -24,14 +24,15 @@ const ESTABLISHED: u8 = TcpState::Established as u8;
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let layout = conf!(set_state);
-    let protocol: u16 = read(ctx, layout.protocol)?;
+    let rec = Record::load(ctx, &layout)?;
+    let protocol: u16 = rec.get(layout.protocol)?;
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let old: i32 = read(ctx, layout.oldstate)?;
-    let new: i32 = read(ctx, layout.newstate)?;
+    let old: i32 = rec.get(layout.oldstate)?;
+    let new: i32 = rec.get(layout.newstate)?;
     let (old, new) = (old as u8, new as u8);
-    let ep = endpoints(ctx, &layout)?;
+    let ep = endpoints(&rec, &layout)?;
     let now = unsafe { bpf_ktime_get_ns() };
     add_key(&TRANSITIONS, counters::transition_key(old, new), 1);
 

@@ -3,10 +3,11 @@
 //! cannot leak.
 use aya_ebpf::programs::TracePointContext;
 
-use crate::{conf, sockets, tracepoint::read};
+use crate::{conf, sockets, tracepoint::Record};
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
-    let skaddr: u64 = read(ctx, conf!(destroy_sock.skaddr))?;
+    let layout = conf!(destroy_sock);
+    let skaddr: u64 = Record::load(ctx, &layout)?.get(layout.skaddr)?;
     sockets::forget(skaddr);
     Some(())
 }

@@ -3,11 +3,12 @@
 use aya_ebpf::programs::TracePointContext;
 use tcptrace_common::{counters::RESET_RECEIVED, event::FLAG_RST_RECEIVED};
 
-use crate::{conf, emit::add_slot, maps::RESETS, sockets, tracepoint::read};
+use crate::{conf, emit::add_slot, maps::RESETS, sockets, tracepoint::Record};
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
     add_slot(&RESETS, RESET_RECEIVED, 1);
-    let skaddr: u64 = read(ctx, conf!(receive_reset.skaddr))?;
+    let layout = conf!(receive_reset);
+    let skaddr: u64 = Record::load(ctx, &layout)?.get(layout.skaddr)?;
     let info = sockets::lookup(skaddr)?;
     unsafe { (*info).flags |= FLAG_RST_RECEIVED as u32 };
     Some(())

@@ -13,15 +13,16 @@ use crate::{
     conf,
     emit::{add_key, base_event, owner_of, submit},
     maps::RETRANSMITS,
-    tracepoint::{endpoints, read},
+    tracepoint::{endpoints, Record},
 };
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let layout = conf!(retransmit_skb);
-    let ep = endpoints(ctx, &layout)?;
-    let state: i32 = read(ctx, layout.oldstate)?;
+    let rec = Record::load(ctx, &layout)?;
+    let ep = endpoints(&rec, &layout)?;
+    let state: i32 = rec.get(layout.oldstate)?;
     // Kernels before 5.16 have no `err`: there the tracepoint fires only on success.
-    let err: i32 = read(ctx, layout.err).unwrap_or(0);
+    let err: i32 = rec.get(layout.err).unwrap_or(0);
     let kind = if state as u8 == TcpState::SynSent as u8 {
         RetransmitKind::Syn
     } else {
@@ -33,7 +34,7 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     event.detail = kind as u8;
     event.old_state = state as u8;
     event.err = err;
-    event.segs = segments(read(ctx, layout.skbaddr).unwrap_or(0));
+    event.segs = segments(rec.get(layout.skbaddr).unwrap_or(0));
     if err == 0 {
         // TcpRetransSegs counts segments of retransmits that were sent.
         let key = counters::retransmit_key(kind as u8, state as u8, ep.family == AF_INET6);

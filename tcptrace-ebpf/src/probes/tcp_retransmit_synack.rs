@@ -7,12 +7,12 @@ use crate::{
     conf,
     emit::{add_key, base_event, owner_of, submit},
     maps::RETRANSMITS,
-    tracepoint::endpoints,
+    tracepoint::{endpoints, Record},
 };
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let layout = conf!(retransmit_synack);
-    let ep = endpoints(ctx, &layout)?;
+    let ep = endpoints(&Record::load(ctx, &layout)?, &layout)?;
     let (owner, flags) = owner_of(ep.skaddr);
     let event = base_event(&ep, &owner, unsafe { bpf_ktime_get_ns() }, flags)?;
     event.kind = EventKind::Retransmit as u8;
