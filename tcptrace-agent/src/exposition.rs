@@ -108,11 +108,7 @@ pub fn histogram(
 
 /// The text exposition. A family without series yet (no retransmit so far) is left out:
 /// the format has no way to write it.
-pub fn encode(families: &[MetricFamily]) -> prometheus::Result<String> {
-    let present: Vec<MetricFamily> = families
-        .iter()
-        .filter(|f| !f.get_metric().is_empty())
-        .cloned()
-        .collect();
-    prometheus::TextEncoder::new().encode_to_string(&present)
+pub fn encode(mut families: Vec<MetricFamily>) -> prometheus::Result<String> {
+    families.retain(|f| !f.get_metric().is_empty());
+    prometheus::TextEncoder::new().encode_to_string(&families)
 }

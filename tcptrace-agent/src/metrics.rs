@@ -73,7 +73,7 @@ impl Metrics {
             &[],
             vec![(vec![], started.elapsed().as_secs_f64())],
         ));
-        exposition::encode(&families)
+        exposition::encode(families)
     }
 
     fn self_families(&self, counters: &KernelCounters) -> Vec<MetricFamily> {
@@ -297,7 +297,7 @@ mod tests {
         );
         snap.handshakes[0].buckets = vec![0; HANDSHAKE_BUCKETS as usize];
         snap.handshakes[1].buckets = vec![0; HANDSHAKE_BUCKETS as usize];
-        let text = exposition::encode(&kernel_families(&snap)).unwrap();
+        let text = exposition::encode(kernel_families(&snap)).unwrap();
         assert!(
             text.contains("tcptrace_state_transitions_total{from=\"CLOSE\",to=\"SYN_SENT\"} 5"),
             "{text}"

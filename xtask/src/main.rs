@@ -6,6 +6,7 @@ mod bench;
 mod churn;
 mod setup;
 mod soak;
+mod storm;
 
 use std::process::{Command, ExitCode};
 
@@ -63,6 +64,13 @@ enum Bench {
         #[arg(long)]
         ipv6: bool,
     },
+    /// A transfer between two namespaces with 2% loss, with and without tcptrace run.
+    Storm {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Userspace micro-benchmarks: /metrics encoding at 1k and 10k series, ring drain
     /// rate, per-event decode and render cost, each beside a baseline.
     Micro,
@@ -92,6 +100,9 @@ fn main() -> ExitCode {
                 ipv6,
             })
         }),
+        Cmd::Bench(Bench::Storm { rounds, seconds }) => {
+            setup::run().and_then(|()| storm::storm(rounds, seconds))
+        }
         Cmd::Bench(Bench::Micro) => {
             run_cmd(cargo().args(["bench", "--package", "tcptrace-agent", "--bench", "micro"]))
         }
