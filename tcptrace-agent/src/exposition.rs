@@ -35,17 +35,7 @@ pub fn counter(
     label_names: &[&str],
     series: Vec<(Labels<'_>, f64)>,
 ) -> MetricFamily {
-    let metrics = series
-        .into_iter()
-        .map(|(values, v)| {
-            let mut c = Counter::default();
-            c.set_value(v);
-            let mut m = Metric::from_label(labels(label_names, &values));
-            m.set_counter(c);
-            m
-        })
-        .collect();
-    family(name, help, MetricType::COUNTER, metrics)
+    scalar(name, help, MetricType::COUNTER, label_names, series)
 }
 
 pub fn gauge(
@@ -54,17 +44,34 @@ pub fn gauge(
     label_names: &[&str],
     series: Vec<(Labels<'_>, f64)>,
 ) -> MetricFamily {
+    scalar(name, help, MetricType::GAUGE, label_names, series)
+}
+
+/// A family of single-value series: counters or gauges.
+fn scalar(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label_names: &[&str],
+    series: Vec<(Labels<'_>, f64)>,
+) -> MetricFamily {
     let metrics = series
         .into_iter()
         .map(|(values, v)| {
-            let mut g = Gauge::default();
-            g.set_value(v);
             let mut m = Metric::from_label(labels(label_names, &values));
-            m.set_gauge(g);
+            if kind == MetricType::COUNTER {
+                let mut c = Counter::default();
+                c.set_value(v);
+                m.set_counter(c);
+            } else {
+                let mut g = Gauge::default();
+                g.set_value(v);
+                m.set_gauge(g);
+            }
             m
         })
         .collect();
-    family(name, help, MetricType::GAUGE, metrics)
+    family(name, help, kind, metrics)
 }
 
 /// One histogram series: (upper bound, cumulative count) pairs, total count and sum.

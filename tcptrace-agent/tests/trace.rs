@@ -3,7 +3,7 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
@@ -208,13 +208,7 @@ fn retransmits_match_the_namespace_counters_under_loss() {
          tcp sport {port} numgen random mod 100 < 8 counter drop\n }}\n}}\n"
     ));
     let transfer = ns.run(move || {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let reader = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut sink = Vec::new();
-            s.read_to_end(&mut sink).unwrap();
-            sink.len()
-        });
+        let reader = common::receive_one(port);
         let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         client.set_nodelay(true).unwrap();
         let chunk = [7u8; 1000];

@@ -98,7 +98,8 @@ fn populate_series() {
     let _ = TcpStream::connect(addr);
 }
 
-fn get(addr: SocketAddr, path: &str) -> Result<String> {
+/// One HTTP GET over a fresh connection; the whole answer, or an error unless 200.
+pub fn get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())?;
     let mut body = String::new();

@@ -223,7 +223,7 @@ impl Tool {
         match self.config {
             Config::TcptraceRun => {
                 let addr = self.metrics.context("no metrics address")?;
-                while http_get(addr, "/readyz").is_err() {
+                while crate::bench::get(addr, "/readyz").is_err() {
                     if Instant::now() > deadline {
                         bail!("tcptrace run not ready");
                     }
@@ -271,7 +271,8 @@ impl Tool {
     fn finish(mut self) -> Result<(Option<u64>, Option<u64>)> {
         let counts = match self.config {
             Config::TcptraceRun => {
-                let body = http_get(self.metrics.context("no metrics address")?, "/metrics")?;
+                let body =
+                    crate::bench::get(self.metrics.context("no metrics address")?, "/metrics")?;
                 let value = |name: &str| {
                     body.lines()
                         .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
@@ -319,18 +320,6 @@ impl Drop for Tool {
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no memory arguments.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    use std::io::Read;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    if !body.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", body.lines().next().unwrap_or_default());
-    }
-    Ok(body)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

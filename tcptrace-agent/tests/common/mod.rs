@@ -416,3 +416,15 @@ pub fn deep_listener() -> TcpListener {
     assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4096) }, 0);
     listener
 }
+
+/// Listen on 127.0.0.1:`port` (of the calling thread's network namespace), accept one
+/// connection on a thread and read it to the end. Joining gives the bytes received.
+pub fn receive_one(port: u16) -> thread::JoinHandle<usize> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        s.read_to_end(&mut sink).unwrap();
+        sink.len()
+    })
+}
