@@ -156,11 +156,45 @@ fn test(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run_cmd(cargo().arg("test").args(host_crates).args(args))?;
+    let (passed, failed) = cargo_test_counted(cargo().arg("test").args(host_crates).args(args))?;
     if args.is_empty() {
         fuzz(FUZZ_SECONDS)?;
     }
+    // One plain closing line for the whole run: cargo's own last line is the doc-tests'
+    // "0 passed", which says nothing about the tests that ran.
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Run `cargo test`, echoing its output, and add up its "test result" lines.
+fn cargo_test_counted(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let number_before = |word: &str| -> u64 {
+                rest.split(word)
+                    .next()
+                    .and_then(|h| h.split_whitespace().last())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += number_before(" passed");
+            failed += number_before(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!("tests: {passed} passed, {failed} failed");
+        bail!("cargo test failed ({status})");
+    }
+    Ok((passed, failed))
 }
 
 /// Each fuzz target's time budget in the default test run.
