@@ -325,42 +325,25 @@ mod tests {
 
     #[test]
     fn rejects_what_it_does_not_serve() {
-        assert_eq!(
-            parse_head(b"POST /metrics HTTP/1.1\r\n\r\n", MAX),
-            Parsed::Reject(405)
-        );
-        assert_eq!(
-            parse_head(b"DELETE / HTTP/1.1\r\n\r\n", MAX),
-            Parsed::Reject(405)
-        );
-        assert_eq!(
-            parse_head(b"get /metrics HTTP/1.1\r\n\r\n", MAX),
-            Parsed::Reject(400)
-        );
-        assert_eq!(
-            parse_head(b"GET metrics HTTP/1.1\r\n\r\n", MAX),
-            Parsed::Reject(400)
-        );
-        assert_eq!(
-            parse_head(b"GET /metrics SPDY/3\r\n\r\n", MAX),
-            Parsed::Reject(400)
-        );
-        assert_eq!(
-            parse_head(b"GET /metrics\r\n\r\n", MAX),
-            Parsed::Reject(400)
-        );
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1 extra\r\n\r\n", MAX),
-            Parsed::Reject(400)
-        );
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", MAX),
-            Parsed::Reject(400)
-        );
-        assert_eq!(
-            parse_head(b"GET /\xff HTTP/1.1\r\n\r\n", MAX),
-            Parsed::Reject(400)
-        );
+        let cases: [(&[u8], u16); 9] = [
+            (b"POST /metrics HTTP/1.1\r\n\r\n", 405),
+            (b"DELETE / HTTP/1.1\r\n\r\n", 405),
+            (b"get /metrics HTTP/1.1\r\n\r\n", 400),
+            (b"GET metrics HTTP/1.1\r\n\r\n", 400),
+            (b"GET /metrics SPDY/3\r\n\r\n", 400),
+            (b"GET /metrics\r\n\r\n", 400),
+            (b"GET / HTTP/1.1 extra\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+            (b"GET /\xff HTTP/1.1\r\n\r\n", 400),
+        ];
+        for (request, status) in cases {
+            assert_eq!(
+                parse_head(request, MAX),
+                Parsed::Reject(status),
+                "{:?}",
+                String::from_utf8_lossy(request)
+            );
+        }
     }
 
     #[test]
