@@ -36,7 +36,13 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let now = unsafe { bpf_ktime_get_ns() };
     add_key(&TRANSITIONS, counters::transition_key(old, new), 1);
 
-    let previous = begin_tracking(ctx, &ep, old, new, now);
+    // One lookup serves the whole event: it gives the state before this transition and
+    // is updated in place afterwards.
+    let existing = sockets::lookup(ep.skaddr);
+    let previous = match existing {
+        Some(info) => Some(unsafe { *info }),
+        None => begin_tracking(ctx, &ep, old, new, now),
+    };
     let (owner, since, handshake_start, flags) = match previous {
         Some(info) => (
             info.owner,
@@ -57,13 +63,13 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     if handshake_start != 0 {
         finish_handshake(event, old, new, now - handshake_start);
     }
-    end_tracking(&ep, old, new, now);
+    end_tracking(&ep, existing, old, new, now);
     Some(())
 }
 
-/// Record the owner where the transition runs in process context (connect, listen) or
-/// can be inherited (a listener's child), and return the socket's tracking state as it
-/// was before this transition.
+/// Start tracking a socket seen for the first time: record the owner where the
+/// transition runs in process context (connect, listen) or can be inherited (a
+/// listener's child). Returns its tracking state as it was before this transition.
 fn begin_tracking(
     ctx: &TracePointContext,
     ep: &Endpoints,
@@ -71,9 +77,6 @@ fn begin_tracking(
     new: u8,
     now: u64,
 ) -> Option<SockInfo> {
-    if let Some(info) = sockets::lookup(ep.skaddr) {
-        return Some(unsafe { *info });
-    }
     let (owner, flags) = match (old, new) {
         (CLOSE, SYN_SENT) | (CLOSE, LISTEN) => (sockets::current_owner(), 0),
         // A listener that predates tcptrace has no known owner; its children are still
@@ -179,7 +182,9 @@ fn read_socket_error(event: &mut Event) {
 }
 
 /// Update or drop the tracking state after the transition.
-fn end_tracking(ep: &Endpoints, old: u8, new: u8, now: u64) {
+/// `existing` is the entry the socket had before this transition; an entry created by
+/// this transition already holds its start time.
+fn end_tracking(ep: &Endpoints, existing: Option<*mut SockInfo>, old: u8, new: u8, now: u64) {
     if new == CLOSE {
         sockets::forget(ep.skaddr);
         if old == LISTEN {
@@ -187,7 +192,7 @@ fn end_tracking(ep: &Endpoints, old: u8, new: u8, now: u64) {
         }
         return;
     }
-    if let Some(info) = sockets::lookup(ep.skaddr) {
+    if let Some(info) = existing {
         unsafe {
             (*info).state_since_ns = now;
             if old == SYN_SENT || old == SYN_RECV {
