@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
 use log::info;
 use tokio::{
     net::TcpListener,
@@ -92,22 +93,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
-                let delivered = &metrics.agent.events_delivered;
-                ring::drain(guard.get_inner_mut(), |_| {
-                    delivered.fetch_add(1, Ordering::Relaxed);
-                    true
-                });
+                drain_counting(guard.get_inner_mut(), &metrics, &health);
                 guard.clear_ready();
-                health.mark_drained();
             }
-            _ = tick.tick() => {
-                let delivered = &metrics.agent.events_delivered;
-                ring::drain(ring.get_mut(), |_| {
-                    delivered.fetch_add(1, Ordering::Relaxed);
-                    true
-                });
-                health.mark_drained();
-            }
+            _ = tick.tick() => drain_counting(ring.get_mut(), &metrics, &health),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -119,6 +108,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     drop(loaded);
     info!("stopped; every program detached");
     Ok(())
+}
+
+/// Read every waiting event, count it as delivered, and note that the ring is drained.
+fn drain_counting(ring: &mut RingBuf<MapData>, metrics: &Metrics, health: &Health) {
+    let delivered = &metrics.agent.events_delivered;
+    ring::drain(ring, |_| {
+        delivered.fetch_add(1, Ordering::Relaxed);
+        true
+    });
+    health.mark_drained();
 }
 
 fn routes(metrics: Arc<Metrics>, health: Arc<Health>) -> http::Handler {

@@ -446,7 +446,7 @@ fn socket_tracking_returns_to_baseline_after_100k_connections() {
     require_root();
     let _serial = serial();
     let agent = Agent::start(&[]);
-    let pid = agent_pid(&agent);
+    let pid = agent.pid();
     std::thread::sleep(Duration::from_millis(300));
     let baseline = (map_entries(pid, "SOCKETS"), map_entries(pid, "LISTENERS"));
     let sink = Sink::start();
@@ -502,10 +502,6 @@ fn set_linger_zero(s: &TcpStream) {
             std::mem::size_of::<libc::linger>() as u32,
         )
     };
-}
-
-fn agent_pid(agent: &Agent) -> u32 {
-    agent.pid()
 }
 
 #[test]
