@@ -1,5 +1,9 @@
 //! `tcptrace trace` against the real kernel: real sockets, ground truth from the sockets
 //! themselves, from the kernel's counters (nstat) and from libbpf-tools' tcpstates.
+//!
+//! The tests run one at a time (`serial`): the kernel skips a tracing program when any
+//! other BPF program is running on the same CPU, so one test's tracers flooding the
+//! CPUs can make another's timer-driven event (a SYN retransmit) a counted skip.
 mod common;
 
 use std::{
@@ -8,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{churn, delta, free_port, require_root, Netns, Tracer};
+use common::{churn, delta, free_port, require_root, serial, Netns, Tracer};
 use serde_json::Value;
 
 const CONNECTIONS: usize = 200;
@@ -72,6 +76,7 @@ fn expect_sequence(got: Vec<(String, String)>, want: &[(&str, &str)], what: &str
 
 fn lifecycle(ip: IpAddr) {
     require_root();
+    let _serial = serial();
     let port = free_port(ip);
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
@@ -168,6 +173,7 @@ fn ipv6_connections_each_show_their_full_lifecycle_once() {
 #[test]
 fn connect_to_a_closed_port_is_refused() {
     require_root();
+    let _serial = serial();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = free_port(ip);
     let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "handshakes"]);
@@ -195,6 +201,7 @@ fn like_a_real_link(ns: &Netns) {
 #[test]
 fn retransmits_match_the_namespace_counters_under_loss() {
     require_root();
+    let _serial = serial();
     let ns = Netns::new("rtx");
     like_a_real_link(&ns);
     let port = 20000 + (std::process::id() % 20000) as u16;
@@ -254,6 +261,7 @@ fn retransmits_match_the_namespace_counters_under_loss() {
 #[test]
 fn unanswered_syn_backs_off_exponentially_then_times_out() {
     require_root();
+    let _serial = serial();
     let ns = Netns::new("syn");
     ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=2"]);
     // Since 6.5 the first SYN retries may be linear (1 s apart); ask for classic backoff.
@@ -293,8 +301,9 @@ fn unanswered_syn_backs_off_exponentially_then_times_out() {
     assert_eq!(
         syns.len() as u64,
         kernel_syn_retrans,
-        "events vs TcpExtTCPSynRetrans: {:?}",
-        traced.events
+        "events vs TcpExtTCPSynRetrans: {:?}\n{}",
+        traced.events,
+        traced.stderr
     );
     assert_eq!(syns.len(), 2, "tcp_syn_retries=2: {:?}", traced.events);
     let failure = traced
@@ -379,6 +388,7 @@ impl Tcpstates {
 #[test]
 fn same_transitions_as_libbpf_tools_tcpstates() {
     require_root();
+    let _serial = serial();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = free_port(ip);
     let server_side = Tcpstates::start("-L", port);
@@ -415,6 +425,7 @@ fn thread_comm() -> String {
 #[test]
 fn filters_run_in_the_kernel() {
     require_root();
+    let _serial = serial();
     let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let port = free_port(ip);
     let p = port.to_string();
@@ -463,6 +474,7 @@ fn filters_run_in_the_kernel() {
 #[test]
 fn a_full_socket_map_is_counted_and_reported_not_silent() {
     require_root();
+    let _serial = serial();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = free_port(ip);
     let tracer = Tracer::start(&[
@@ -511,6 +523,7 @@ fn a_full_socket_map_is_counted_and_reported_not_silent() {
 #[test]
 fn children_of_a_listener_older_than_the_tracer_are_timed_without_an_owner() {
     require_root();
+    let _serial = serial();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "handshakes"]);
