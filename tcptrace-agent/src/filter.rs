@@ -25,7 +25,7 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
     Ok((addr, prefix))
 }
 
-/// `states,handshakes,retransmits` (any subset) into the kind bit set.
+/// `states,handshakes,retransmits,connects,segments` (any subset) into the kind bit set.
 pub fn parse_kinds(s: &str) -> Result<u32> {
     let mut bits = 0;
     for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -33,14 +33,18 @@ pub fn parse_kinds(s: &str) -> Result<u32> {
             "states" | "state" => EventKind::StateChange.bit(),
             "handshakes" | "handshake" => EventKind::Handshake.bit(),
             "retransmits" | "retransmit" => EventKind::Retransmit.bit(),
-            other => bail!("unknown event kind `{other}`: use states, handshakes, retransmits"),
+            "connects" | "connect" => EventKind::ConnectError.bit(),
+            "segments" | "segment" => EventKind::Segment.bit(),
+            other => bail!("unknown event kind `{other}`: use {KINDS}"),
         };
     }
     if bits == 0 {
-        bail!("--events needs at least one of states, handshakes, retransmits");
+        bail!("--events needs at least one of {KINDS}");
     }
     Ok(bits)
 }
+
+const KINDS: &str = "states, handshakes, retransmits, connects, segments";
 
 /// The kernel truncates command names to 15 bytes; a longer filter could never match.
 pub fn parse_comm(s: &str) -> Result<([u8; 16], u8)> {

@@ -16,6 +16,8 @@ pub struct KernelCounters {
     handshakes: PerCpuArray<MapData, u64>,
     failures: PerCpuHashMap<MapData, u32, u64>,
     resets: PerCpuArray<MapData, u64>,
+    connect_errors: PerCpuHashMap<MapData, u32, u64>,
+    segments: PerCpuArray<MapData, u64>,
 }
 
 /// Latency histogram of one handshake side, straight from the kernel's log2 buckets.
@@ -45,6 +47,10 @@ pub struct Snapshot {
     pub failures: BTreeMap<(u8, u8, i32), u64>,
     pub resets_sent: u64,
     pub resets_received: u64,
+    /// errno -> connect() calls that failed with it before a SYN was sent.
+    pub connect_errors: BTreeMap<i32, u64>,
+    /// Segments received in handshake states, by `counters::segment_index` slot.
+    pub segments: Vec<u64>,
 }
 
 fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -79,6 +85,8 @@ impl KernelCounters {
             handshakes: take_map(ebpf, "HANDSHAKES")?,
             failures: take_map(ebpf, "FAILURES")?,
             resets: take_map(ebpf, "RESETS")?,
+            connect_errors: take_map(ebpf, "CONNECT_ERRORS")?,
+            segments: take_map(ebpf, "SEGMENTS")?,
         })
     }
 
@@ -110,6 +118,13 @@ impl KernelCounters {
                 .collect(),
             resets_sent: sum_slot(&self.resets, counters::RESET_SENT),
             resets_received: sum_slot(&self.resets, counters::RESET_RECEIVED),
+            connect_errors: sum_hash(&self.connect_errors)
+                .into_iter()
+                .map(|(errno, n)| (errno as i32, n))
+                .collect(),
+            segments: (0..counters::SEGMENT_SLOTS)
+                .map(|i| sum_slot(&self.segments, i))
+                .collect(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! tcptrace's agent as a library: the `tcptrace` binary's commands, and the pieces the
 //! fuzz targets and benchmarks exercise directly.
+pub mod attach;
 pub mod btf;
 pub mod clock;
 pub mod events;
@@ -8,8 +9,10 @@ pub mod filter;
 pub mod http;
 pub mod kernel_counters;
 pub mod metrics;
+pub mod offsets;
 pub mod output;
 pub mod privileges;
+pub mod probe_report;
 pub mod probes;
 pub mod ring;
 pub mod run;

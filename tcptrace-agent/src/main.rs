@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tcptrace_agent::{
-    clock, filter, http, probes, run,
+    clock, filter, http, probe_report, probes, run,
     settings::{self, LogFormat},
     trace,
 };
@@ -21,6 +21,11 @@ struct Cli {
     /// Log format on stderr: text, or json (one object per line, for log collectors).
     #[arg(long, global = true, value_name = "FORMAT", value_parser = settings::parse_log_format)]
     log_format: Option<LogFormat>,
+    /// Use only this attach method for a probe, e.g. `tcp_v4_connect=tracepoint` to
+    /// compare a function hook with its tracepoint-derived fallback. Repeatable.
+    /// `tcptrace probes` lists the probes and their methods.
+    #[arg(long, global = true, value_name = "PROBE=METHOD", value_parser = probes::parse_forced)]
+    probe_method: Vec<(String, String)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,8 +35,11 @@ enum Command {
     /// Print TCP events live, one line each, until Ctrl-C, --duration or --count.
     ///
     /// Events: `state` (every TCP state transition, with the time spent in the old state),
-    /// `handshake` (connect or accept finished: latency, or why it failed) and
-    /// `retransmit` (data, SYN or SYN-ACK re-sent, with the socket's state).
+    /// `handshake` (connect or accept finished: latency, or why it failed),
+    /// `retransmit` (data, SYN or SYN-ACK re-sent, with the socket's state),
+    /// `connect` (connect() failed before sending a SYN: EADDRNOTAVAIL means no free
+    /// local port, ENETUNREACH no route) and, on request, `segment` (a segment received
+    /// in LISTEN/SYN_SENT/SYN_RECV with its TCP flags: SYN-ACK, RST, unexpected ACK).
     /// Filters run in the kernel, so filtered events cost no ring-buffer space.
     ///
     /// Examples:
@@ -56,6 +64,28 @@ enum Command {
     ///   tcptrace run --config /etc/tcptrace/tcptrace.toml
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
+    /// Show how tcptrace hooks into this kernel, then exit.
+    ///
+    /// Each probe lists its attach methods in order of preference: a hook on the kernel
+    /// function (fentry/fexit, then kprobe), then the same information derived from
+    /// tracepoints. This loads and attaches exactly as `trace` and `run` do, prints the
+    /// method each probe got and why the others were skipped (the verifier refused the
+    /// program, or the kernel would not attach it), and checks that the verifier
+    /// accepts every program in the object, attached or not.
+    ///
+    /// Examples:
+    ///   tcptrace probes
+    ///   tcptrace probes --json | jq '.probes[] | {probe, method}'
+    ///   tcptrace probes --probe-method tcp_v4_connect=kprobe
+    #[command(verbatim_doc_comment)]
+    Probes(ProbesArgs),
+}
+
+#[derive(Args)]
+struct ProbesArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -99,11 +129,12 @@ struct TraceArgs {
     /// Only IPv6.
     #[arg(short = '6', long = "ipv6")]
     ipv6: bool,
-    /// Which events to print: any of states, handshakes, retransmits (comma-separated).
+    /// Which events to print: any of states, handshakes, retransmits, connects,
+    /// segments (comma-separated).
     #[arg(
         long,
         value_name = "LIST",
-        default_value = "states,handshakes,retransmits"
+        default_value = "states,handshakes,retransmits,connects"
     )]
     events: String,
     /// Stop after this many seconds (fractions allowed).
@@ -159,6 +190,7 @@ impl TraceArgs {
                 ring_bytes: self.ring_bytes,
                 max_sockets: self.max_sockets,
                 filter,
+                forced: Vec::new(),
             },
             json: self.json,
             duration: self.duration,
@@ -194,7 +226,10 @@ fn main() -> ExitCode {
             );
             // Flag values are validated before anything touches the kernel: exit 2.
             match args.options() {
-                Ok(opts) => block_on(trace::run(opts)),
+                Ok(mut opts) => {
+                    opts.load.forced = cli.probe_method.clone();
+                    block_on(trace::run(opts))
+                }
                 Err(e) => usage_error(&e),
             }
         }
@@ -210,9 +245,17 @@ fn main() -> ExitCode {
                     ring_bytes: s.ring_bytes,
                     max_sockets: s.max_sockets,
                     filter: tcptrace_common::Filter::ANY,
+                    forced: cli.probe_method.clone(),
                 },
                 http: http::Limits::default(),
             }))
+        }
+        Command::Probes(args) => {
+            init_logging(
+                cli.log_level.unwrap_or(log::LevelFilter::Error),
+                cli.log_format.unwrap_or(LogFormat::Text),
+            );
+            block_on(probe_report::run(args.json, cli.probe_method.clone()))
         }
     }
 }

@@ -10,14 +10,16 @@ use std::{
 };
 
 use prometheus::{core::Collector, proto::MetricFamily};
+use std::collections::BTreeMap;
+
 use tcptrace_common::{
-    counters::{handshake_bucket_upper_seconds, HANDSHAKE_BUCKETS},
+    counters::{handshake_bucket_upper_seconds, HANDSHAKE_BUCKETS, SEGMENT_FLAGS, SEGMENT_STATES},
     state::state_name,
     HandshakeSide, RetransmitKind, Stat, TcpState,
 };
 
 use crate::{
-    events::reason_for,
+    events::{errno_name, reason_for},
     exposition::{self, counter, gauge, histogram, HistogramSeries},
     kernel_counters::{Histogram, KernelCounters, Snapshot},
     probes::{self, HookStatus},
@@ -124,12 +126,9 @@ impl Metrics {
             ),
             gauge(
                 "tcptrace_probe_attached",
-                "1 when the hook is attached with this method, 0 when it could not be.",
+                "1 for the method each probe uses on this kernel, 0 for each method it skipped.",
                 &["probe", "method"],
-                self.hooks
-                    .iter()
-                    .map(|h| (vec![h.hook, h.method], if h.attached { 1.0 } else { 0.0 }))
-                    .collect(),
+                probe_methods(&self.hooks),
             ),
             gauge(
                 "tcptrace_build_info",
@@ -139,6 +138,20 @@ impl Metrics {
             ),
         ]
     }
+}
+
+/// One series per method tried: 1 for the one in use, 0 for those skipped.
+fn probe_methods(hooks: &[HookStatus]) -> Vec<(Vec<&'static str>, f64)> {
+    let mut series = Vec::new();
+    for h in hooks {
+        for s in &h.skipped {
+            series.push((vec![h.hook, s.method], 0.0));
+        }
+        if h.attached {
+            series.push((vec![h.hook, h.method], 1.0));
+        }
+    }
+    series
 }
 
 fn family_label(ipv6: bool) -> &'static str {
@@ -151,6 +164,7 @@ fn family_label(ipv6: bool) -> &'static str {
 
 /// The metric families backed by the kernel's lossless counters.
 pub fn kernel_families(s: &Snapshot) -> Vec<MetricFamily> {
+    let connect_errors = connect_errors(s);
     vec![
         counter(
             "tcptrace_state_transitions_total",
@@ -200,7 +214,48 @@ pub fn kernel_families(s: &Snapshot) -> Vec<MetricFamily> {
             &["direction"],
             vec![(vec!["sent"], s.resets_sent as f64), (vec!["received"], s.resets_received as f64)],
         ),
+        counter(
+            "tcptrace_connect_errors_total",
+            "connect() calls on TCP sockets that failed before a SYN was sent, by errno (EADDRNOTAVAIL: no free local port).",
+            &["errno"],
+            connect_errors
+                .iter()
+                .map(|(errno, n)| (vec![errno.as_str()], *n))
+                .collect(),
+        ),
+        counter(
+            "tcptrace_handshake_segments_total",
+            "Segments received in LISTEN, SYN_SENT or SYN_RECV, by state and flags (syn, synack, rst, ack, other). Without a tcp_rcv_state_process hook only rst is counted.",
+            &["state", "flags"],
+            handshake_segments(s),
+        ),
     ]
+}
+
+/// EADDRNOTAVAIL is always present (0 until it happens), so alerts on port exhaustion
+/// work from the start; other errnos appear when first seen.
+fn connect_errors(s: &Snapshot) -> Vec<(String, f64)> {
+    let mut series: BTreeMap<i32, u64> = s.connect_errors.clone();
+    series.entry(libc::EADDRNOTAVAIL).or_insert(0);
+    series
+        .into_iter()
+        .map(|(errno, n)| (errno_name(errno), n as f64))
+        .collect()
+}
+
+fn handshake_segments(s: &Snapshot) -> Vec<(Vec<&'static str>, f64)> {
+    let mut series = Vec::new();
+    for (row, state) in SEGMENT_STATES.iter().enumerate() {
+        for (col, flags) in SEGMENT_FLAGS.iter().enumerate() {
+            let n = s
+                .segments
+                .get(row * SEGMENT_FLAGS.len() + col)
+                .copied()
+                .unwrap_or(0);
+            series.push((vec![state_name(*state), *flags], n as f64));
+        }
+    }
+    series
 }
 
 fn handshake_series<'a>(side: &'a str, h: &Histogram) -> HistogramSeries<'a> {

@@ -1,6 +1,7 @@
 //! Rendering events for `tcptrace trace`: aligned text lines or JSON lines.
 use serde::Serialize;
 use tcptrace_common::{
+    config::Source,
     event::{FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED},
     state::state_name,
     Event, EventKind, HandshakeSide, RetransmitKind,
@@ -38,6 +39,8 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::StateChange => "state",
         EventKind::Handshake => "handshake",
         EventKind::Retransmit => "retransmit",
+        EventKind::ConnectError => "connect",
+        EventKind::Segment => "segment",
     }
 }
 
@@ -92,7 +95,31 @@ fn detail(e: &Event) -> String {
             }
             s
         }
+        Some(EventKind::ConnectError) => format!(
+            "connect() failed: {} (seen by {})",
+            errno_name(e.err),
+            Source::from_u8(e.detail).name()
+        ),
+        Some(EventKind::Segment) => format!(
+            "{} received in {}",
+            tcp_flags(e.detail),
+            state_name(e.old_state)
+        ),
         None => format!("unknown event kind {}", e.kind),
+    }
+}
+
+/// `SYN,ACK`: the flags of a TCP segment, in header order.
+pub fn tcp_flags(flags: u8) -> String {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    let set: Vec<&str> = (0..8)
+        .filter(|bit| flags & (1 << bit) != 0)
+        .map(|bit| NAMES[bit])
+        .collect();
+    if set.is_empty() {
+        "no flags".to_string()
+    } else {
+        set.join(",")
     }
 }
 
@@ -144,6 +171,12 @@ pub struct JsonEvent {
     /// retransmit: segments re-sent (several under GSO); absent when unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segments: Option<u16>,
+    /// segment: the TCP flags of a segment received in a handshake state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<String>,
+    /// connect: which hook saw the error (`function` or `tracepoint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
 }
 
 pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
@@ -176,6 +209,8 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
         retransmit: None,
         state: None,
         segments: None,
+        flags: None,
+        source: None,
     };
     match kind {
         Some(EventKind::StateChange) => {
@@ -199,6 +234,14 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
             j.state = Some(state_name(e.old_state));
             j.segments = (e.segs != 0).then_some(e.segs);
             j.error = (e.err != 0).then(|| errno_name(-e.err));
+        }
+        Some(EventKind::ConnectError) => {
+            j.error = Some(errno_name(e.err));
+            j.source = Some(Source::from_u8(e.detail).name());
+        }
+        Some(EventKind::Segment) => {
+            j.state = Some(state_name(e.old_state));
+            j.flags = Some(tcp_flags(e.detail));
         }
         None => {}
     }
@@ -270,6 +313,32 @@ mod tests {
         assert_eq!(v["reason"], "refused");
         assert_eq!(v["error"], "ECONNREFUSED");
         assert_eq!(v["side"], "client");
+    }
+
+    #[test]
+    fn connect_error_and_segment_lines() {
+        let mut e = state_event();
+        e.kind = EventKind::ConnectError as u8;
+        e.err = libc::EADDRNOTAVAIL;
+        e.detail = Source::Tracepoint as u8;
+        let line = text_line(&e, &Clock::fixed(0));
+        assert!(
+            line.contains("connect() failed: EADDRNOTAVAIL (seen by tracepoint)"),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json_line(&e, &Clock::fixed(0))).unwrap();
+        assert_eq!(
+            (v["event"].as_str(), v["error"].as_str()),
+            (Some("connect"), Some("EADDRNOTAVAIL"))
+        );
+
+        e.kind = EventKind::Segment as u8;
+        e.old_state = TcpState::SynSent as u8;
+        e.detail = 0x14;
+        let line = text_line(&e, &Clock::fixed(0));
+        assert!(line.contains("RST,ACK received in SYN_SENT"), "{line}");
+        assert_eq!(tcp_flags(0x12), "SYN,ACK");
+        assert_eq!(tcp_flags(0), "no flags");
     }
 
     #[test]

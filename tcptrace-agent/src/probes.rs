@@ -1,22 +1,27 @@
-//! The hook table and the loop that loads and attaches the eBPF programs.
+//! The probe table and the loop that loads and attaches the eBPF programs.
 //!
-//! Each hook names its tracepoint and the fields its program reads. Layouts come from
-//! this kernel's tracefs format files; a hook whose tracepoint is missing or whose layout
-//! is not understood is skipped with its reason (or, when the agent cannot work without
-//! it, refused with a clear error), and the agent reports what it attached.
+//! Each logical probe lists its attach methods in order of preference: a hook on the
+//! kernel function itself (fentry/fexit, then kprobe) where the kernel allows it, else
+//! the same information derived from tracepoints. The loop attaches the first method
+//! that works, records why each one before it was skipped, and keeps going; only the
+//! state tracepoint is indispensable. `tcptrace probes` prints the outcome.
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    collections::{HashMap, HashSet},
     path::Path,
 };
 
 use anyhow::{bail, Context as _, Result};
-use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use aya::{maps::Array, Btf as AyaBtf, Ebpf, EbpfLoader};
 use log::{info, warn};
 use serde::Serialize;
-use tcptrace_common::{config::OFFSET_UNKNOWN, Config, Filter, TpLayout};
+use tcptrace_common::{
+    config::{Source, SOURCE_CONNECT_V4, SOURCE_CONNECT_V6, SOURCE_SEGMENTS},
+    Config, Filter, TpLayout,
+};
 
 use crate::{
-    btf::Btf,
+    attach::{self, Attach, Failure, Stage},
+    offsets::KernelOffsets,
     tp_format::{self, Want},
     tracefs,
 };
@@ -24,145 +29,335 @@ use crate::{
 /// The eBPF object built by build.rs, embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
-pub struct Hook {
-    /// Program name in the eBPF object.
-    pub program: &'static str,
+/// A tracepoint a program reads, and the fields it needs from the record.
+pub struct Tracepoint {
     pub category: &'static str,
     pub event: &'static str,
-    /// Without it tcptrace has nothing to show: refuse to start.
-    pub required: bool,
     /// Fields beyond the shared endpoint fields.
     pub extra: &'static [Want],
     pub endpoints: bool,
     pub slot: fn(&mut Config) -> &mut TpLayout,
-    pub purpose: &'static str,
 }
 
-pub const HOOKS: [Hook; 6] = [
-    Hook {
-        program: "inet_sock_set_state",
+pub const TRACEPOINTS: [Tracepoint; 7] = [
+    Tracepoint {
         category: "sock",
         event: "inet_sock_set_state",
-        required: true,
         extra: &tp_format::SET_STATE_EXTRA,
         endpoints: true,
         slot: |c| &mut c.set_state,
-        purpose: "state changes, handshakes, socket ownership",
     },
-    Hook {
-        program: "tcp_retransmit_skb",
+    Tracepoint {
         category: "tcp",
         event: "tcp_retransmit_skb",
-        required: false,
         extra: &tp_format::RETRANSMIT_SKB_EXTRA,
         endpoints: true,
         slot: |c| &mut c.retransmit_skb,
-        purpose: "data and SYN retransmits",
     },
-    Hook {
-        program: "tcp_retransmit_synack",
+    Tracepoint {
         category: "tcp",
         event: "tcp_retransmit_synack",
-        required: false,
         extra: &[],
         endpoints: true,
         slot: |c| &mut c.retransmit_synack,
-        purpose: "SYN-ACK retransmits",
     },
-    Hook {
-        program: "tcp_receive_reset",
+    Tracepoint {
         category: "tcp",
         event: "tcp_receive_reset",
-        required: false,
-        extra: &tp_format::SKADDR_ONLY,
-        endpoints: false,
+        extra: &[],
+        endpoints: true,
         slot: |c| &mut c.receive_reset,
-        purpose: "refused/reset handshakes when BTF is missing",
     },
-    Hook {
-        program: "tcp_send_reset",
+    Tracepoint {
         category: "tcp",
         event: "tcp_send_reset",
-        required: false,
         extra: &[],
         endpoints: false,
         slot: |c| &mut c.send_reset,
-        purpose: "RSTs sent",
     },
-    Hook {
-        program: "tcp_destroy_sock",
+    Tracepoint {
         category: "tcp",
         event: "tcp_destroy_sock",
-        required: false,
         extra: &tp_format::SKADDR_ONLY,
         endpoints: false,
         slot: |c| &mut c.destroy_sock,
-        purpose: "socket-map cleanup for sockets that skip CLOSE",
+    },
+    Tracepoint {
+        category: "syscalls",
+        event: "sys_exit_connect",
+        extra: &tp_format::SYSCALL_RET,
+        endpoints: false,
+        slot: |c| &mut c.sys_exit_connect,
     },
 ];
 
-/// What happened to one hook on this kernel.
+/// One way of providing a probe.
+pub struct Method {
+    /// `fentry`, `fexit`, `kprobe` or `tracepoint`.
+    pub name: &'static str,
+    /// Programs to load and attach, all or nothing.
+    pub attach: &'static [Attach],
+    /// Probes this method derives its information from; they must be attached.
+    pub derived_from: &'static [&'static str],
+    /// Reads `struct sock` and `tcp_skb_cb` fields at offsets from BTF.
+    pub reads_sock: bool,
+}
+
+pub struct Probe {
+    pub name: &'static str,
+    /// Without it tcptrace has nothing to show: refuse to start.
+    pub required: bool,
+    pub purpose: &'static str,
+    pub methods: &'static [Method],
+    /// The `SOURCES` slot telling the programs which method provides this probe.
+    pub source_slot: Option<u32>,
+}
+
+/// A probe that is one classic tracepoint with a program of the same name.
+macro_rules! tracepoint_probe {
+    ($category:literal, $event:literal, $required:expr, $purpose:literal) => {
+        Probe {
+            name: $event,
+            required: $required,
+            purpose: $purpose,
+            methods: &[Method {
+                name: "tracepoint",
+                attach: &[Attach::Tracepoint {
+                    program: $event,
+                    category: $category,
+                    event: $event,
+                }],
+                derived_from: &[],
+                reads_sock: false,
+            }],
+            source_slot: None,
+        }
+    };
+}
+
+/// The connect-error probes: fexit, then kprobe + kretprobe, then the state tracepoint
+/// plus `sys_exit_connect` (CLOSE -> SYN_SENT runs inside connect()).
+macro_rules! connect_probe {
+    ($function:literal, $fexit:literal, $slot:expr) => {
+        Probe {
+            name: $function,
+            required: false,
+            purpose: "connect() errors before a SYN is sent (EADDRNOTAVAIL, ENETUNREACH, ...)",
+            methods: &[
+                Method {
+                    name: "fexit",
+                    attach: &[Attach::Fexit {
+                        program: $fexit,
+                        function: $function,
+                    }],
+                    derived_from: &[],
+                    reads_sock: false,
+                },
+                Method {
+                    name: "kprobe",
+                    attach: &[
+                        Attach::Kprobe {
+                            program: "tcp_connect_kprobe",
+                            function: $function,
+                        },
+                        Attach::Kprobe {
+                            program: "tcp_connect_kretprobe",
+                            function: $function,
+                        },
+                    ],
+                    derived_from: &[],
+                    reads_sock: false,
+                },
+                Method {
+                    name: "tracepoint",
+                    attach: &[Attach::Tracepoint {
+                        program: "sys_exit_connect",
+                        category: "syscalls",
+                        event: "sys_exit_connect",
+                    }],
+                    derived_from: &["inet_sock_set_state"],
+                    reads_sock: false,
+                },
+            ],
+            source_slot: Some($slot),
+        }
+    };
+}
+
+pub const PROBES: [Probe; 9] = [
+    tracepoint_probe!(
+        "sock",
+        "inet_sock_set_state",
+        true,
+        "state changes, handshakes, socket ownership"
+    ),
+    tracepoint_probe!(
+        "tcp",
+        "tcp_retransmit_skb",
+        false,
+        "data and SYN retransmits"
+    ),
+    tracepoint_probe!("tcp", "tcp_retransmit_synack", false, "SYN-ACK retransmits"),
+    tracepoint_probe!(
+        "tcp",
+        "tcp_receive_reset",
+        false,
+        "RSTs received; refused/reset handshakes when BTF is missing"
+    ),
+    tracepoint_probe!("tcp", "tcp_send_reset", false, "RSTs sent"),
+    tracepoint_probe!(
+        "tcp",
+        "tcp_destroy_sock",
+        false,
+        "socket-map cleanup for sockets that skip CLOSE"
+    ),
+    connect_probe!("tcp_v4_connect", "tcp_v4_connect_fexit", SOURCE_CONNECT_V4),
+    connect_probe!("tcp_v6_connect", "tcp_v6_connect_fexit", SOURCE_CONNECT_V6),
+    Probe {
+        name: "tcp_rcv_state_process",
+        required: false,
+        purpose: "flags of segments received in LISTEN/SYN_SENT/SYN_RECV (SYN-ACK, RST, stray ACK)",
+        methods: &[
+            Method {
+                name: "fentry",
+                attach: &[Attach::Fentry {
+                    program: "tcp_rcv_state_process_fentry",
+                    function: "tcp_rcv_state_process",
+                }],
+                derived_from: &[],
+                reads_sock: true,
+            },
+            Method {
+                name: "kprobe",
+                attach: &[Attach::Kprobe {
+                    program: "tcp_rcv_state_process_kprobe",
+                    function: "tcp_rcv_state_process",
+                }],
+                derived_from: &[],
+                reads_sock: true,
+            },
+            // Only RSTs: tcp_receive_reset fires for them, with the tracked state.
+            Method {
+                name: "tracepoint",
+                attach: &[],
+                derived_from: &["tcp_receive_reset"],
+                reads_sock: false,
+            },
+        ],
+        source_slot: Some(SOURCE_SEGMENTS),
+    },
+];
+
+/// A method that was not used, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    pub method: &'static str,
+    pub stage: Stage,
+    pub reason: String,
+}
+
+/// What happened to one probe on this kernel.
 #[derive(Clone, Debug, Serialize)]
 pub struct HookStatus {
     pub hook: &'static str,
+    /// The method attached, or `none`.
     pub method: &'static str,
     pub attached: bool,
-    /// The loaded program's fd, for reading its kernel statistics.
+    pub purpose: &'static str,
+    /// The attached programs' fds, for reading their kernel statistics.
     #[serde(skip)]
-    pub prog_fd: Option<i32>,
-    /// Why it is not attached.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub prog_fds: Vec<i32>,
+    /// Methods tried before the one attached (or all of them), with the reason.
+    pub skipped: Vec<Skipped>,
 }
 
 /// How often readers drain the ring buffer without being woken: below a quarter full
 /// the kernel does not wake them, which saves a wakeup per event under load.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Sizes and filters chosen on the command line.
+/// Sizes, filters and method choices from the command line.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub ring_bytes: u32,
     pub max_sockets: u32,
     pub filter: Filter,
+    /// `--probe-method PROBE=METHOD`: use only this method for that probe.
+    pub forced: Vec<(String, String)>,
 }
 
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
+    pub kernel: KernelFacts,
 }
 
-/// Mount tracefs if needed, resolve layouts, load the object and attach every hook it can.
+/// What `tcptrace probes` reports about the kernel besides the probes.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelFacts {
+    pub release: String,
+    pub btf: bool,
+    pub tracefs: String,
+    pub kprobes: bool,
+}
+
+impl KernelFacts {
+    fn gather(tracefs_root: &Path) -> KernelFacts {
+        KernelFacts {
+            release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+            btf: Path::new(crate::offsets::VMLINUX_BTF).exists(),
+            tracefs: tracefs_root.display().to_string(),
+            kprobes: kprobes_available(tracefs_root),
+        }
+    }
+}
+
+/// kprobes need the kprobe PMU (4.17+) or the legacy `kprobe_events` file.
+fn kprobes_available(tracefs_root: &Path) -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || tracefs_root.join("kprobe_events").exists()
+}
+
+/// Check `--probe-method` values against the table; exit-2 material.
+pub fn parse_forced(s: &str) -> Result<(String, String), String> {
+    let (probe, method) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not PROBE=METHOD"))?;
+    let Some(p) = PROBES.iter().find(|p| p.name == probe) else {
+        let names: Vec<&str> = PROBES.iter().map(|p| p.name).collect();
+        return Err(format!(
+            "unknown probe `{probe}`: one of {}",
+            names.join(", ")
+        ));
+    };
+    if !p.methods.iter().any(|m| m.name == method) {
+        let names: Vec<&str> = p.methods.iter().map(|m| m.name).collect();
+        return Err(format!(
+            "probe {probe} has no method `{method}`: one of {}",
+            names.join(", ")
+        ));
+    }
+    Ok((probe.to_string(), method.to_string()))
+}
+
+/// Mount tracefs if needed, resolve layouts, load the object and attach every probe it can.
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     crate::privileges::check_can_load()?;
     raise_memlock_limit();
     let tracefs_root = tracefs::ensure_mounted()?;
+    let kernel = KernelFacts::gather(&tracefs_root);
 
     let mut config = Config::DEFAULT;
     config.filter = opts.filter;
     // Batch wakeups: the reader is woken at a quarter full and polls every DRAIN_EVERY.
     config.wakeup_bytes = opts.ring_bytes / 4;
-    let mut hooks = Vec::new();
-    let mut usable = Vec::new();
-    for hook in &HOOKS {
-        match resolve_layout(&tracefs_root, hook) {
-            Ok(layout) => {
-                *(hook.slot)(&mut config) = layout;
-                usable.push(hook);
-            }
-            Err(e) if hook.required => {
-                return Err(e.context(format!(
-                    "tcptrace cannot run without tracepoint {}:{}",
-                    hook.category, hook.event
-                )))
-            }
-            Err(e) => hooks.push(skipped(hook, format!("{e:#}"))),
-        }
+    let layout_errors = resolve_layouts(&tracefs_root, &mut config);
+    if let Some(e) = layout_errors.get("inet_sock_set_state") {
+        bail!("tcptrace cannot run without tracepoint sock:inet_sock_set_state: {e}");
     }
     let offsets = KernelOffsets::from_btf();
-    config.sk_err_offset = offsets.sk_err.unwrap_or(OFFSET_UNKNOWN);
-    config.srtt_offset = offsets.srtt.unwrap_or(OFFSET_UNKNOWN);
-    config.skb_segs_offset = offsets.skb_segs.unwrap_or(OFFSET_UNKNOWN);
+    offsets.apply(&mut config);
 
     if EBPF_OBJECT.is_empty() {
         bail!("this binary was built with AYA_BUILD_SKIP and holds no eBPF object");
@@ -175,81 +370,238 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .context("loading the eBPF object into the kernel")?;
     start_kernel_log(&mut ebpf);
 
-    for hook in usable {
-        let status = match attach(&mut ebpf, hook) {
-            Ok(prog_fd) => HookStatus {
-                hook: hook.program,
-                method: "tracepoint",
-                attached: true,
-                prog_fd: Some(prog_fd),
-                reason: None,
-            },
-            Err(e) if hook.required => return Err(e),
-            Err(e) => skipped(hook, format!("{e:#}")),
-        };
-        hooks.push(status);
+    let mut planner = Planner {
+        btf: AyaBtf::from_sys_fs().ok(),
+        ebpf: &mut ebpf,
+        layout_errors,
+        offsets: &offsets,
+        kernel: &kernel,
+        attached_programs: HashSet::new(),
+        hooks: Vec::new(),
+    };
+    for probe in &PROBES {
+        let forced = opts
+            .forced
+            .iter()
+            .find(|(p, _)| p == probe.name)
+            .map(|(_, m)| m.as_str());
+        let status = planner.plan(probe, forced);
+        if probe.required && !status.attached {
+            let why: Vec<String> = status.skipped.iter().map(|s| s.reason.clone()).collect();
+            bail!(
+                "tcptrace cannot run without {}: {}",
+                probe.name,
+                why.join("; ")
+            );
+        }
+        planner.hooks.push(status);
     }
-    hooks.sort_by_key(|h| HOOKS.iter().position(|k| k.program == h.hook));
+    let hooks = planner.hooks;
+    write_sources(&mut ebpf, &hooks)?;
     offsets.log();
-    Ok(Loaded { ebpf, hooks })
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        kernel,
+    })
 }
 
-fn skipped(hook: &Hook, reason: String) -> HookStatus {
-    HookStatus {
-        hook: hook.program,
-        method: "tracepoint",
-        attached: false,
-        prog_fd: None,
-        reason: Some(reason),
+/// Resolve every tracepoint's layout into the config; the error of each one that failed.
+fn resolve_layouts(root: &Path, config: &mut Config) -> HashMap<&'static str, String> {
+    let mut errors = HashMap::new();
+    for tp in &TRACEPOINTS {
+        match resolve_layout(root, tp) {
+            Ok(layout) => *(tp.slot)(config) = layout,
+            Err(e) => {
+                errors.insert(tp.event, format!("{e:#}"));
+            }
+        }
+    }
+    errors
+}
+
+struct Planner<'a> {
+    btf: Option<AyaBtf>,
+    ebpf: &'a mut Ebpf,
+    layout_errors: HashMap<&'static str, String>,
+    offsets: &'a KernelOffsets,
+    kernel: &'a KernelFacts,
+    /// (program, function) pairs attached so far: methods of two probes may share one.
+    attached_programs: HashSet<(&'static str, Option<&'static str>)>,
+    hooks: Vec<HookStatus>,
+}
+
+impl Planner<'_> {
+    /// Try the probe's methods in order (only `forced` if given); the first that
+    /// attaches wins.
+    fn plan(&mut self, probe: &'static Probe, forced: Option<&str>) -> HookStatus {
+        let mut status = HookStatus {
+            hook: probe.name,
+            method: "none",
+            attached: false,
+            purpose: probe.purpose,
+            prog_fds: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for method in probe.methods {
+            if forced.is_some_and(|f| f != method.name) {
+                status.skipped.push(Skipped {
+                    method: method.name,
+                    stage: Stage::Requirement,
+                    reason: "not chosen (--probe-method)".into(),
+                });
+                continue;
+            }
+            match self.try_method(method) {
+                Ok(fds) => {
+                    status.method = method.name;
+                    status.attached = true;
+                    status.prog_fds = fds;
+                    return status;
+                }
+                Err(f) => status.skipped.push(Skipped {
+                    method: method.name,
+                    stage: f.stage,
+                    reason: format!("{:#}", f.error),
+                }),
+            }
+        }
+        status
+    }
+
+    fn try_method(&mut self, method: &Method) -> Result<Vec<i32>, Failure> {
+        self.check_requirements(method).map_err(|error| Failure {
+            stage: Stage::Requirement,
+            error,
+        })?;
+        let mut links = Vec::new();
+        let mut fds = Vec::new();
+        for a in method.attach {
+            let key = (a.program(), a.function());
+            if self.attached_programs.contains(&key) {
+                continue;
+            }
+            match attach::attach(self.ebpf, self.btf.as_ref(), a) {
+                Ok((link, fd)) => {
+                    links.push((key, link));
+                    fds.push(fd);
+                }
+                Err(mut f) => {
+                    // All or nothing: take back what this method attached.
+                    for (_, link) in links {
+                        attach::detach(self.ebpf, link);
+                    }
+                    if f.stage == Stage::Attach
+                        && matches!(a, Attach::Kprobe { .. })
+                        && !self.kernel.kprobes
+                    {
+                        f.error = f.error.context(
+                            "this kernel offers no kprobes (no kprobe PMU, no kprobe_events)",
+                        );
+                    }
+                    return Err(f);
+                }
+            }
+        }
+        self.attached_programs
+            .extend(links.into_iter().map(|(key, _)| key));
+        Ok(fds)
+    }
+
+    fn check_requirements(&self, method: &Method) -> Result<()> {
+        for a in method.attach {
+            if let Attach::Tracepoint {
+                category, event, ..
+            } = a
+            {
+                if let Some(e) = self.layout_errors.get(event) {
+                    bail!("tracepoint {category}:{event}: {e}");
+                }
+            }
+        }
+        for needed in method.derived_from {
+            let attached = self.hooks.iter().any(|h| h.hook == *needed && h.attached);
+            if !attached {
+                bail!("derived from {needed}, which is not attached");
+            }
+        }
+        if method.reads_sock && !self.offsets.segment_fields() {
+            bail!("needs struct sock_common and tcp_skb_cb offsets from kernel BTF");
+        }
+        Ok(())
     }
 }
 
-fn resolve_layout(root: &Path, hook: &Hook) -> Result<TpLayout> {
-    let path = tracefs::format_path(root, hook.category, hook.event);
+/// Tell the programs which method provides each piece of information.
+fn write_sources(ebpf: &mut Ebpf, hooks: &[HookStatus]) -> Result<()> {
+    let mut sources: Array<_, u32> = Array::try_from(
+        ebpf.map_mut("SOURCES")
+            .context("map SOURCES missing from the eBPF object")?,
+    )?;
+    for probe in &PROBES {
+        let Some(slot) = probe.source_slot else {
+            continue;
+        };
+        let source = match hooks.iter().find(|h| h.hook == probe.name) {
+            Some(h) if h.attached && h.method == "tracepoint" => Source::Tracepoint,
+            Some(h) if h.attached => Source::Function,
+            _ => Source::None,
+        };
+        sources
+            .set(slot, source as u32, 0)
+            .with_context(|| format!("writing the source of {}", probe.name))?;
+    }
+    Ok(())
+}
+
+fn resolve_layout(root: &Path, tp: &Tracepoint) -> Result<TpLayout> {
+    let path = tracefs::format_path(root, tp.category, tp.event);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "tracepoint {}:{} not found ({})",
-            hook.category,
-            hook.event,
+            tp.category,
+            tp.event,
             path.display()
         )
     })?;
     let fields = tp_format::parse_fields(&text)?;
-    let wants: Vec<Want> = if hook.endpoints {
+    let wants: Vec<Want> = if tp.endpoints {
         tp_format::ENDPOINT_FIELDS
             .iter()
-            .chain(hook.extra)
+            .chain(tp.extra)
             .copied()
             .collect()
     } else {
-        hook.extra.to_vec()
+        tp.extra.to_vec()
     };
     tp_format::layout(&fields, &wants).with_context(|| {
         format!(
             "unsupported layout of {}:{} ({})",
-            hook.category,
-            hook.event,
+            tp.category,
+            tp.event,
             path.display()
         )
     })
 }
 
-/// Load and attach one hook's program; returns the program's fd.
-fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<i32> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(hook.program)
-        .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
-        .try_into()?;
-    program
-        .load()
-        .with_context(|| format!("the verifier rejected {}", hook.program))?;
-    program.attach(hook.category, hook.event).with_context(|| {
-        format!(
-            "attaching {} to {}:{}",
-            hook.program, hook.category, hook.event
-        )
-    })?;
-    Ok(program.fd()?.as_fd().as_raw_fd())
+/// Load every program of the table that is not loaded yet, without attaching: does the
+/// verifier accept it on this kernel? For `tcptrace probes` and the tests.
+pub fn verify_all(ebpf: &mut Ebpf) -> Vec<(&'static str, Result<(), String>)> {
+    let btf = AyaBtf::from_sys_fs().ok();
+    let mut seen = HashSet::new();
+    let mut results = Vec::new();
+    for probe in &PROBES {
+        for method in probe.methods {
+            for a in method.attach {
+                if !seen.insert(a.program()) {
+                    continue;
+                }
+                let r = attach::load(ebpf, btf.as_ref(), a).map_err(|e| format!("{e:#}"));
+                results.push((a.program(), r));
+            }
+        }
+    }
+    results
 }
 
 /// How often the kernel skipped this program because another BPF program was already
@@ -263,61 +615,16 @@ pub fn missed_runs(prog_fd: i32) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Missed runs of every attached hook.
+/// Missed runs of every attached probe (summed over its programs).
 pub fn missed_by_hook(hooks: &[HookStatus]) -> Vec<(&'static str, u64)> {
     hooks
         .iter()
-        .filter_map(|h| Some((h.hook, missed_runs(h.prog_fd?)?)))
+        .filter(|h| h.attached && !h.prog_fds.is_empty())
+        .filter_map(|h| {
+            let runs: Option<Vec<u64>> = h.prog_fds.iter().map(|fd| missed_runs(*fd)).collect();
+            Some((h.hook, runs?.iter().sum()))
+        })
         .collect()
-}
-
-/// Offsets of the two socket fields the programs read directly, from the kernel's BTF.
-struct KernelOffsets {
-    /// `struct sock.sk_err`: why a handshake failed (ECONNREFUSED, ETIMEDOUT, ...).
-    sk_err: Option<u32>,
-    /// `struct tcp_sock.srtt_us`: the SYN-ACK round trip of a server handshake.
-    srtt: Option<u32>,
-    /// `TCP_SKB_CB(skb)->tcp_gso_segs`: segments per retransmitted skb.
-    skb_segs: Option<u32>,
-}
-
-impl KernelOffsets {
-    fn from_btf() -> KernelOffsets {
-        const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-        match Btf::from_file(VMLINUX) {
-            Ok(btf) => KernelOffsets {
-                sk_err: btf.member_offset("sock", "sk_err").ok(),
-                srtt: btf.member_offset("tcp_sock", "srtt_us").ok(),
-                skb_segs: btf
-                    .member_offset("sk_buff", "cb")
-                    .and_then(|cb| Ok(cb + btf.member_offset("tcp_skb_cb", "tcp_gso_segs")?))
-                    .ok(),
-            },
-            Err(e) => {
-                warn!("no kernel BTF ({e:#})");
-                KernelOffsets {
-                    sk_err: None,
-                    srtt: None,
-                    skb_segs: None,
-                }
-            }
-        }
-    }
-
-    fn log(&self) {
-        match self.sk_err {
-            Some(off) => info!("BTF: sock.sk_err at {off}: failed handshakes carry their errno"),
-            None => warn!("sock.sk_err unknown: failed handshakes are classified only as refused/reset (RST seen) or other"),
-        }
-        match self.srtt {
-            Some(off) => info!("BTF: tcp_sock.srtt_us at {off}: server handshakes include the SYN-ACK round trip"),
-            None => warn!("tcp_sock.srtt_us unknown: server handshake latency covers only the final-ACK processing"),
-        }
-        match self.skb_segs {
-            Some(off) => info!("BTF: tcp_gso_segs at sk_buff+{off}: retransmits count segments like TcpRetransSegs"),
-            None => warn!("tcp_skb_cb unknown: retransmits count skbs, which under GSO is fewer than TcpRetransSegs"),
-        }
-    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raising it needs
@@ -354,19 +661,26 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
     }
 }
 
-fn purpose(program: &str) -> &'static str {
-    HOOKS
-        .iter()
-        .find(|h| h.program == program)
-        .map_or("", |h| h.purpose)
-}
-
-/// Log what was attached and what was not, one line per hook.
+/// Log what was attached and what was not, one line per probe, with the reasons.
 pub fn log_report(hooks: &[HookStatus]) {
     for h in hooks {
-        match &h.reason {
-            None => info!("attached {} ({}): {}", h.hook, h.method, purpose(h.hook)),
-            Some(why) => warn!("not attached {}: {}", h.hook, why),
+        let skipped: Vec<String> = h
+            .skipped
+            .iter()
+            .map(|s| format!("{} ({}: {})", s.method, s.stage, s.reason))
+            .collect();
+        if h.attached {
+            info!("attached {} ({}): {}", h.hook, h.method, h.purpose);
+            if !skipped.is_empty() {
+                info!("  {} skipped before that: {}", h.hook, skipped.join("; "));
+            }
+        } else {
+            warn!(
+                "not attached {} ({}): {}",
+                h.hook,
+                h.purpose,
+                skipped.join("; ")
+            );
         }
     }
 }
@@ -399,7 +713,7 @@ mod tests {
     #[test]
     fn a_missing_tracepoint_is_named() {
         let root = fake_tracefs(&[]);
-        let err = resolve_layout(&root, &HOOKS[0]).unwrap_err();
+        let err = resolve_layout(&root, &TRACEPOINTS[0]).unwrap_err();
         let msg = format!("{err:#}");
         assert!(
             msg.contains("tracepoint sock:inet_sock_set_state not found"),
@@ -418,14 +732,14 @@ mod tests {
             ("tcp", "tcp_send_reset", "6.18-tcp_send_reset"),
             ("tcp", "tcp_destroy_sock", "6.18-tcp_destroy_sock"),
         ]);
-        for hook in &HOOKS {
-            let layout = resolve_layout(&root, hook).unwrap();
-            let skaddr = match hook.event {
+        for tp in TRACEPOINTS.iter().filter(|tp| tp.category != "syscalls") {
+            let layout = resolve_layout(&root, tp).unwrap();
+            let skaddr = match tp.event {
                 "tcp_retransmit_skb" => 16,
                 "tcp_send_reset" => tcptrace_common::FIELD_ABSENT, // counted, nothing read
                 _ => 8,
             };
-            assert_eq!(layout.skaddr, skaddr, "{}", hook.event);
+            assert_eq!(layout.skaddr, skaddr, "{}", tp.event);
         }
         let _ = std::fs::remove_dir_all(root);
     }
@@ -433,7 +747,7 @@ mod tests {
     #[test]
     fn a_layout_that_is_not_understood_is_refused_with_the_file_named() {
         let root = fake_tracefs(&[("sock", "inet_sock_set_state", "6.18-tcp_destroy_sock")]);
-        let msg = format!("{:#}", resolve_layout(&root, &HOOKS[0]).unwrap_err());
+        let msg = format!("{:#}", resolve_layout(&root, &TRACEPOINTS[0]).unwrap_err());
         assert!(
             msg.contains("unsupported layout of sock:inet_sock_set_state"),
             "{msg}"

@@ -139,6 +139,9 @@ pub const RETRANSMIT_SKB_EXTRA: [Want; 3] = [
 
 pub const SKADDR_ONLY: [Want; 1] = [req("skaddr", Slot::Skaddr, 8)];
 
+/// `syscalls:sys_exit_*`: the return value, a long.
+pub const SYSCALL_RET: [Want; 1] = [req("ret", Slot::Err, 8)];
+
 /// Build a layout from a format file's fields, checking every wanted field's size.
 pub fn layout(fields: &HashMap<String, Field>, wants: &[Want]) -> Result<TpLayout> {
     let mut layout = TpLayout::ABSENT;

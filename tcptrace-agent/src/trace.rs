@@ -31,6 +31,8 @@ struct Tally {
     states: u64,
     handshakes: u64,
     retransmits: u64,
+    connect_errors: u64,
+    segments: u64,
     malformed: u64,
     stdout_closed: bool,
 }
@@ -121,6 +123,8 @@ fn write_event(e: &Event, json: bool, clock: &Clock, out: &mut impl Write, tally
         Some(EventKind::StateChange) => tally.states += 1,
         Some(EventKind::Handshake) => tally.handshakes += 1,
         Some(EventKind::Retransmit) => tally.retransmits += 1,
+        Some(EventKind::ConnectError) => tally.connect_errors += 1,
+        Some(EventKind::Segment) => tally.segments += 1,
         None => {}
     }
 }
@@ -130,9 +134,10 @@ fn print_summary(t: &Tally, stats: &KernelCounters, missed: u64) {
     let filtered = stats.stat(Stat::EventsFiltered);
     let untracked = stats.stat(Stat::SocketMapFull);
     let mut line = format!(
-        "tcptrace: {} events printed ({} state changes, {} handshakes, {} retransmits); \
+        "tcptrace: {} events printed ({} state changes, {} handshakes, {} retransmits, \
+         {} connect errors, {} handshake segments); \
          {lost} lost (ring buffer full); {filtered} filtered in the kernel",
-        t.printed, t.states, t.handshakes, t.retransmits
+        t.printed, t.states, t.handshakes, t.retransmits, t.connect_errors, t.segments
     );
     if untracked > 0 {
         line.push_str(&format!(

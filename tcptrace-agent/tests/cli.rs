@@ -27,6 +27,18 @@ fn invalid_flag_values_exit_2_with_a_reason() {
         (vec!["trace", "--duration=-1"], "positive number of seconds"),
         (vec!["trace", "--count", "0"], "--count"),
         (vec!["frobnicate"], "unrecognized subcommand"),
+        (
+            vec!["probes", "--probe-method", "tcp_connect=kprobe"],
+            "unknown probe `tcp_connect`",
+        ),
+        (
+            vec!["run", "--probe-method", "tcp_v4_connect=fentry"],
+            "no method `fentry`: one of fexit, kprobe, tracepoint",
+        ),
+        (
+            vec!["trace", "--probe-method", "tcp_v4_connect"],
+            "PROBE=METHOD",
+        ),
     ] {
         let (code, stderr) = run(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

@@ -106,6 +106,13 @@ pub struct Config {
     pub receive_reset: TpLayout,
     /// Only its presence matters: the program counts, reading no field.
     pub send_reset: TpLayout,
+    /// `syscalls:sys_exit_connect` (`ret` in the `err` slot): connect()'s return code
+    /// where no function hook on `tcp_v4_connect`/`tcp_v6_connect` attaches.
+    pub sys_exit_connect: TpLayout,
+    /// `struct sock_common` read like a record, offsets from BTF, for the function
+    /// hooks: `sport` is `skc_num` (host order), `dport` is `skc_dport` (network
+    /// order), `oldstate` is the one-byte `skc_state`. `len` 0 without BTF.
+    pub sock: TpLayout,
     /// `offsetof(struct sock, sk_err)` from BTF, or `OFFSET_UNKNOWN`.
     pub sk_err_offset: u32,
     /// `offsetof(struct tcp_sock, srtt_us)` from BTF, or `OFFSET_UNKNOWN`.
@@ -113,6 +120,8 @@ pub struct Config {
     /// Offset of `TCP_SKB_CB(skb)->tcp_gso_segs` in `struct sk_buff` (`cb` plus the
     /// member's offset in `struct tcp_skb_cb`), or `OFFSET_UNKNOWN`.
     pub skb_segs_offset: u32,
+    /// Offset of `TCP_SKB_CB(skb)->tcp_flags` in `struct sk_buff`, or `OFFSET_UNKNOWN`.
+    pub skb_flags_offset: u32,
     /// Wake the reader once this many bytes wait in the ring buffer; below it events
     /// are batched and the reader polls on a short timer (fewer wakeups under load).
     pub wakeup_bytes: u32,
@@ -127,13 +136,54 @@ impl Config {
         destroy_sock: TpLayout::ABSENT,
         receive_reset: TpLayout::ABSENT,
         send_reset: TpLayout::ABSENT,
+        sys_exit_connect: TpLayout::ABSENT,
+        sock: TpLayout::ABSENT,
         sk_err_offset: OFFSET_UNKNOWN,
         srtt_offset: OFFSET_UNKNOWN,
         skb_segs_offset: OFFSET_UNKNOWN,
+        skb_flags_offset: OFFSET_UNKNOWN,
         wakeup_bytes: 0,
         filter: Filter::ANY,
     };
 }
+
+/// Where a piece of information comes from on this kernel. The agent decides after
+/// attaching (the first method of each probe that works) and writes it into the
+/// `SOURCES` map, so the derived fallback stays idle where a function hook attached.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Nothing attached provides it.
+    None = 0,
+    /// A hook on the kernel function itself (fentry/fexit or kprobe/kretprobe).
+    Function = 1,
+    /// Derived from tracepoints (state changes, resets, `sys_exit_connect`).
+    Tracepoint = 2,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::None => "none",
+            Source::Function => "function",
+            Source::Tracepoint => "tracepoint",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Source {
+        match v {
+            1 => Source::Function,
+            2 => Source::Tracepoint,
+            _ => Source::None,
+        }
+    }
+}
+
+/// `SOURCES` slots: connect() errors per family, and handshake-state segment flags.
+pub const SOURCE_CONNECT_V4: u32 = 0;
+pub const SOURCE_CONNECT_V6: u32 = 1;
+pub const SOURCE_SEGMENTS: u32 = 2;
+pub const SOURCE_SLOTS: u32 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -144,6 +194,6 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<TpLayout>(), 28);
         assert_eq!(size_of::<Filter>(), 48);
-        assert_eq!(size_of::<Config>(), 6 * 28 + 4 * 4 + 48);
+        assert_eq!(size_of::<Config>(), 8 * 28 + 5 * 4 + 48);
     }
 }

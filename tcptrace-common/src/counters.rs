@@ -66,6 +66,59 @@ pub const RESET_SENT: u32 = 0;
 pub const RESET_RECEIVED: u32 = 1;
 pub const RESET_SLOTS: u32 = 2;
 
+/// `CONNECT_ERRORS` keys: errno values (all Linux errnos are below 256), so the hash
+/// can hold every key and never fills.
+pub const CONNECT_ERROR_SLOTS: u32 = 256;
+
+/// `SEGMENTS`: segments arriving in a handshake state, by (state, flags class).
+pub const SEGMENT_STATES: [u8; 3] = [
+    crate::TcpState::Listen as u8,
+    crate::TcpState::SynSent as u8,
+    crate::TcpState::SynRecv as u8,
+];
+pub const SEGMENT_FLAGS: [&str; 5] = ["syn", "synack", "rst", "ack", "other"];
+pub const SEGMENT_SLOTS: u32 = (SEGMENT_STATES.len() * SEGMENT_FLAGS.len()) as u32;
+
+/// TCP header flag bits.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Index into `SEGMENT_FLAGS` for a TCP flags byte: a RST wins over everything.
+#[inline(always)]
+pub fn segment_flags_class(flags: u8) -> u32 {
+    if flags & TCP_RST != 0 {
+        2
+    } else if flags & TCP_SYN != 0 {
+        if flags & TCP_ACK != 0 {
+            1
+        } else {
+            0
+        }
+    } else if flags & TCP_ACK != 0 {
+        3
+    } else {
+        4
+    }
+}
+
+/// `SEGMENTS` slot for a segment with these flags arriving in `state`; `None` outside
+/// the handshake states.
+#[inline(always)]
+pub fn segment_index(state: u8, flags: u8) -> Option<u32> {
+    let row = if state == SEGMENT_STATES[0] {
+        0
+    } else if state == SEGMENT_STATES[1] {
+        1
+    } else if state == SEGMENT_STATES[2] {
+        2
+    } else {
+        return None;
+    };
+    Some(row * SEGMENT_FLAGS.len() as u32 + segment_flags_class(flags))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +135,24 @@ mod tests {
             (0, 1, false)
         );
         assert_eq!(failure_from_key(failure_key(1, 5, 111)), (1, 5, 111));
+    }
+
+    #[test]
+    fn segment_slots_cover_every_state_and_class() {
+        use crate::TcpState;
+        assert_eq!(segment_index(TcpState::Listen as u8, TCP_SYN), Some(0));
+        let syn_sent = TcpState::SynSent as u8;
+        assert_eq!(segment_index(syn_sent, TCP_SYN | TCP_ACK), Some(6));
+        assert_eq!(segment_index(syn_sent, TCP_RST | TCP_ACK), Some(7));
+        assert_eq!(
+            segment_index(TcpState::SynRecv as u8, TCP_ACK | TCP_FIN),
+            Some(13)
+        );
+        assert_eq!(
+            segment_index(TcpState::SynRecv as u8, 0),
+            Some(SEGMENT_SLOTS - 1)
+        );
+        assert_eq!(segment_index(TcpState::Established as u8, TCP_ACK), None);
     }
 
     #[test]

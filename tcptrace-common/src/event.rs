@@ -10,6 +10,12 @@ pub enum EventKind {
     Handshake = 2,
     /// A segment was retransmitted (`tcp:tcp_retransmit_skb` / `tcp_retransmit_synack`).
     Retransmit = 3,
+    /// connect() failed before a SYN was sent (`tcp_v4_connect`/`tcp_v6_connect`
+    /// returned an error, e.g. EADDRNOTAVAIL when no local port is free).
+    ConnectError = 4,
+    /// A segment arrived for a socket in a handshake state (LISTEN, SYN_SENT,
+    /// SYN_RECV): its TCP flags tell a SYN-ACK from a RST or an unexpected ACK.
+    Segment = 5,
 }
 
 impl EventKind {
@@ -18,6 +24,8 @@ impl EventKind {
             1 => Some(EventKind::StateChange),
             2 => Some(EventKind::Handshake),
             3 => Some(EventKind::Retransmit),
+            4 => Some(EventKind::ConnectError),
+            5 => Some(EventKind::Segment),
             _ => None,
         }
     }
@@ -123,7 +131,9 @@ pub struct SockInfo {
     /// Entry into SYN_SENT / SYN_RECV; 0 once the handshake is over.
     pub handshake_start_ns: u64,
     pub flags: u32,
-    pub _pad: u32,
+    /// The socket's TCP state since its last transition (`TcpState` value).
+    pub state: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Key of the listener table: children of a listener inherit its owner.
@@ -152,16 +162,19 @@ pub struct Event {
     pub pid: u32,
     /// Retransmit: the tracepoint's `err` (0 = sent). Handshake: the socket error
     /// (`ECONNREFUSED`, `ETIMEDOUT`, ...; 0 = none) when `FLAG_SK_ERR_READ` is set.
+    /// ConnectError: the errno connect() returned (positive).
     pub err: i32,
     pub sport: u16,
     pub dport: u16,
     pub family: u16,
     pub kind: u8,
-    /// StateChange: from. Retransmit: the socket's state. Handshake: the state left.
+    /// StateChange: from. Retransmit and Segment: the socket's state. Handshake: the
+    /// state left.
     pub old_state: u8,
     /// StateChange: to. Handshake: ESTABLISHED or CLOSE.
     pub new_state: u8,
-    /// Retransmit: [`RetransmitKind`]. Handshake: [`HandshakeSide`].
+    /// Retransmit: [`RetransmitKind`]. Handshake: [`HandshakeSide`]. Segment: the TCP
+    /// flags byte. ConnectError: the [`Source`](crate::config::Source) that saw it.
     pub detail: u8,
     /// Handshake: `OUTCOME_*`.
     pub outcome: u8,
@@ -224,6 +237,8 @@ mod tests {
             EventKind::StateChange,
             EventKind::Handshake,
             EventKind::Retransmit,
+            EventKind::ConnectError,
+            EventKind::Segment,
         ] {
             assert_eq!(EventKind::from_u8(k as u8), Some(k));
         }

@@ -163,7 +163,19 @@ pub fn base_event(
     now: u64,
     flags: u8,
 ) -> Option<&'static mut Event> {
-    let e = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    base_event_in(&SCRATCH, ep, owner, now, flags)
+}
+
+/// `base_event` in a given scratch map (the function hooks have their own).
+#[inline(always)]
+pub fn base_event_in(
+    scratch: &PerCpuArray<Event>,
+    ep: &Endpoints,
+    owner: &Owner,
+    now: u64,
+    flags: u8,
+) -> Option<&'static mut Event> {
+    let e = unsafe { &mut *scratch.get_ptr_mut(0)? };
     *e = Event::zeroed();
     e.ts_ns = now;
     e.skaddr = ep.skaddr;

@@ -2,11 +2,11 @@
 //! time (`--ring-bytes`, `--max-sockets`), so they stay bounded and configurable.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
-    config::RECORD_MAX,
-    counters::{HANDSHAKE_SLOTS, RESET_SLOTS},
+    config::{RECORD_MAX, SOURCE_SLOTS},
+    counters::{CONNECT_ERROR_SLOTS, HANDSHAKE_SLOTS, RESET_SLOTS, SEGMENT_SLOTS},
     event::{ListenKey, SockInfo},
     stats::STAT_SLOTS,
     Config, Event, Owner,
@@ -51,6 +51,31 @@ pub static FAILURES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1
 #[map]
 pub static RESETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESET_SLOTS, 0);
 
+/// connect() errors by errno, and segments arriving in handshake states.
+#[map]
+pub static CONNECT_ERRORS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(CONNECT_ERROR_SLOTS, 0);
+#[map]
+pub static SEGMENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SEGMENT_SLOTS, 0);
+
+/// Which attach method provides connect() errors and segment flags on this kernel
+/// (`tcptrace_common::config::Source`, slots `SOURCE_*`), written by the agent after
+/// attaching so the tracepoint-derived fallback only runs where it is needed.
+#[map]
+pub static SOURCES: Array<u32> = Array::with_max_entries(SOURCE_SLOTS, 0);
+
+/// connect() calls in flight, by thread id, for the tracepoint-derived fallback: set at
+/// CLOSE -> SYN_SENT, read at `sys_exit_connect`. An LRU because a connect that never
+/// returns through the syscall (kernel sockets, io_uring) would otherwise leak its
+/// entry; losing one only leaves that call's early error unclassified.
+#[map]
+pub static CONNECTING: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(16384, 0);
+
+/// kprobe fallback: the sockaddr each thread passed to tcp_v4/v6_connect, read back at
+/// the kretprobe (the arguments are gone by then).
+#[map]
+pub static CONNECT_ARGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Per-CPU copy of the tracepoint record being handled (`tracepoint::Record`).
 #[map]
 pub static RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
@@ -59,6 +84,31 @@ pub static RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries
 /// BPF stack next to everything else a handler keeps there.
 #[map]
 pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// The same two buffers for the function hooks (fentry/kprobe): a softirq may interrupt
+/// them and run the tracepoint programs on this CPU, so they must not share buffers.
+#[map]
+pub static FN_RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static FN_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// A connect() that entered SYN_SENT, as the derived fallback remembers it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingConnect {
+    pub skaddr: u64,
+    /// The socket went back to CLOSE before it had a local port: the kernel found no
+    /// free port (inet_hash_connect failed), and connect() returns that error.
+    pub failed_early: u32,
+    pub family: u16,
+    pub dport: u16,
+    pub daddr: [u8; 16],
+}
+/// Which method provides the information of `SOURCES` slot `slot`.
+#[inline(always)]
+pub fn source(slot: u32) -> u32 {
+    SOURCES.get(slot).copied().unwrap_or(0)
+}
 
 /// Read one field of `CONFIG` without letting the compiler constant-fold the default.
 #[macro_export]

@@ -101,12 +101,13 @@ pub fn listener_owner(family: u16, port: u16, local: &[u8; 16]) -> Option<Owner>
 }
 
 #[inline(always)]
-pub fn new_info(owner: Owner, now: u64, handshake_start_ns: u64) -> SockInfo {
+pub fn new_info(owner: Owner, state: u8, now: u64, handshake_start_ns: u64) -> SockInfo {
     SockInfo {
         owner,
         state_since_ns: now,
         handshake_start_ns,
         flags: 0,
-        _pad: 0,
+        state,
+        _pad: [0; 3],
     }
 }

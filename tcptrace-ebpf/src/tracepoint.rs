@@ -2,7 +2,9 @@
 //!
 //! Each event copies the part of its record tcptrace needs into a per-CPU buffer with a
 //! single helper call; fields are then plain loads at the offsets from the layout.
-use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, programs::TracePointContext, EbpfContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_buf, maps::PerCpuArray, programs::TracePointContext, EbpfContext,
+};
 use tcptrace_common::{config::RECORD_MAX, TpLayout, AF_INET, AF_INET6, FIELD_ABSENT};
 
 use crate::maps::RECORD;
@@ -15,14 +17,25 @@ pub struct Record {
 impl Record {
     #[inline(always)]
     pub fn load(ctx: &TracePointContext, layout: &TpLayout) -> Option<Record> {
-        let buf = unsafe { &mut *RECORD.get_ptr_mut(0)? };
+        Record::copy(&RECORD, ctx.as_ptr() as *const u8, layout)
+    }
+
+    /// Copy `layout.len` bytes from `src` (a tracepoint record, or a kernel struct whose
+    /// layout came from BTF) into this CPU's slot of `buf`.
+    #[inline(always)]
+    pub fn copy(
+        buf: &PerCpuArray<[u8; RECORD_MAX]>,
+        src: *const u8,
+        layout: &TpLayout,
+    ) -> Option<Record> {
+        let buf = unsafe { &mut *buf.get_ptr_mut(0)? };
         let len = layout.len as usize;
         if len == 0 || len > RECORD_MAX {
             return None;
         }
-        // SAFETY: the length comes from this kernel's format file for this tracepoint;
+        // SAFETY: the length comes from this kernel's format file or BTF;
         // bpf_probe_read_kernel turns a bad read into an error instead of a fault.
-        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut buf[..len]).ok()? };
+        unsafe { bpf_probe_read_kernel_buf(src, &mut buf[..len]).ok()? };
         Some(Record { buf })
     }
 

@@ -428,3 +428,71 @@ pub fn receive_one(port: u16) -> thread::JoinHandle<usize> {
         sink.len()
     })
 }
+
+/// Run `f` on a thread of its own inside a fresh network namespace (loopback up, the
+/// given sysctls written under /proc/sys). The namespace belongs to that thread alone and
+/// disappears when it ends, so nothing outlives a failing test, and no tool beyond
+/// the kernel is needed (the tests also run inside minimal VMs).
+pub fn in_private_netns<T: Send + 'static>(
+    sysctls: &[(&str, &str)],
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let sysctls: Vec<(String, String)> = sysctls
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let worker = thread::spawn(move || {
+        // SAFETY: plain syscall; affects only this thread.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        set_loopback_up();
+        for (key, value) in &sysctls {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+        f()
+    });
+    match worker.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn set_loopback_up() {
+    // SAFETY: an ioctl on a datagram socket with a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr), 0);
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(rc, 0, "bringing lo up: {err}");
+    }
+}
+
+/// `tcptrace probes --json` with these extra arguments.
+pub fn probe_plan(extra: &[&str]) -> Value {
+    let out = Command::new(TCPTRACE)
+        .arg("probes")
+        .arg("--json")
+        .args(extra)
+        .output()
+        .expect("run tcptrace probes");
+    assert!(
+        out.status.success(),
+        "tcptrace probes failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("probes --json prints JSON")
+}

@@ -9,7 +9,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    conf,
+    conf, connect_errors,
     emit::{add_key, add_slot, base_event, submit},
     maps::{FAILURES, HANDSHAKES, TRANSITIONS},
     sockets,
@@ -64,7 +64,19 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
         finish_handshake(event, old, new, now - handshake_start);
     }
     end_tracking(&ep, existing, old, new, now);
+    follow_connect(&ep, old, new);
     Some(())
+}
+
+/// Feed the tracepoint-derived connect-error fallback, where it is the source.
+fn follow_connect(ep: &Endpoints, old: u8, new: u8) {
+    match (old, new) {
+        (CLOSE, SYN_SENT) if connect_errors::derived_for(ep.family) => connect_errors::remember(ep),
+        (SYN_SENT, CLOSE) if connect_errors::derived_for(ep.family) => {
+            connect_errors::note_close(ep)
+        }
+        _ => {}
+    }
 }
 
 /// Start tracking a socket seen for the first time: record the owner where the
@@ -89,7 +101,7 @@ fn begin_tracking(
             // A socket that existed before tcptrace attached: track it from here on so
             // later transitions know how long it stayed, with its owner unknown.
             if new != CLOSE {
-                let mut info = sockets::new_info(Owner::default(), now, 0);
+                let mut info = sockets::new_info(Owner::default(), new, now, 0);
                 info.flags = FLAG_OWNER_UNKNOWN as u32;
                 sockets::track(ctx, ep.skaddr, &info);
             }
@@ -104,7 +116,7 @@ fn begin_tracking(
         );
     }
     let handshake_start = if new == LISTEN { 0 } else { now };
-    let mut info = sockets::new_info(owner, now, handshake_start);
+    let mut info = sockets::new_info(owner, new, now, handshake_start);
     info.flags = flags;
     sockets::track(ctx, ep.skaddr, &info);
     // The socket was not tracked before this transition: no time in the old state.
@@ -195,6 +207,7 @@ fn end_tracking(ep: &Endpoints, existing: Option<*mut SockInfo>, old: u8, new: u
     if let Some(info) = existing {
         unsafe {
             (*info).state_since_ns = now;
+            (*info).state = new;
             if old == SYN_SENT || old == SYN_RECV {
                 (*info).handshake_start_ns = 0;
             }

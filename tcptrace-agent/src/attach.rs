@@ -1,0 +1,195 @@
+//! Loading and attaching one program of a probe method with aya, and undoing it when a
+//! later step of the same method fails (so a half-attached method leaves nothing behind).
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    programs::{
+        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
+        trace_point::TracePointLinkId, FEntry, FExit, KProbe, Program, TracePoint,
+    },
+    Btf, Ebpf,
+};
+
+/// One program and where it goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    /// A classic tracepoint (its layout resolved from tracefs beforehand).
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        event: &'static str,
+    },
+    Fentry {
+        program: &'static str,
+        function: &'static str,
+    },
+    Fexit {
+        program: &'static str,
+        function: &'static str,
+    },
+    /// kprobe or kretprobe: the program's section says which.
+    Kprobe {
+        program: &'static str,
+        function: &'static str,
+    },
+}
+
+impl Attach {
+    pub fn program(&self) -> &'static str {
+        match *self {
+            Attach::Tracepoint { program, .. }
+            | Attach::Fentry { program, .. }
+            | Attach::Fexit { program, .. }
+            | Attach::Kprobe { program, .. } => program,
+        }
+    }
+
+    /// The kernel function a function hook goes on.
+    pub fn function(&self) -> Option<&'static str> {
+        match *self {
+            Attach::Fentry { function, .. }
+            | Attach::Fexit { function, .. }
+            | Attach::Kprobe { function, .. } => Some(function),
+            Attach::Tracepoint { .. } => None,
+        }
+    }
+}
+
+/// An attachment that can be taken back.
+pub enum Link {
+    Tracepoint(&'static str, TracePointLinkId),
+    Fentry(&'static str, FEntryLinkId),
+    Fexit(&'static str, FExitLinkId),
+    Kprobe(&'static str, KProbeLinkId),
+}
+
+/// Where a method failed: the verifier refused a program, or the kernel would not
+/// attach a loaded one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Requirement,
+    Load,
+    Attach,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Requirement => "requirement",
+            Stage::Load => "load",
+            Stage::Attach => "attach",
+        })
+    }
+}
+
+pub struct Failure {
+    pub stage: Stage,
+    pub error: anyhow::Error,
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))
+}
+
+/// Load a program (once: programs shared by two probes are loaded by the first).
+pub fn load(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<()> {
+    let prog = program(ebpf, a.program())?;
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
+    let name = a.program();
+    let needs_btf =
+        || btf.context("no kernel BTF (/sys/kernel/btf/vmlinux), which fentry/fexit need");
+    match (a, prog) {
+        (Attach::Tracepoint { .. }, Program::TracePoint(p)) => p.load()?,
+        (Attach::Fentry { function, .. }, Program::FEntry(p)) => p.load(function, needs_btf()?)?,
+        (Attach::Fexit { function, .. }, Program::FExit(p)) => p.load(function, needs_btf()?)?,
+        (Attach::Kprobe { .. }, Program::KProbe(p)) => p.load()?,
+        _ => anyhow::bail!("program {name} is not of the kind its probe table entry says"),
+    }
+    Ok(())
+}
+
+/// Load (if needed) and attach; returns the link and the program's fd.
+pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<(Link, i32), Failure> {
+    load(ebpf, btf, a).map_err(|error| Failure {
+        stage: Stage::Load,
+        error: explain_refusal(a, error),
+    })?;
+    let at = |error| Failure {
+        stage: Stage::Attach,
+        error,
+    };
+    let prog = program(ebpf, a.program()).map_err(at)?;
+    let fd = prog.fd().map_err(|e| at(e.into()))?.as_fd().as_raw_fd();
+    let link = match *a {
+        Attach::Tracepoint {
+            program,
+            category,
+            event,
+        } => {
+            let p: &mut TracePoint = prog
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| at(e.into()))?;
+            Link::Tracepoint(
+                program,
+                p.attach(category, event).map_err(|e| at(e.into()))?,
+            )
+        }
+        Attach::Fentry { program, .. } => {
+            let p: &mut FEntry = prog
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| at(e.into()))?;
+            Link::Fentry(program, p.attach().map_err(|e| at(e.into()))?)
+        }
+        Attach::Fexit { program, .. } => {
+            let p: &mut FExit = prog
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| at(e.into()))?;
+            Link::Fexit(program, p.attach().map_err(|e| at(e.into()))?)
+        }
+        Attach::Kprobe { program, function } => {
+            let p: &mut KProbe = prog
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| at(e.into()))?;
+            Link::Kprobe(program, p.attach(function, 0).map_err(|e| at(e.into()))?)
+        }
+    };
+    Ok((link, fd))
+}
+
+/// EPERM for an fentry/fexit program comes before the verifier: the kernel (or the
+/// sandbox it runs in) does not allow BPF trampolines. Say that instead of "verifier".
+fn explain_refusal(a: &Attach, error: anyhow::Error) -> anyhow::Error {
+    let trampoline = matches!(a, Attach::Fentry { .. } | Attach::Fexit { .. });
+    if trampoline && format!("{error:#}").contains("Operation not permitted") {
+        return error.context(
+            "this kernel refuses fentry/fexit programs (EPERM before verification: \
+             no BPF trampoline support, lockdown, or a sandboxed VM)",
+        );
+    }
+    error
+}
+
+/// Take an attachment back (best effort: the program is dropped with the object anyway).
+pub fn detach(ebpf: &mut Ebpf, link: Link) {
+    let _ = match link {
+        Link::Tracepoint(name, id) => detach_as::<TracePoint, _>(ebpf, name, |p| p.detach(id)),
+        Link::Fentry(name, id) => detach_as::<FEntry, _>(ebpf, name, |p| p.detach(id)),
+        Link::Fexit(name, id) => detach_as::<FExit, _>(ebpf, name, |p| p.detach(id)),
+        Link::Kprobe(name, id) => detach_as::<KProbe, _>(ebpf, name, |p| p.detach(id)),
+    };
+}
+
+fn detach_as<P, F>(ebpf: &mut Ebpf, name: &str, f: F) -> Result<()>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
+    F: FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+{
+    let p: &mut P = program(ebpf, name)?.try_into()?;
+    f(p)?;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Kernel struct offsets the programs read directly, resolved from the running kernel's
+//! BTF (`/sys/kernel/btf/vmlinux`). Without BTF every one of them is unknown and the
+//! programs skip what needs it; the agent says which features that costs.
+use log::{info, warn};
+use tcptrace_common::{config::OFFSET_UNKNOWN, Config, TpLayout};
+
+use crate::btf::Btf;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+pub struct KernelOffsets {
+    /// `struct sock.sk_err`: why a handshake failed (ECONNREFUSED, ETIMEDOUT, ...).
+    pub sk_err: Option<u32>,
+    /// `struct tcp_sock.srtt_us`: the SYN-ACK round trip of a server handshake.
+    pub srtt: Option<u32>,
+    /// `TCP_SKB_CB(skb)->tcp_gso_segs`: segments per retransmitted skb.
+    pub skb_segs: Option<u32>,
+    /// `TCP_SKB_CB(skb)->tcp_flags`: flags of a received segment (function hooks).
+    pub skb_flags: Option<u32>,
+    /// `struct sock_common` endpoint fields and state (function hooks).
+    pub sock: Option<TpLayout>,
+}
+
+impl KernelOffsets {
+    pub fn from_btf() -> KernelOffsets {
+        match Btf::from_file(VMLINUX_BTF) {
+            Ok(btf) => KernelOffsets::resolve(&btf),
+            Err(e) => {
+                warn!("no kernel BTF ({e:#})");
+                KernelOffsets {
+                    sk_err: None,
+                    srtt: None,
+                    skb_segs: None,
+                    skb_flags: None,
+                    sock: None,
+                }
+            }
+        }
+    }
+
+    pub fn resolve(btf: &Btf) -> KernelOffsets {
+        let in_skb_cb = |member: &str| -> Option<u32> {
+            Some(
+                btf.member_offset("sk_buff", "cb").ok()?
+                    + btf.member_offset("tcp_skb_cb", member).ok()?,
+            )
+        };
+        KernelOffsets {
+            sk_err: btf.member_offset("sock", "sk_err").ok(),
+            srtt: btf.member_offset("tcp_sock", "srtt_us").ok(),
+            skb_segs: in_skb_cb("tcp_gso_segs"),
+            skb_flags: in_skb_cb("tcp_flags"),
+            sock: sock_layout(btf),
+        }
+    }
+
+    pub fn apply(&self, config: &mut Config) {
+        let or_unknown = |o: Option<u32>| o.unwrap_or(OFFSET_UNKNOWN);
+        config.sk_err_offset = or_unknown(self.sk_err);
+        config.srtt_offset = or_unknown(self.srtt);
+        config.skb_segs_offset = or_unknown(self.skb_segs);
+        config.skb_flags_offset = or_unknown(self.skb_flags);
+        config.sock = self.sock.unwrap_or(TpLayout::ABSENT);
+    }
+
+    /// Can the function hook on `tcp_rcv_state_process` read what it needs?
+    pub fn segment_fields(&self) -> bool {
+        self.skb_flags.is_some() && self.sock.is_some()
+    }
+
+    pub fn log(&self) {
+        match self.sk_err {
+            Some(off) => info!("BTF: sock.sk_err at {off}: failed handshakes carry their errno"),
+            None => warn!("sock.sk_err unknown: failed handshakes are classified only as refused/reset (RST seen) or other"),
+        }
+        match self.srtt {
+            Some(off) => info!("BTF: tcp_sock.srtt_us at {off}: server handshakes include the SYN-ACK round trip"),
+            None => warn!("tcp_sock.srtt_us unknown: server handshake latency covers only the final-ACK processing"),
+        }
+        match self.skb_segs {
+            Some(off) => info!("BTF: tcp_gso_segs at sk_buff+{off}: retransmits count segments like TcpRetransSegs"),
+            None => warn!("tcp_skb_cb unknown: retransmits count skbs, which under GSO is fewer than TcpRetransSegs"),
+        }
+    }
+}
+
+/// `struct sock_common` as a record: the same slots the tracepoint layouts use, so the
+/// programs read a socket with the code that reads a tracepoint record.
+fn sock_layout(btf: &Btf) -> Option<TpLayout> {
+    let off = |member: &str| -> Option<u16> {
+        u16::try_from(btf.member_offset("sock_common", member).ok()?).ok()
+    };
+    let mut l = TpLayout::ABSENT;
+    l.family = off("skc_family")?;
+    l.oldstate = off("skc_state")?;
+    l.sport = off("skc_num")?;
+    l.dport = off("skc_dport")?;
+    l.saddr = off("skc_rcv_saddr")?;
+    l.daddr = off("skc_daddr")?;
+    l.saddr_v6 = off("skc_v6_rcv_saddr")?;
+    l.daddr_v6 = off("skc_v6_daddr")?;
+    let end = [
+        l.family + 2,
+        l.sport + 2,
+        l.dport + 2,
+        l.saddr + 4,
+        l.daddr + 4,
+    ]
+    .into_iter()
+    .chain([l.saddr_v6 + 16, l.daddr_v6 + 16, l.oldstate + 1])
+    .max()?;
+    if end as usize > tcptrace_common::config::RECORD_MAX {
+        return None;
+    }
+    l.len = end;
+    Some(l)
+}
