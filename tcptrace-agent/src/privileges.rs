@@ -60,28 +60,79 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// buffers and the perf links work through file descriptors already held, the listen
 /// socket is bound, sock_diag and /proc need none. Drop every capability of every set,
 /// and forbid regaining any through exec. Call before any other thread exists.
+///
+/// One exception, found on Debian's 5.10 kernel: before Linux 5.19, a set
+/// `kernel.unprivileged_bpf_disabled` (the default of many distributions) makes the
+/// bpf() syscall refuse *every* command without CAP_BPF, map reads included. There the
+/// agent keeps CAP_BPF alone, says so, and drops the rest.
 pub fn drop_all() -> Result<()> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NO_NEW_PRIVS)");
     }
-    let header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: header and data are valid capset(2) arguments for version 3.
-    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("capset: dropping capabilities");
+    let bpf = 1u64 << CAP_BPF;
+    let had_bpf = has(effective()?, CAP_BPF);
+    // Nothing effective, CAP_BPF still permitted so that it can come back if needed.
+    set_caps(0, if had_bpf { bpf } else { 0 })?;
+    if had_bpf && bpf_syscall_needs_capability() {
+        set_caps(bpf, bpf)?;
+        log::warn!(
+            "this kernel refuses every bpf() call without CAP_BPF (kernel.unprivileged_bpf_disabled \
+             before Linux 5.19): keeping CAP_BPF, and only it, to read the counters"
+        );
+        return Ok(());
     }
+    set_caps(0, 0)?;
     let left = effective()?;
     if left != 0 {
         bail!("capabilities still effective after dropping them: {left:#x}");
     }
     log::info!("dropped every capability; programs stay attached through their file descriptors");
     Ok(())
+}
+
+/// Set this thread's effective and permitted sets (inheritable emptied).
+fn set_caps(effective: u64, permitted: u64) -> Result<()> {
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: effective as u32,
+            permitted: permitted as u32,
+            inheritable: 0,
+        },
+        CapData {
+            effective: (effective >> 32) as u32,
+            permitted: (permitted >> 32) as u32,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: header and data are valid capset(2) arguments for version 3.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("capset: dropping capabilities");
+    }
+    Ok(())
+}
+
+/// Does bpf() refuse commands on existing objects without a capability? Asked with a
+/// command that needs none (object info of fd -1): EPERM means the syscall itself is
+/// closed to us, EBADF that it reached the command.
+fn bpf_syscall_needs_capability() -> bool {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // bpf_fd, info_len, info: an invalid fd and no buffer.
+    let attr = [0u8; 16];
+    let mut attr = attr;
+    attr[..4].copy_from_slice(&(-1i32).to_ne_bytes());
+    // SAFETY: bpf(2) with a zeroed, correctly sized attribute block.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

@@ -57,6 +57,10 @@ impl Health {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
+    // Handle signals from the start: a SIGTERM during loading must still detach cleanly
+    // rather than kill the process with the default action.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     // Take the port before touching the kernel: a port in use fails with nothing loaded.
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -86,8 +90,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         opts.listen
     );
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(probes::DRAIN_EVERY);
     loop {
         tokio::select! {

@@ -38,13 +38,12 @@ struct Tally {
 }
 
 pub async fn run(opts: TraceOptions) -> Result<()> {
+    // Handle signals from the start: Ctrl-C during loading must still end cleanly, with
+    // the summary, rather than kill the process with the default action.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut loaded = probes::load(&opts.load)?;
     probes::log_report(&loaded.hooks);
-    let attached = loaded.hooks.iter().filter(|h| h.attached).count();
-    log::info!(
-        "tracing: {attached} of {} hooks attached",
-        loaded.hooks.len()
-    );
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
     let stats = KernelCounters::take(&mut loaded.ebpf)?;
     privileges::drop_all()?;
@@ -55,8 +54,13 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
         out.flush()?;
     }
     let mut tally = Tally::default();
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    // Announce readiness only now that everything is in place (the tests wait for it).
+    let attached = loaded.hooks.iter().filter(|h| h.attached).count();
+    log::info!(
+        "tracing: {attached} of {} hooks attached",
+        loaded.hooks.len()
+    );
+
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
     let mut poll = tokio::time::interval(probes::DRAIN_EVERY);
