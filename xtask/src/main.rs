@@ -7,6 +7,7 @@ mod churn;
 mod setup;
 mod soak;
 mod storm;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -43,6 +44,30 @@ enum Cmd {
     Soak {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
+    },
+    /// Boot Debian kernels under QEMU (emulation, no KVM) and run the agent's
+    /// integration tests inside, e.g.
+    /// `cargo xtask vm-test --kernel all --tests probes,trace -- --skip retransmits`.
+    VmTest {
+        /// 5.10 (bullseye), 6.1 (bookworm), 6.12 (trixie), all, or host; repeatable.
+        #[arg(long = "kernel", required = true)]
+        kernels: Vec<String>,
+        /// Integration test targets of tcptrace-agent to run in the guest.
+        #[arg(long, value_delimiter = ',', default_value = "probes")]
+        tests: Vec<String>,
+        /// Per kernel, from boot to power-off.
+        #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
+        timeout_secs: u64,
+        /// Look for newer kernel packages even when one is cached.
+        #[arg(long)]
+        refresh: bool,
+        /// Save each guest's tracepoint format files as parser fixtures in
+        /// tcptrace-agent/tests/formats/<series>-<event>.
+        #[arg(long)]
+        record_formats: bool,
+        /// libtest arguments for the test binaries (name filters, --skip, --exact).
+        #[arg(last = true)]
+        filter: Vec<String>,
     },
     /// Benchmarks (root; not part of the tests). See BENCHMARKS.md.
     #[command(subcommand)]
@@ -87,6 +112,24 @@ fn main() -> ExitCode {
         Cmd::Run { args } => setup::run().and_then(|()| run_agent(&args)),
         Cmd::Test { args } => setup::run().and_then(|()| test(&args)),
         Cmd::Soak { minutes } => setup::run().and_then(|()| soak::soak(minutes)),
+        Cmd::VmTest {
+            kernels,
+            tests,
+            timeout_secs,
+            refresh,
+            record_formats,
+            filter,
+        } => setup::run().and_then(|()| {
+            vm::vm_test(
+                &kernels,
+                &vm::Options {
+                    timeout: std::time::Duration::from_secs(timeout_secs),
+                    refresh,
+                    record_formats,
+                    ..vm::Options::new(tests, filter)
+                },
+            )
+        }),
         Cmd::Bench(Bench::Churn {
             rounds,
             seconds,
@@ -156,8 +199,21 @@ fn test(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    let (passed, failed) = cargo_test_counted(cargo().arg("test").args(host_crates).args(args))?;
+    let (mut passed, mut failed) =
+        cargo_test_counted(cargo().arg("test").args(host_crates).args(args))?;
     if args.is_empty() {
+        // One other kernel in the default run: Debian 6.1 under emulation, where fexit and
+        // kprobes exist, runs the probe tests (about a minute). `vm-test` runs the rest.
+        let vm = vm::run_kernels(
+            &[vm::Kernel::Linux61],
+            &vm::Options::new(vec!["probes".into()], Vec::new()),
+        )?;
+        passed += vm.tests_passed;
+        failed += vm.tests_failed;
+        if !vm.all_passed {
+            println!("tests: {passed} passed, {failed} failed");
+            bail!("the probe tests failed inside Debian 6.1 (cargo xtask vm-test --kernel 6.1)");
+        }
         fuzz(FUZZ_SECONDS)?;
     }
     // One plain closing line for the whole run: cargo's own last line is the doc-tests'
@@ -177,16 +233,9 @@ fn cargo_test_counted(cmd: &mut Command) -> Result<(u64, u64)> {
     for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let number_before = |word: &str| -> u64 {
-                rest.split(word)
-                    .next()
-                    .and_then(|h| h.split_whitespace().last())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-            };
-            passed += number_before(" passed");
-            failed += number_before(" failed");
+        if let Some((p, f)) = test_result_counts(&line) {
+            passed += p;
+            failed += f;
         }
     }
     let status = child.wait()?;
@@ -195,6 +244,19 @@ fn cargo_test_counted(cmd: &mut Command) -> Result<(u64, u64)> {
         bail!("cargo test failed ({status})");
     }
     Ok((passed, failed))
+}
+
+/// (passed, failed) of a libtest "test result: ok. 6 passed; 0 failed; ..." line.
+pub fn test_result_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = &line[line.find("test result: ")?..];
+    let number_before = |word: &str| -> u64 {
+        rest.split(word)
+            .next()
+            .and_then(|h| h.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    Some((number_before(" passed"), number_before(" failed")))
 }
 
 /// Each fuzz target's time budget in the default test run.

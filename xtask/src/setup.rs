@@ -26,6 +26,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "bpftrace",
         "the in-kernel counting baseline of the churn benchmark",
     ),
+    (
+        "qemu-system-x86",
+        "cargo xtask vm-test: boots other kernels under emulation",
+    ),
+    (
+        "busybox-static",
+        "cargo xtask vm-test: the shell and tools of the guest's initramfs",
+    ),
 ];
 
 pub fn run() -> Result<()> {
