@@ -1,7 +1,7 @@
 //! Parsing tracefs `format` files into the field layouts the eBPF programs read.
 //!
 //! Field offsets move between kernels (the common header grew on some distributions,
-//! `tcp_retransmit_skb` gained `err` in 5.16), so nothing is hard-coded: each field is
+//! `tcp_retransmit_skb` gained `err` after 6.12), so nothing is hard-coded: each field is
 //! looked up by name, its size checked against what the programs read, and a layout this
 //! build does not understand is refused with a message naming the field.
 use std::collections::HashMap;

@@ -44,7 +44,7 @@ fn pair(e: &Value) -> (String, String) {
 /// The transitions of one socket, in order. A client's CLOSE->SYN_SENT runs inside
 /// connect() before the kernel picks the local port, so that event carries port 0 and is
 /// joined through the socket address of the events that follow it. Likewise some kernels
-/// (Debian's 6.1, seen in `cargo xtask vm-test`) set an accepted socket to SYN_RECV
+/// (Debian's 5.10, 6.1 and 6.12, seen in `cargo xtask vm-test`) set an accepted socket to SYN_RECV
 /// before copying the peer's port into it: its LISTEN->SYN_RECV carries remote port 0.
 fn transitions_of(
     events: &[&Value],

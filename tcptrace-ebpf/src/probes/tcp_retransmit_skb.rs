@@ -21,7 +21,8 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let rec = Record::load(ctx, &layout)?;
     let ep = endpoints(&rec, &layout)?;
     let state: i32 = rec.get(layout.oldstate)?;
-    // Kernels before 5.16 have no `err`: there the tracepoint fires only on success.
+    // Kernels up to 6.12 at least have no `err`: there the tracepoint fires only for
+    // retransmits that were sent.
     let err: i32 = rec.get(layout.err).unwrap_or(0);
     let kind = if state as u8 == TcpState::SynSent as u8 {
         RetransmitKind::Syn
