@@ -358,6 +358,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     }
     let offsets = KernelOffsets::from_btf();
     offsets.apply(&mut config);
+    release_free_memory();
 
     if EBPF_OBJECT.is_empty() {
         bail!("this binary was built with AYA_BUILD_SKIP and holds no eBPF object");
@@ -369,19 +370,42 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .load(EBPF_OBJECT)
         .context("loading the eBPF object into the kernel")?;
     start_kernel_log(&mut ebpf);
+    // The loader parsed the kernel's BTF (megabytes of it) and freed it; hand that memory
+    // back before the planner parses it again for the fentry/fexit programs, so the
+    // parses (ours for offsets, the loader's, the planner's) do not add up in the peak RSS.
+    release_free_memory();
 
+    let hooks = plan_all(&mut ebpf, &opts.forced, layout_errors, &offsets, &kernel)?;
+    release_free_memory();
+    write_sources(&mut ebpf, &hooks)?;
+    offsets.log();
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        kernel,
+    })
+}
+
+/// Attach every probe with the first method that works (only the forced one where
+/// `--probe-method` names it). Fails only when a required probe cannot attach.
+fn plan_all(
+    ebpf: &mut Ebpf,
+    forced: &[(String, String)],
+    layout_errors: HashMap<&'static str, String>,
+    offsets: &KernelOffsets,
+    kernel: &KernelFacts,
+) -> Result<Vec<HookStatus>> {
     let mut planner = Planner {
         btf: AyaBtf::from_sys_fs().ok(),
-        ebpf: &mut ebpf,
+        ebpf,
         layout_errors,
-        offsets: &offsets,
-        kernel: &kernel,
+        offsets,
+        kernel,
         attached_programs: HashSet::new(),
         hooks: Vec::new(),
     };
     for probe in &PROBES {
-        let forced = opts
-            .forced
+        let forced = forced
             .iter()
             .find(|(p, _)| p == probe.name)
             .map(|(_, m)| m.as_str());
@@ -396,14 +420,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         }
         planner.hooks.push(status);
     }
-    let hooks = planner.hooks;
-    write_sources(&mut ebpf, &hooks)?;
-    offsets.log();
-    Ok(Loaded {
-        ebpf,
-        hooks,
-        kernel,
-    })
+    Ok(planner.hooks)
 }
 
 /// Resolve every tracepoint's layout into the config; the error of each one that failed.
@@ -625,6 +642,12 @@ pub fn missed_by_hook(hooks: &[HookStatus]) -> Vec<(&'static str, u64)> {
             Some((h.hook, runs?.iter().sum()))
         })
         .collect()
+}
+
+/// Return freed heap pages to the kernel (glibc keeps them otherwise).
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raising it needs

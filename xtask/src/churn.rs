@@ -52,6 +52,8 @@ pub struct Options {
     pub seconds: u64,
     pub threads: usize,
     pub ipv6: bool,
+    /// Appended to both tcptrace command lines.
+    pub agent_args: Vec<String>,
 }
 
 /// One measured run of one configuration.
@@ -86,7 +88,7 @@ pub fn churn(opts: &Options) -> Result<()> {
 }
 
 fn measure(config: Config, opts: &Options) -> Result<Sample> {
-    let tool = Tool::start(config)?;
+    let tool = Tool::start(config, &opts.agent_args)?;
     let before_cpu = tool.as_ref().map(|t| t.cpu_seconds()).transpose()?;
     let (conns, elapsed) = run_load(opts)?;
     let mut sample = Sample {
@@ -171,7 +173,7 @@ struct Tool {
 }
 
 impl Tool {
-    fn start(config: Config) -> Result<Option<Tool>> {
+    fn start(config: Config, agent_args: &[String]) -> Result<Option<Tool>> {
         let bin = workspace_root()
             .join("target/release/tcptrace")
             .display()
@@ -187,12 +189,14 @@ impl Tool {
             }
             Config::TcptraceRun => {
                 let mut c = Command::new(&bin);
-                c.args(["run", "--listen", &free.to_string()]);
+                c.args(["run", "--listen", &free.to_string()])
+                    .args(agent_args);
                 (c, Some(free))
             }
             Config::TcptraceTraceJson => {
                 let mut c = Command::new(&bin);
-                c.args(["--log-level", "info", "trace", "--json"]);
+                c.args(["--log-level", "info", "trace", "--json"])
+                    .args(agent_args);
                 (c, None)
             }
         };

@@ -88,6 +88,10 @@ enum Bench {
         /// IPv6 instead of IPv4.
         #[arg(long)]
         ipv6: bool,
+        /// Extra arguments for both tcptrace configurations, to compare agent settings
+        /// (e.g. `--agent-args "--probe-method tcp_v4_connect=fexit"`).
+        #[arg(long, allow_hyphen_values = true, default_value = "")]
+        agent_args: String,
     },
     /// A transfer between two namespaces with 2% loss, with and without tcptrace run.
     Storm {
@@ -135,12 +139,14 @@ fn main() -> ExitCode {
             seconds,
             threads,
             ipv6,
+            agent_args,
         }) => setup::run().and_then(|()| {
             churn::churn(&churn::Options {
                 rounds,
                 seconds,
                 threads,
                 ipv6,
+                agent_args: agent_args.split_whitespace().map(String::from).collect(),
             })
         }),
         Cmd::Bench(Bench::Storm { rounds, seconds }) => {
