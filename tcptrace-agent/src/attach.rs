@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result};
 use aya::{
     programs::{
         fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
-        trace_point::TracePointLinkId, FEntry, FExit, KProbe, Program, TracePoint,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, FEntry, FExit, KProbe,
+        Program, RawTracePoint, TracePoint,
     },
     Btf, Ebpf,
 };
@@ -18,6 +19,11 @@ pub enum Attach {
     Tracepoint {
         program: &'static str,
         category: &'static str,
+        event: &'static str,
+    },
+    /// A raw tracepoint: the kernel's arguments, no record.
+    RawTracepoint {
+        program: &'static str,
         event: &'static str,
     },
     Fentry {
@@ -39,6 +45,7 @@ impl Attach {
     pub fn program(&self) -> &'static str {
         match *self {
             Attach::Tracepoint { program, .. }
+            | Attach::RawTracepoint { program, .. }
             | Attach::Fentry { program, .. }
             | Attach::Fexit { program, .. }
             | Attach::Kprobe { program, .. } => program,
@@ -51,7 +58,7 @@ impl Attach {
             Attach::Fentry { function, .. }
             | Attach::Fexit { function, .. }
             | Attach::Kprobe { function, .. } => Some(function),
-            Attach::Tracepoint { .. } => None,
+            Attach::Tracepoint { .. } | Attach::RawTracepoint { .. } => None,
         }
     }
 }
@@ -59,6 +66,7 @@ impl Attach {
 /// An attachment that can be taken back.
 pub enum Link {
     Tracepoint(&'static str, TracePointLinkId),
+    RawTracepoint(&'static str, RawTracePointLinkId),
     Fentry(&'static str, FEntryLinkId),
     Fexit(&'static str, FExitLinkId),
     Kprobe(&'static str, KProbeLinkId),
@@ -105,6 +113,7 @@ pub fn load(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<()> {
         || btf.context("no kernel BTF (/sys/kernel/btf/vmlinux), which fentry/fexit need");
     match (a, prog) {
         (Attach::Tracepoint { .. }, Program::TracePoint(p)) => p.load()?,
+        (Attach::RawTracepoint { .. }, Program::RawTracePoint(p)) => p.load()?,
         (Attach::Fentry { function, .. }, Program::FEntry(p)) => p.load(function, needs_btf()?)?,
         (Attach::Fexit { function, .. }, Program::FExit(p)) => p.load(function, needs_btf()?)?,
         (Attach::Kprobe { .. }, Program::KProbe(p)) => p.load()?,
@@ -138,6 +147,12 @@ pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<(Link, i
                 program,
                 p.attach(category, event).map_err(|e| at(e.into()))?,
             )
+        }
+        Attach::RawTracepoint { program, event } => {
+            let p: &mut RawTracePoint = prog
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| at(e.into()))?;
+            Link::RawTracepoint(program, p.attach(event).map_err(|e| at(e.into()))?)
         }
         Attach::Fentry { program, .. } => {
             let p: &mut FEntry = prog
@@ -178,6 +193,9 @@ fn explain_refusal(a: &Attach, error: anyhow::Error) -> anyhow::Error {
 pub fn detach(ebpf: &mut Ebpf, link: Link) {
     let _ = match link {
         Link::Tracepoint(name, id) => detach_as::<TracePoint, _>(ebpf, name, |p| p.detach(id)),
+        Link::RawTracepoint(name, id) => {
+            detach_as::<RawTracePoint, _>(ebpf, name, |p| p.detach(id))
+        }
         Link::Fentry(name, id) => detach_as::<FEntry, _>(ebpf, name, |p| p.detach(id)),
         Link::Fexit(name, id) => detach_as::<FExit, _>(ebpf, name, |p| p.detach(id)),
         Link::Kprobe(name, id) => detach_as::<KProbe, _>(ebpf, name, |p| p.detach(id)),

@@ -8,6 +8,28 @@ use crate::btf::Btf;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// Which kernel struct fields a method's programs read directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    Nothing,
+    /// `sock_common` endpoints and state, `TCP_SKB_CB(skb)->tcp_flags`.
+    SockAndSkbFlags,
+    /// `sock_common` endpoints and state, `sock.sk_protocol`.
+    SockAndProtocol,
+}
+
+impl Reads {
+    pub fn fields(self) -> &'static str {
+        match self {
+            Reads::Nothing => "nothing",
+            Reads::SockAndSkbFlags => "struct sock_common and TCP_SKB_CB(skb)->tcp_flags",
+            Reads::SockAndProtocol => {
+                "struct sock_common, sock.sk_protocol and inet_sock.inet_sport"
+            }
+        }
+    }
+}
+
 pub struct KernelOffsets {
     /// `struct sock.sk_err`: why a handshake failed (ECONNREFUSED, ETIMEDOUT, ...).
     pub sk_err: Option<u32>,
@@ -19,6 +41,10 @@ pub struct KernelOffsets {
     pub skb_flags: Option<u32>,
     /// `struct sock_common` endpoint fields and state (function hooks).
     pub sock: Option<TpLayout>,
+    /// `struct sock.sk_protocol` (raw state tracepoint).
+    pub sk_protocol: Option<u32>,
+    /// `struct inet_sock.inet_sport` (the local port while a socket closes).
+    pub inet_sport: Option<u32>,
 }
 
 impl KernelOffsets {
@@ -33,6 +59,8 @@ impl KernelOffsets {
                     skb_segs: None,
                     skb_flags: None,
                     sock: None,
+                    sk_protocol: None,
+                    inet_sport: None,
                 }
             }
         }
@@ -51,6 +79,8 @@ impl KernelOffsets {
             skb_segs: in_skb_cb("tcp_gso_segs"),
             skb_flags: in_skb_cb("tcp_flags"),
             sock: sock_layout(btf),
+            sk_protocol: btf.member_offset("sock", "sk_protocol").ok(),
+            inet_sport: btf.member_offset("inet_sock", "inet_sport").ok(),
         }
     }
 
@@ -61,11 +91,19 @@ impl KernelOffsets {
         config.skb_segs_offset = or_unknown(self.skb_segs);
         config.skb_flags_offset = or_unknown(self.skb_flags);
         config.sock = self.sock.unwrap_or(TpLayout::ABSENT);
+        config.sk_protocol_offset = or_unknown(self.sk_protocol);
+        config.inet_sport_offset = or_unknown(self.inet_sport);
     }
 
-    /// Can the function hook on `tcp_rcv_state_process` read what it needs?
-    pub fn segment_fields(&self) -> bool {
-        self.skb_flags.is_some() && self.sock.is_some()
+    /// Can a program read what `reads` names?
+    pub fn provide(&self, reads: Reads) -> bool {
+        match reads {
+            Reads::Nothing => true,
+            Reads::SockAndSkbFlags => self.sock.is_some() && self.skb_flags.is_some(),
+            Reads::SockAndProtocol => {
+                self.sock.is_some() && self.sk_protocol.is_some() && self.inet_sport.is_some()
+            }
+        }
     }
 
     pub fn log(&self) {

@@ -21,7 +21,7 @@ use tcptrace_common::{
 
 use crate::{
     attach::{self, Attach, Failure, Stage},
-    offsets::KernelOffsets,
+    offsets::{KernelOffsets, Reads},
     tp_format::{self, Want},
     tracefs,
 };
@@ -99,8 +99,8 @@ pub struct Method {
     pub attach: &'static [Attach],
     /// Probes this method derives its information from; they must be attached.
     pub derived_from: &'static [&'static str],
-    /// Reads `struct sock` and `tcp_skb_cb` fields at offsets from BTF.
-    pub reads_sock: bool,
+    /// Kernel struct fields read at offsets from BTF.
+    pub reads: Reads,
 }
 
 pub struct Probe {
@@ -115,10 +115,10 @@ pub struct Probe {
 
 /// A probe that is one classic tracepoint with a program of the same name.
 macro_rules! tracepoint_probe {
-    ($category:literal, $event:literal, $required:expr, $purpose:literal) => {
+    ($category:literal, $event:literal, $purpose:literal) => {
         Probe {
             name: $event,
-            required: $required,
+            required: false,
             purpose: $purpose,
             methods: &[Method {
                 name: "tracepoint",
@@ -128,7 +128,7 @@ macro_rules! tracepoint_probe {
                     event: $event,
                 }],
                 derived_from: &[],
-                reads_sock: false,
+                reads: Reads::Nothing,
             }],
             source_slot: None,
         }
@@ -151,7 +151,7 @@ macro_rules! connect_probe {
                         function: $function,
                     }],
                     derived_from: &[],
-                    reads_sock: false,
+                    reads: Reads::Nothing,
                 },
                 Method {
                     name: "kprobe",
@@ -166,7 +166,7 @@ macro_rules! connect_probe {
                         },
                     ],
                     derived_from: &[],
-                    reads_sock: false,
+                    reads: Reads::Nothing,
                 },
                 Method {
                     name: "tracepoint",
@@ -176,7 +176,7 @@ macro_rules! connect_probe {
                         event: "sys_exit_connect",
                     }],
                     derived_from: &["inet_sock_set_state"],
-                    reads_sock: false,
+                    reads: Reads::Nothing,
                 },
             ],
             source_slot: Some($slot),
@@ -185,30 +185,45 @@ macro_rules! connect_probe {
 }
 
 pub const PROBES: [Probe; 9] = [
-    tracepoint_probe!(
-        "sock",
-        "inet_sock_set_state",
-        true,
-        "state changes, handshakes, socket ownership"
-    ),
-    tracepoint_probe!(
-        "tcp",
-        "tcp_retransmit_skb",
-        false,
-        "data and SYN retransmits"
-    ),
-    tracepoint_probe!("tcp", "tcp_retransmit_synack", false, "SYN-ACK retransmits"),
+    // The raw tracepoint is the fallback where the classic one's format is not understood.
+    Probe {
+        name: "inet_sock_set_state",
+        required: true,
+        purpose: "state changes, handshakes, socket ownership",
+        methods: &[
+            Method {
+                name: "tracepoint",
+                attach: &[Attach::Tracepoint {
+                    program: "inet_sock_set_state",
+                    category: "sock",
+                    event: "inet_sock_set_state",
+                }],
+                derived_from: &[],
+                reads: Reads::Nothing,
+            },
+            Method {
+                name: "raw_tracepoint",
+                attach: &[Attach::RawTracepoint {
+                    program: "inet_sock_set_state_raw",
+                    event: "inet_sock_set_state",
+                }],
+                derived_from: &[],
+                reads: Reads::SockAndProtocol,
+            },
+        ],
+        source_slot: None,
+    },
+    tracepoint_probe!("tcp", "tcp_retransmit_skb", "data and SYN retransmits"),
+    tracepoint_probe!("tcp", "tcp_retransmit_synack", "SYN-ACK retransmits"),
     tracepoint_probe!(
         "tcp",
         "tcp_receive_reset",
-        false,
         "RSTs received; refused/reset handshakes when BTF is missing"
     ),
-    tracepoint_probe!("tcp", "tcp_send_reset", false, "RSTs sent"),
+    tracepoint_probe!("tcp", "tcp_send_reset", "RSTs sent"),
     tracepoint_probe!(
         "tcp",
         "tcp_destroy_sock",
-        false,
         "socket-map cleanup for sockets that skip CLOSE"
     ),
     connect_probe!("tcp_v4_connect", "tcp_v4_connect_fexit", SOURCE_CONNECT_V4),
@@ -225,7 +240,7 @@ pub const PROBES: [Probe; 9] = [
                     function: "tcp_rcv_state_process",
                 }],
                 derived_from: &[],
-                reads_sock: true,
+                reads: Reads::SockAndSkbFlags,
             },
             Method {
                 name: "kprobe",
@@ -234,14 +249,14 @@ pub const PROBES: [Probe; 9] = [
                     function: "tcp_rcv_state_process",
                 }],
                 derived_from: &[],
-                reads_sock: true,
+                reads: Reads::SockAndSkbFlags,
             },
             // Only RSTs: tcp_receive_reset fires for them, with the tracked state.
             Method {
                 name: "tracepoint",
                 attach: &[],
                 derived_from: &["tcp_receive_reset"],
-                reads_sock: false,
+                reads: Reads::Nothing,
             },
         ],
         source_slot: Some(SOURCE_SEGMENTS),
@@ -353,9 +368,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     // Batch wakeups: the reader is woken at a quarter full and polls every DRAIN_EVERY.
     config.wakeup_bytes = opts.ring_bytes / 4;
     let layout_errors = resolve_layouts(&tracefs_root, &mut config);
-    if let Some(e) = layout_errors.get("inet_sock_set_state") {
-        bail!("tcptrace cannot run without tracepoint sock:inet_sock_set_state: {e}");
-    }
     let offsets = KernelOffsets::from_btf();
     offsets.apply(&mut config);
     release_free_memory();
@@ -542,8 +554,11 @@ impl Planner<'_> {
                 bail!("derived from {needed}, which is not attached");
             }
         }
-        if method.reads_sock && !self.offsets.segment_fields() {
-            bail!("needs struct sock_common and tcp_skb_cb offsets from kernel BTF");
+        if !self.offsets.provide(method.reads) {
+            bail!(
+                "needs kernel BTF for the offsets of {}",
+                method.reads.fields()
+            );
         }
         Ok(())
     }

@@ -122,6 +122,12 @@ pub struct Config {
     pub skb_segs_offset: u32,
     /// Offset of `TCP_SKB_CB(skb)->tcp_flags` in `struct sk_buff`, or `OFFSET_UNKNOWN`.
     pub skb_flags_offset: u32,
+    /// `offsetof(struct sock, sk_protocol)` (the raw state tracepoint filters TCP with
+    /// it), or `OFFSET_UNKNOWN`.
+    pub sk_protocol_offset: u32,
+    /// `offsetof(struct inet_sock, inet_sport)`: the local port as the state tracepoint
+    /// reports it (`skc_num` is already 0 when a closing socket's state changes).
+    pub inet_sport_offset: u32,
     /// Wake the reader once this many bytes wait in the ring buffer; below it events
     /// are batched and the reader polls on a short timer (fewer wakeups under load).
     pub wakeup_bytes: u32,
@@ -142,6 +148,8 @@ impl Config {
         srtt_offset: OFFSET_UNKNOWN,
         skb_segs_offset: OFFSET_UNKNOWN,
         skb_flags_offset: OFFSET_UNKNOWN,
+        sk_protocol_offset: OFFSET_UNKNOWN,
+        inet_sport_offset: OFFSET_UNKNOWN,
         wakeup_bytes: 0,
         filter: Filter::ANY,
     };
@@ -194,6 +202,6 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<TpLayout>(), 28);
         assert_eq!(size_of::<Filter>(), 48);
-        assert_eq!(size_of::<Config>(), 8 * 28 + 5 * 4 + 48);
+        assert_eq!(size_of::<Config>(), 8 * 28 + 7 * 4 + 48);
     }
 }

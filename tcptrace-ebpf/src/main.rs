@@ -14,13 +14,23 @@ mod sockets;
 mod tracepoint;
 
 use aya_ebpf::{
-    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     probes::inet_sock_set_state::handle(&ctx);
+    0
+}
+
+/// The same with a raw tracepoint: no record is built for it.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    probes::inet_sock_set_state::handle_raw(&ctx);
     0
 }
 

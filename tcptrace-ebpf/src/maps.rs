@@ -92,6 +92,13 @@ pub static FN_RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entr
 #[map]
 pub static FN_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
+/// And for the raw-tracepoint state program: raw tracepoints guard only against
+/// re-entering the same program, so it can interrupt, or be interrupted by, the others.
+#[map]
+pub static RAW_RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static RAW_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
 /// A connect() that entered SYN_SENT, as the derived fallback remembers it.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -1,8 +1,8 @@
 //! Reading a `struct sock` directly, for the function hooks: the agent resolves the
 //! `sock_common` field offsets from BTF and hands them over as a record layout
 //! (`Config::sock`), so one helper call copies everything an event needs.
-use aya_ebpf::helpers::bpf_probe_read_kernel;
-use tcptrace_common::config::OFFSET_UNKNOWN;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::PerCpuArray};
+use tcptrace_common::config::{OFFSET_UNKNOWN, RECORD_MAX};
 
 use crate::{
     conf,
@@ -23,12 +23,36 @@ pub fn state(sk: u64) -> Option<u8> {
 /// Family, ports and addresses of a socket. `dport` comes back in host order.
 #[inline(always)]
 pub fn sock_endpoints(sk: u64) -> Option<Endpoints> {
+    sock_endpoints_in(&FN_RECORD, sk)
+}
+
+/// `sock_endpoints`, copying through the given per-CPU buffer.
+#[inline(always)]
+pub fn sock_endpoints_in(buf: &PerCpuArray<[u8; RECORD_MAX]>, sk: u64) -> Option<Endpoints> {
     let layout = conf!(sock);
-    let rec = Record::copy(&FN_RECORD, sk as *const u8, &layout)?;
+    let rec = Record::copy(buf, sk as *const u8, &layout)?;
     let mut ep = endpoints(&rec, &layout)?;
     ep.skaddr = sk;
     ep.dport = u16::from_be(ep.dport);
+    // Like the classic tracepoint, report inet_sport: a closing socket has released its
+    // port (skc_num = 0) before its state changes, but still has inet_sport.
+    let offset = conf!(inet_sport_offset);
+    if offset != OFFSET_UNKNOWN {
+        if let Ok(sport) = unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const u16) } {
+            ep.sport = u16::from_be(sport);
+        }
+    }
     Some(ep)
+}
+
+/// `sk->sk_protocol` (a `u16` since Linux 5.6; a bitfield before, then unknown).
+#[inline(always)]
+pub fn protocol(sk: u64) -> Option<u16> {
+    let offset = conf!(sk_protocol_offset);
+    if offset == OFFSET_UNKNOWN {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const u16) }.ok()
 }
 
 /// One byte at `base + offset`, where the offset came from BTF.

@@ -53,6 +53,7 @@ impl Record {
 }
 
 /// The endpoint fields every TCP tracepoint carries.
+#[derive(Clone, Copy)]
 pub struct Endpoints {
     pub skaddr: u64,
     pub family: u16,

@@ -25,6 +25,8 @@ pub enum Config {
     BpftraceCount,
     TcptraceRun,
     TcptraceTraceJson,
+    /// (d) again with `--compare-args`, for A/B runs of agent settings.
+    TcptraceRunCompare,
 }
 
 impl Config {
@@ -43,7 +45,17 @@ impl Config {
             Config::BpftraceCount => "(c) bpftrace count in map",
             Config::TcptraceRun => "(d) tcptrace run",
             Config::TcptraceTraceJson => "(e) tcptrace trace --json",
+            Config::TcptraceRunCompare => "(d') tcptrace run --compare-args",
         }
+    }
+
+    /// The configurations of this invocation, in the order they run each round.
+    fn chosen(opts: &Options) -> Vec<Config> {
+        let mut all = Config::ALL.to_vec();
+        if !opts.compare_args.is_empty() {
+            all.push(Config::TcptraceRunCompare);
+        }
+        all
     }
 }
 
@@ -54,6 +66,8 @@ pub struct Options {
     pub ipv6: bool,
     /// Appended to both tcptrace command lines.
     pub agent_args: Vec<String>,
+    /// When set, (d) runs a second time per round with these arguments instead.
+    pub compare_args: Vec<String>,
 }
 
 /// One measured run of one configuration.
@@ -71,7 +85,7 @@ pub fn churn(opts: &Options) -> Result<()> {
     run_cmd(cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
     let mut samples: Vec<(Config, Sample)> = Vec::new();
     for round in 0..opts.rounds {
-        for config in Config::ALL {
+        for config in Config::chosen(opts) {
             let s = measure(config, opts)
                 .with_context(|| format!("{} (round {})", config.label(), round + 1))?;
             eprintln!(
@@ -88,7 +102,12 @@ pub fn churn(opts: &Options) -> Result<()> {
 }
 
 fn measure(config: Config, opts: &Options) -> Result<Sample> {
-    let tool = Tool::start(config, &opts.agent_args)?;
+    let args = if config == Config::TcptraceRunCompare {
+        &opts.compare_args
+    } else {
+        &opts.agent_args
+    };
+    let tool = Tool::start(config, args)?;
     let before_cpu = tool.as_ref().map(|t| t.cpu_seconds()).transpose()?;
     let (conns, elapsed) = run_load(opts)?;
     let mut sample = Sample {
@@ -187,7 +206,7 @@ impl Tool {
                 c.args(["-e", "tracepoint:sock:inet_sock_set_state { @[args->oldstate, args->newstate] = count(); }"]);
                 (c, None)
             }
-            Config::TcptraceRun => {
+            Config::TcptraceRun | Config::TcptraceRunCompare => {
                 let mut c = Command::new(&bin);
                 c.args(["run", "--listen", &free.to_string()])
                     .args(agent_args);
@@ -225,7 +244,7 @@ impl Tool {
     fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         match self.config {
-            Config::TcptraceRun => {
+            Config::TcptraceRun | Config::TcptraceRunCompare => {
                 let addr = self.metrics.context("no metrics address")?;
                 while crate::bench::get(addr, "/readyz").is_err() {
                     if Instant::now() > deadline {
@@ -274,7 +293,7 @@ impl Tool {
     /// Stop the tool; for tcptrace, its delivered and lost event counts.
     fn finish(mut self) -> Result<(Option<u64>, Option<u64>)> {
         let counts = match self.config {
-            Config::TcptraceRun => {
+            Config::TcptraceRun | Config::TcptraceRunCompare => {
                 let body =
                     crate::bench::get(self.metrics.context("no metrics address")?, "/metrics")?;
                 let value = |name: &str| {
@@ -341,12 +360,15 @@ fn print_table(samples: &[(Config, Sample)], opts: &Options) {
         opts.seconds,
         opts.rounds
     );
+    if !opts.compare_args.is_empty() {
+        println!("(d') ran with: {}", opts.compare_args.join(" "));
+    }
     println!(
         "| configuration | conn/s median (min-max) | ratio to (a) | tool CPU s / 1000 conn | peak RSS MiB | events delivered / lost |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
     let mut medians = std::collections::BTreeMap::new();
-    for c in Config::ALL {
+    for c in Config::chosen(opts) {
         let rates: Vec<f64> = of(c).map(|s| s.conns_per_s).collect();
         let (lo, hi) = rates
             .iter()
@@ -363,7 +385,12 @@ fn print_table(samples: &[(Config, Sample)], opts: &Options) {
             of(c).filter_map(|s| s.delivered).sum::<u64>(),
             of(c).filter_map(|s| s.lost).sum::<u64>(),
         ) {
-            (0, 0) if !matches!(c, Config::TcptraceRun | Config::TcptraceTraceJson) => {
+            (0, 0)
+                if !matches!(
+                    c,
+                    Config::TcptraceRun | Config::TcptraceTraceJson | Config::TcptraceRunCompare
+                ) =>
+            {
                 "-".to_string()
             }
             (d, l) => format!("{d} / {l}"),

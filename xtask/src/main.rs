@@ -92,6 +92,10 @@ enum Bench {
         /// (e.g. `--agent-args "--probe-method tcp_v4_connect=fexit"`).
         #[arg(long, allow_hyphen_values = true, default_value = "")]
         agent_args: String,
+        /// Also run (d) with these arguments each round, side by side with plain (d)
+        /// (e.g. `--compare-args "--probe-method inet_sock_set_state=raw_tracepoint"`).
+        #[arg(long, allow_hyphen_values = true, default_value = "")]
+        compare_args: String,
     },
     /// A transfer between two namespaces with 2% loss, with and without tcptrace run.
     Storm {
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
             threads,
             ipv6,
             agent_args,
+            compare_args,
         }) => setup::run().and_then(|()| {
             churn::churn(&churn::Options {
                 rounds,
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
                 threads,
                 ipv6,
                 agent_args: agent_args.split_whitespace().map(String::from).collect(),
+                compare_args: compare_args.split_whitespace().map(String::from).collect(),
             })
         }),
         Cmd::Bench(Bench::Storm { rounds, seconds }) => {

@@ -27,6 +27,15 @@ pub fn require_root() {
     );
 }
 
+/// `TCPTRACE_TEST_AGENT_ARGS`, appended to every agent the tests start: reruns the same
+/// tests with another attach method, e.g.
+/// `TCPTRACE_TEST_AGENT_ARGS="--probe-method inet_sock_set_state=raw_tracepoint"`.
+pub fn extra_agent_args() -> Vec<String> {
+    std::env::var("TCPTRACE_TEST_AGENT_ARGS")
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
 /// A port nobody listens on right now, on this address.
 pub fn free_port(ip: IpAddr) -> u16 {
     TcpListener::bind(SocketAddr::new(ip, 0))
@@ -67,6 +76,7 @@ impl Tracer {
         let mut child = Command::new(TCPTRACE)
             .args(["--log-level", "info", "trace", "--json"])
             .args(args)
+            .args(extra_agent_args())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -279,6 +289,7 @@ impl Agent {
         let mut child = Command::new(TCPTRACE)
             .args(["run", "--listen", &addr.to_string()])
             .args(extra)
+            .args(extra_agent_args())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

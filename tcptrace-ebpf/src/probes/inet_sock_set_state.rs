@@ -1,6 +1,11 @@
 //! `sock:inet_sock_set_state`: every TCP state transition. Drives socket tracking,
 //! state-change events and handshake timing.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    maps::PerCpuArray,
+    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext,
+};
 use tcptrace_common::{
     config::OFFSET_UNKNOWN,
     counters,
@@ -10,9 +15,9 @@ use tcptrace_common::{
 
 use crate::{
     conf, connect_errors,
-    emit::{add_key, add_slot, base_event, submit},
-    maps::{FAILURES, HANDSHAKES, TRANSITIONS},
-    sockets,
+    emit::{add_key, add_slot, base_event_in, submit},
+    maps::{FAILURES, HANDSHAKES, RAW_RECORD, RAW_SCRATCH, SCRATCH, TRANSITIONS},
+    sock, sockets,
     tracepoint::{endpoints, Endpoints, Record},
 };
 
@@ -22,6 +27,7 @@ const SYN_SENT: u8 = TcpState::SynSent as u8;
 const SYN_RECV: u8 = TcpState::SynRecv as u8;
 const ESTABLISHED: u8 = TcpState::Established as u8;
 
+/// The classic tracepoint: everything comes from the record.
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let layout = conf!(set_state);
     let rec = Record::load(ctx, &layout)?;
@@ -31,8 +37,30 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     }
     let old: i32 = rec.get(layout.oldstate)?;
     let new: i32 = rec.get(layout.newstate)?;
-    let (old, new) = (old as u8, new as u8);
     let ep = endpoints(&rec, &layout)?;
+    transition(ctx, &ep, old as u8, new as u8, &SCRATCH)
+}
+
+/// The raw tracepoint: the kernel passes (sk, oldstate, newstate) without building a
+/// record; the socket's fields are read at offsets from BTF.
+pub fn handle_raw(ctx: &RawTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    if sock::protocol(sk)? != IPPROTO_TCP {
+        return None;
+    }
+    let ep = sock::sock_endpoints_in(&RAW_RECORD, sk)?;
+    let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+    transition(ctx, &ep, old as u8, new as u8, &RAW_SCRATCH)
+}
+
+fn transition<C: EbpfContext>(
+    ctx: &C,
+    ep: &Endpoints,
+    old: u8,
+    new: u8,
+    scratch: &PerCpuArray<Event>,
+) -> Option<()> {
+    let ep = *ep;
     let now = unsafe { bpf_ktime_get_ns() };
     add_key(&TRANSITIONS, counters::transition_key(old, new), 1);
 
@@ -53,7 +81,7 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
         None => (Owner::default(), 0, 0, FLAG_OWNER_UNKNOWN),
     };
 
-    let event = base_event(&ep, &owner, now, flags)?;
+    let event = base_event_in(scratch, &ep, &owner, now, flags)?;
     event.kind = EventKind::StateChange as u8;
     event.old_state = old;
     event.new_state = new;
@@ -82,8 +110,8 @@ fn follow_connect(ep: &Endpoints, old: u8, new: u8) {
 /// Start tracking a socket seen for the first time: record the owner where the
 /// transition runs in process context (connect, listen) or can be inherited (a
 /// listener's child). Returns its tracking state as it was before this transition.
-fn begin_tracking(
-    ctx: &TracePointContext,
+fn begin_tracking<C: EbpfContext>(
+    ctx: &C,
     ep: &Endpoints,
     old: u8,
     new: u8,
