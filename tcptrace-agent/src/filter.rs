@@ -35,6 +35,7 @@ pub fn parse_kinds(s: &str) -> Result<u32> {
             "retransmits" | "retransmit" => EventKind::Retransmit.bit(),
             "connects" | "connect" => EventKind::ConnectError.bit(),
             "segments" | "segment" => EventKind::Segment.bit(),
+            "errors" | "error" => EventKind::SocketError.bit(),
             other => bail!("unknown event kind `{other}`: use {KINDS}"),
         };
     }
@@ -44,7 +45,7 @@ pub fn parse_kinds(s: &str) -> Result<u32> {
     Ok(bits)
 }
 
-const KINDS: &str = "states, handshakes, retransmits, connects, segments";
+const KINDS: &str = "states, handshakes, retransmits, connects, segments, errors";
 
 /// The kernel truncates command names to 15 bytes; a longer filter could never match.
 pub fn parse_comm(s: &str) -> Result<([u8; 16], u8)> {

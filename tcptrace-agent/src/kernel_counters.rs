@@ -17,6 +17,7 @@ pub struct KernelCounters {
     failures: PerCpuHashMap<MapData, u32, u64>,
     resets: PerCpuArray<MapData, u64>,
     connect_errors: PerCpuHashMap<MapData, u32, u64>,
+    socket_errors: PerCpuHashMap<MapData, u32, u64>,
     segments: PerCpuArray<MapData, u64>,
 }
 
@@ -49,6 +50,8 @@ pub struct Snapshot {
     pub resets_received: u64,
     /// errno -> connect() calls that failed with it before a SYN was sent.
     pub connect_errors: BTreeMap<i32, u64>,
+    /// errno -> errors the kernel reported on TCP sockets (0: out of range).
+    pub socket_errors: BTreeMap<i32, u64>,
     /// Segments received in handshake states, by `counters::segment_index` slot.
     pub segments: Vec<u64>,
 }
@@ -86,6 +89,7 @@ impl KernelCounters {
             failures: take_map(ebpf, "FAILURES")?,
             resets: take_map(ebpf, "RESETS")?,
             connect_errors: take_map(ebpf, "CONNECT_ERRORS")?,
+            socket_errors: take_map(ebpf, "SOCKET_ERRORS")?,
             segments: take_map(ebpf, "SEGMENTS")?,
         })
     }
@@ -119,6 +123,10 @@ impl KernelCounters {
             resets_sent: sum_slot(&self.resets, counters::RESET_SENT),
             resets_received: sum_slot(&self.resets, counters::RESET_RECEIVED),
             connect_errors: sum_hash(&self.connect_errors)
+                .into_iter()
+                .map(|(errno, n)| (errno as i32, n))
+                .collect(),
+            socket_errors: sum_hash(&self.socket_errors)
                 .into_iter()
                 .map(|(errno, n)| (errno as i32, n))
                 .collect(),

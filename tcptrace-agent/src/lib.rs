@@ -2,7 +2,9 @@
 //! fuzz targets and benchmarks exercise directly.
 pub mod attach;
 pub mod btf;
+pub mod census;
 pub mod clock;
+pub mod doctor;
 pub mod events;
 pub mod exposition;
 pub mod filter;
@@ -18,6 +20,8 @@ pub mod ring;
 pub mod run;
 pub mod settings;
 pub mod sock_diag;
+pub mod sysctl;
+pub mod timeouts;
 pub mod tp_format;
 pub mod trace;
 pub mod tracefs;

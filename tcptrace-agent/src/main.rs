@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tcptrace_agent::{
-    clock, filter, http, probe_report, probes, run,
+    clock, doctor, filter, http, probe_report, probes, run,
     settings::{self, LogFormat},
     trace,
 };
@@ -39,7 +39,9 @@ enum Command {
     /// `retransmit` (data, SYN or SYN-ACK re-sent, with the socket's state),
     /// `connect` (connect() failed before sending a SYN: EADDRNOTAVAIL means no free
     /// local port, ENETUNREACH no route) and, on request, `segment` (a segment received
-    /// in LISTEN/SYN_SENT/SYN_RECV with its TCP flags: SYN-ACK, RST, unexpected ACK).
+    /// in LISTEN/SYN_SENT/SYN_RECV with its TCP flags: SYN-ACK, RST, unexpected ACK),
+    /// and `error` (the kernel reported an error on a socket: ETIMEDOUT when keep-alive
+    /// or retransmissions gave up on the peer, ECONNRESET, ICMP unreachables).
     /// Filters run in the kernel, so filtered events cost no ring-buffer space.
     ///
     /// Examples:
@@ -79,6 +81,45 @@ enum Command {
     ///   tcptrace probes --probe-method tcp_v4_connect=kprobe
     #[command(verbatim_doc_comment)]
     Probes(ProbesArgs),
+    /// Run the TCP troubleshooting checklist on this network namespace, then exit.
+    ///
+    /// Checks: TIME_WAIT against net.ipv4.tcp_max_tw_buckets and who closes first;
+    /// local ports in use per destination against ip_local_port_range (and EADDRNOTAVAIL
+    /// seen); how long keep-alive takes to notice a dead peer against common load
+    /// balancer idle timeouts; idle connections with and without keep-alive, with their
+    /// owner; what tcp_syn_retries and tcp_synack_retries mean in seconds and an
+    /// application connect timeout derived from measured handshakes; retransmits and
+    /// ETIMEDOUT seen. Each finding has a severity, its evidence and the fix.
+    ///
+    /// For --measure seconds it attaches the programs (root or CAP_BPF+CAP_PERFMON) and
+    /// watches the kernel; --measure 0 runs the static checks only, without privileges.
+    /// It changes no setting. Exit status: 0 nothing above info, 3 a warning,
+    /// 4 a critical finding (1 error, 2 bad usage).
+    /// Another namespace: `ip netns exec NAME tcptrace doctor`.
+    ///
+    /// Examples:
+    ///   tcptrace doctor
+    ///   tcptrace doctor --measure 30 --json
+    ///   tcptrace doctor --watch 60 --measure 10
+    #[command(verbatim_doc_comment)]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Print one JSON object (every finding, the sysctls, the socket census).
+    #[arg(long)]
+    json: bool,
+    /// Seconds to watch the kernel (handshakes, retransmits, connect and socket errors,
+    /// who closes first); 0 = static checks only.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds_or_zero)]
+    measure: Duration,
+    /// Rerun every SECS seconds until Ctrl-C.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    watch: Option<Duration>,
+    /// Connections without data for this long count as idle.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    idle_after: Duration,
 }
 
 #[derive(Args)]
@@ -130,11 +171,11 @@ struct TraceArgs {
     #[arg(short = '6', long = "ipv6")]
     ipv6: bool,
     /// Which events to print: any of states, handshakes, retransmits, connects,
-    /// segments (comma-separated).
+    /// segments, errors (comma-separated).
     #[arg(
         long,
         value_name = "LIST",
-        default_value = "states,handshakes,retransmits,connects"
+        default_value = "states,handshakes,retransmits,connects,errors"
     )]
     events: String,
     /// Stop after this many seconds (fractions allowed).
@@ -161,6 +202,13 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` must be a positive number of seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(s)
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -257,6 +305,22 @@ fn main() -> ExitCode {
             );
             block_on(probe_report::run(args.json, cli.probe_method.clone()))
         }
+        Command::Doctor(args) => {
+            init_logging(
+                cli.log_level.unwrap_or(log::LevelFilter::Error),
+                cli.log_format.unwrap_or(LogFormat::Text),
+            );
+            let opts = doctor::DoctorOptions {
+                json: args.json,
+                watch: args.watch,
+                measure: args.measure,
+                idle_after: args.idle_after,
+            };
+            match run_async(doctor::run(opts)) {
+                Ok(worst) => ExitCode::from(doctor::exit_code(worst)),
+                Err(code) => code,
+            }
+        }
     }
 }
 
@@ -283,21 +347,23 @@ fn usage_error(e: &anyhow::Error) -> ExitCode {
 }
 
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    match run_async(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// Run a command on a single-threaded runtime; an error is printed and becomes exit 1.
+fn run_async<T>(fut: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("tcptrace: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(fut) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tcptrace: {e:#}");
             ExitCode::FAILURE
-        }
-    }
+        })?;
+    runtime.block_on(fut).map_err(|e| {
+        eprintln!("tcptrace: {e:#}");
+        ExitCode::FAILURE
+    })
 }

@@ -19,11 +19,11 @@ use tcptrace_common::{
 };
 
 use crate::{
+    census::Census,
     events::{errno_name, reason_for},
     exposition::{self, counter, gauge, histogram, HistogramSeries},
     kernel_counters::{Histogram, KernelCounters, Snapshot},
     probes::{self, HookStatus},
-    sock_diag,
 };
 
 /// Exported histogram buckets: 2^4 us (16 us) .. 2^28 us (268 s, beyond the 127 s a
@@ -67,7 +67,7 @@ impl Metrics {
             f.extend(self.self_families(&counters));
             f
         };
-        families.push(socket_states());
+        families.extend(socket_families());
         families.extend(self.process.collect());
         families.push(gauge(
             "tcptrace_scrape_duration_seconds",
@@ -164,7 +164,8 @@ fn family_label(ipv6: bool) -> &'static str {
 
 /// The metric families backed by the kernel's lossless counters.
 pub fn kernel_families(s: &Snapshot) -> Vec<MetricFamily> {
-    let connect_errors = connect_errors(s);
+    let connect_errors = by_errno(&s.connect_errors, libc::EADDRNOTAVAIL);
+    let socket_errors = by_errno(&s.socket_errors, libc::ETIMEDOUT);
     vec![
         counter(
             "tcptrace_state_transitions_total",
@@ -224,6 +225,15 @@ pub fn kernel_families(s: &Snapshot) -> Vec<MetricFamily> {
                 .collect(),
         ),
         counter(
+            "tcptrace_socket_errors_total",
+            "Errors the kernel reported on TCP sockets (sock:inet_sk_error_report), by errno: ETIMEDOUT when keep-alive or retransmissions gave up on a peer.",
+            &["errno"],
+            socket_errors
+                .iter()
+                .map(|(errno, n)| (vec![errno.as_str()], *n))
+                .collect(),
+        ),
+        counter(
             "tcptrace_handshake_segments_total",
             "Segments received in LISTEN, SYN_SENT or SYN_RECV, by state and flags (syn, synack, rst, ack, other). Without a tcp_rcv_state_process hook only rst is counted.",
             &["state", "flags"],
@@ -232,11 +242,11 @@ pub fn kernel_families(s: &Snapshot) -> Vec<MetricFamily> {
     ]
 }
 
-/// EADDRNOTAVAIL is always present (0 until it happens), so alerts on port exhaustion
-/// work from the start; other errnos appear when first seen.
-fn connect_errors(s: &Snapshot) -> Vec<(String, f64)> {
-    let mut series: BTreeMap<i32, u64> = s.connect_errors.clone();
-    series.entry(libc::EADDRNOTAVAIL).or_insert(0);
+/// Series by errno name. `always` is present from the start (0 until it happens), so
+/// alerts on it (port exhaustion, dead peers) work at once; others appear when first seen.
+fn by_errno(counts: &BTreeMap<i32, u64>, always: i32) -> Vec<(String, f64)> {
+    let mut series = counts.clone();
+    series.entry(always).or_insert(0);
     series
         .into_iter()
         .map(|(errno, n)| (errno_name(errno), n as f64))
@@ -293,27 +303,58 @@ fn failures_by_reason(s: &Snapshot, side: HandshakeSide) -> Vec<(Vec<&'static st
         .collect()
 }
 
-/// `tcptrace_sockets{state}` from sock_diag, every state present.
-fn socket_states() -> MetricFamily {
-    let counts = sock_diag::count_by_state().unwrap_or_else(|e| {
+/// Connections without data for this long count as idle in `tcptrace_idle_connections`
+/// (`tcptrace doctor --idle-after` chooses its own).
+pub const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Destinations exported in `tcptrace_ephemeral_port_utilization`: the busiest, so the
+/// series count stays bounded whatever the host connects to.
+pub const PORT_USE_SERIES: usize = 10;
+
+/// The families computed from one sock_diag pass over the agent's namespace.
+fn socket_families() -> Vec<MetricFamily> {
+    let census = crate::sysctl::TcpSysctls::read().and_then(|sysctls| {
+        let census = Census::take(&sysctls, IDLE_AFTER)?;
+        Ok((census.port_use(&sysctls, PORT_USE_SERIES), census))
+    });
+    let (port_use, census) = census.unwrap_or_else(|e| {
         log::warn!("sock_diag: {e:#}");
         Default::default()
     });
-    gauge(
-        "tcptrace_sockets",
-        "TCP sockets in the agent's network namespace by state, from sock_diag (as ss -tan).",
-        &["state"],
-        TcpState::ALL
-            .iter()
-            .filter(|s| **s != TcpState::BoundInactive)
-            .map(|s| {
-                (
-                    vec![s.name()],
-                    counts.get(&(*s as u8)).copied().unwrap_or(0) as f64,
-                )
-            })
-            .collect(),
-    )
+    let remotes: Vec<(String, f64)> = port_use
+        .iter()
+        .map(|(remote, _, share)| (remote.to_string(), *share))
+        .collect();
+    vec![
+        gauge(
+            "tcptrace_sockets",
+            "TCP sockets in the agent's network namespace by state, from sock_diag (as ss -tan).",
+            &["state"],
+            TcpState::ALL
+                .iter()
+                .filter(|s| **s != TcpState::BoundInactive)
+                .map(|s| {
+                    let n = census.by_state.get(s.name()).copied().unwrap_or(0);
+                    (vec![s.name()], n as f64)
+                })
+                .collect(),
+        ),
+        gauge(
+            "tcptrace_ephemeral_port_utilization",
+            "Share of ip_local_port_range in use towards each of the busiest remote endpoints (1 = no local port left for it).",
+            &["remote"],
+            remotes.iter().map(|(r, v)| (vec![r.as_str()], *v)).collect(),
+        ),
+        gauge(
+            "tcptrace_idle_connections",
+            "ESTABLISHED connections without data for 300 s or more, by whether a keep-alive timer watches them.",
+            &["keepalive"],
+            vec![
+                (vec!["yes"], census.idle_with_keepalive as f64),
+                (vec!["no"], census.idle_without_keepalive as f64),
+            ],
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Retransmit => "retransmit",
         EventKind::ConnectError => "connect",
         EventKind::Segment => "segment",
+        EventKind::SocketError => "error",
     }
 }
 
@@ -105,6 +106,7 @@ fn detail(e: &Event) -> String {
             tcp_flags(e.detail),
             state_name(e.old_state)
         ),
+        Some(EventKind::SocketError) => format!("socket error {}", errno_name(e.err)),
         None => format!("unknown event kind {}", e.kind),
     }
 }
@@ -243,6 +245,7 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
             j.state = Some(state_name(e.old_state));
             j.flags = Some(tcp_flags(e.detail));
         }
+        Some(EventKind::SocketError) => j.error = Some(errno_name(e.err)),
         None => {}
     }
     j

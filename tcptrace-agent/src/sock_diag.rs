@@ -65,9 +65,57 @@ pub struct InetDiagMsg {
     pub inode: u32,
 }
 
+/// What doctor needs from a socket's `struct tcp_info` (the INET_DIAG_INFO attribute).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpInfo {
+    /// Current retransmission timeout, microseconds.
+    pub rto_us: u32,
+    /// Milliseconds since the socket last sent / received data.
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+}
+
+/// `idiag_timer`: which timer is pending on the socket.
+pub const TIMER_RETRANSMIT: u8 = 1;
+pub const TIMER_KEEPALIVE: u8 = 2;
+
+const INET_DIAG_INFO: u16 = 2;
+
+impl TcpInfo {
+    /// Offsets in `struct tcp_info` (uapi/linux/tcp.h; stable since 2.6).
+    fn parse(bytes: &[u8]) -> Option<TcpInfo> {
+        let u32_at = |off: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(
+                bytes.get(off..off + 4)?.try_into().ok()?,
+            ))
+        };
+        Some(TcpInfo {
+            rto_us: u32_at(8)?,
+            last_data_sent_ms: u32_at(44)?,
+            last_data_recv_ms: u32_at(52)?,
+        })
+    }
+}
+
 /// Dump every TCP socket of one address family in the caller's network namespace,
 /// handing each one's fixed header to `visit`.
 pub fn dump_tcp(family: u8, mut visit: impl FnMut(&InetDiagMsg)) -> Result<()> {
+    dump(family, false, |msg, _| visit(msg))
+}
+
+/// `dump_tcp` with each socket's `tcp_info` (absent for TIME_WAIT and request sockets).
+pub fn dump_tcp_with_info(
+    family: u8,
+    visit: impl FnMut(&InetDiagMsg, Option<TcpInfo>),
+) -> Result<()> {
+    dump(family, true, visit)
+}
+
+fn dump(
+    family: u8,
+    with_info: bool,
+    mut visit: impl FnMut(&InetDiagMsg, Option<TcpInfo>),
+) -> Result<()> {
     let fd = Netlink::open()?;
     let req = Request {
         hdr: NlMsgHdr {
@@ -80,6 +128,11 @@ pub fn dump_tcp(family: u8, mut visit: impl FnMut(&InetDiagMsg)) -> Result<()> {
         body: InetDiagReqV2 {
             family,
             protocol: libc::IPPROTO_TCP as u8,
+            ext: if with_info {
+                1 << (INET_DIAG_INFO - 1)
+            } else {
+                0
+            },
             states: !0,
             ..Default::default()
         },
@@ -107,7 +160,11 @@ pub fn dump_tcp(family: u8, mut visit: impl FnMut(&InetDiagMsg)) -> Result<()> {
                 _ => {
                     let payload = &buf[off + size_of::<NlMsgHdr>()..off + len];
                     if let Some(msg) = read_struct::<InetDiagMsg>(payload) {
-                        visit(&msg);
+                        let attrs = payload.get(size_of::<InetDiagMsg>()..).unwrap_or(&[]);
+                        visit(
+                            &msg,
+                            find_attr(attrs, INET_DIAG_INFO).and_then(TcpInfo::parse),
+                        );
                     }
                 }
             }
@@ -123,6 +180,22 @@ pub fn count_by_state() -> Result<BTreeMap<u8, u64>> {
         dump_tcp(family, |s| *counts.entry(s.state).or_insert(0) += 1)?;
     }
     Ok(counts)
+}
+
+/// The payload of the first netlink attribute of `kind` (`struct rtattr` list).
+fn find_attr(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if ty == kind {
+            return Some(&attrs[4..len]);
+        }
+        attrs = attrs.get((len + 3) & !3..)?;
+    }
+    None
 }
 
 #[repr(C)]
@@ -217,5 +290,23 @@ mod tests {
         .unwrap();
         assert!(found, "listener on port {port} not in the dump");
         assert!(count_by_state().unwrap().get(&10).copied().unwrap_or(0) >= 1);
+    }
+
+    #[test]
+    fn tcp_info_of_an_idle_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut idle = None;
+        dump_tcp_with_info(libc::AF_INET as u8, |s, info| {
+            if u16::from_be(s.id_dport_be) == port && s.state == 1 {
+                idle = info;
+            }
+        })
+        .unwrap();
+        let info = idle.expect("the client socket, with tcp_info");
+        assert!(info.last_data_sent_ms >= 250, "{info:?}");
+        assert!(info.rto_us >= 200_000, "{info:?}");
     }
 }

@@ -139,6 +139,19 @@ pub const RETRANSMIT_SKB_EXTRA: [Want; 3] = [
 
 pub const SKADDR_ONLY: [Want; 1] = [req("skaddr", Slot::Skaddr, 8)];
 
+/// `sock:inet_sk_error_report`: endpoints without a socket address, and the error.
+pub const ERROR_REPORT: [Want; 9] = [
+    req("error", Slot::Err, 4),
+    req("protocol", Slot::Protocol, 2),
+    req("sport", Slot::Sport, 2),
+    req("dport", Slot::Dport, 2),
+    opt("family", Slot::Family, 2),
+    req("saddr", Slot::Saddr, 4),
+    req("daddr", Slot::Daddr, 4),
+    req("saddr_v6", Slot::SaddrV6, 16),
+    req("daddr_v6", Slot::DaddrV6, 16),
+];
+
 /// `syscalls:sys_exit_*`: the return value, a long.
 pub const SYSCALL_RET: [Want; 1] = [req("ret", Slot::Err, 8)];
 

@@ -33,6 +33,7 @@ struct Tally {
     retransmits: u64,
     connect_errors: u64,
     segments: u64,
+    socket_errors: u64,
     malformed: u64,
     stdout_closed: bool,
 }
@@ -129,6 +130,7 @@ fn write_event(e: &Event, json: bool, clock: &Clock, out: &mut impl Write, tally
         Some(EventKind::Retransmit) => tally.retransmits += 1,
         Some(EventKind::ConnectError) => tally.connect_errors += 1,
         Some(EventKind::Segment) => tally.segments += 1,
+        Some(EventKind::SocketError) => tally.socket_errors += 1,
         None => {}
     }
 }
@@ -139,9 +141,15 @@ fn print_summary(t: &Tally, stats: &KernelCounters, missed: u64) {
     let untracked = stats.stat(Stat::SocketMapFull);
     let mut line = format!(
         "tcptrace: {} events printed ({} state changes, {} handshakes, {} retransmits, \
-         {} connect errors, {} handshake segments); \
+         {} connect errors, {} handshake segments, {} socket errors); \
          {lost} lost (ring buffer full); {filtered} filtered in the kernel",
-        t.printed, t.states, t.handshakes, t.retransmits, t.connect_errors, t.segments
+        t.printed,
+        t.states,
+        t.handshakes,
+        t.retransmits,
+        t.connect_errors,
+        t.segments,
+        t.socket_errors
     );
     if untracked > 0 {
         line.push_str(&format!(

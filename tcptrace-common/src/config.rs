@@ -109,6 +109,8 @@ pub struct Config {
     /// `syscalls:sys_exit_connect` (`ret` in the `err` slot): connect()'s return code
     /// where no function hook on `tcp_v4_connect`/`tcp_v6_connect` attaches.
     pub sys_exit_connect: TpLayout,
+    /// `sock:inet_sk_error_report` (`error` in the `err` slot).
+    pub error_report: TpLayout,
     /// `struct sock_common` read like a record, offsets from BTF, for the function
     /// hooks: `sport` is `skc_num` (host order), `dport` is `skc_dport` (network
     /// order), `oldstate` is the one-byte `skc_state`. `len` 0 without BTF.
@@ -143,6 +145,7 @@ impl Config {
         receive_reset: TpLayout::ABSENT,
         send_reset: TpLayout::ABSENT,
         sys_exit_connect: TpLayout::ABSENT,
+        error_report: TpLayout::ABSENT,
         sock: TpLayout::ABSENT,
         sk_err_offset: OFFSET_UNKNOWN,
         srtt_offset: OFFSET_UNKNOWN,
@@ -202,6 +205,6 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<TpLayout>(), 28);
         assert_eq!(size_of::<Filter>(), 48);
-        assert_eq!(size_of::<Config>(), 8 * 28 + 7 * 4 + 48);
+        assert_eq!(size_of::<Config>(), 9 * 28 + 7 * 4 + 48);
     }
 }

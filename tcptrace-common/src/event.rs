@@ -16,6 +16,9 @@ pub enum EventKind {
     /// A segment arrived for a socket in a handshake state (LISTEN, SYN_SENT,
     /// SYN_RECV): its TCP flags tell a SYN-ACK from a RST or an unexpected ACK.
     Segment = 5,
+    /// The kernel reported an error on a socket (`sock:inet_sk_error_report`): ETIMEDOUT
+    /// when keep-alive or retransmissions gave up, ECONNRESET, ICMP errors.
+    SocketError = 6,
 }
 
 impl EventKind {
@@ -26,6 +29,7 @@ impl EventKind {
             3 => Some(EventKind::Retransmit),
             4 => Some(EventKind::ConnectError),
             5 => Some(EventKind::Segment),
+            6 => Some(EventKind::SocketError),
             _ => None,
         }
     }
@@ -162,7 +166,7 @@ pub struct Event {
     pub pid: u32,
     /// Retransmit: the tracepoint's `err` (0 = sent). Handshake: the socket error
     /// (`ECONNREFUSED`, `ETIMEDOUT`, ...; 0 = none) when `FLAG_SK_ERR_READ` is set.
-    /// ConnectError: the errno connect() returned (positive).
+    /// ConnectError: the errno connect() returned. SocketError: the errno reported.
     pub err: i32,
     pub sport: u16,
     pub dport: u16,
@@ -239,6 +243,7 @@ mod tests {
             EventKind::Retransmit,
             EventKind::ConnectError,
             EventKind::Segment,
+            EventKind::SocketError,
         ] {
             assert_eq!(EventKind::from_u8(k as u8), Some(k));
         }

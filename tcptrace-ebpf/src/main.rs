@@ -65,6 +65,12 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    probes::inet_sk_error_report::handle(&ctx);
+    0
+}
+
+#[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     probes::sys_exit_connect::handle(&ctx);
     0

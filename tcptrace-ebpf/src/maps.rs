@@ -55,6 +55,10 @@ pub static RESETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESET_SLOTS,
 #[map]
 pub static CONNECT_ERRORS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(CONNECT_ERROR_SLOTS, 0);
+/// Errors the kernel reported on TCP sockets (`inet_sk_error_report`), by errno.
+#[map]
+pub static SOCKET_ERRORS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(CONNECT_ERROR_SLOTS, 0);
 #[map]
 pub static SEGMENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SEGMENT_SLOTS, 0);
 

@@ -1,4 +1,5 @@
 //! One module per kernel hook.
+pub mod inet_sk_error_report;
 pub mod inet_sock_set_state;
 pub mod sys_exit_connect;
 pub mod tcp_connect;

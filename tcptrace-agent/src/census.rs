@@ -1,0 +1,208 @@
+//! One pass over this network namespace's TCP sockets (sock_diag, as `ss -tan` reads
+//! them) and what doctor and the exporter derive from it: TIME_WAIT, local ports in use
+//! per destination, idle connections and whether keep-alive watches them.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use anyhow::Result;
+use serde::Serialize;
+use tcptrace_common::TcpState;
+
+use crate::{
+    sock_diag::{self, InetDiagMsg, TcpInfo, TIMER_KEEPALIVE},
+    sysctl::TcpSysctls,
+};
+
+/// At most this many idle connections are listed (all are counted).
+pub const IDLE_LISTED: usize = 100;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Census {
+    /// Sockets per state name, as `ss -tan` would count them.
+    pub by_state: BTreeMap<&'static str, u64>,
+    pub time_wait: u64,
+    /// TIME_WAIT sockets by remote endpoint.
+    pub time_wait_by_remote: BTreeMap<SocketAddr, u64>,
+    /// Sockets holding a local port from `ip_local_port_range`, by remote endpoint: each
+    /// destination can use at most the size of the range from one local address.
+    pub ephemeral_by_remote: BTreeMap<SocketAddr, u64>,
+    /// ESTABLISHED connections without data either way for at least the threshold.
+    pub idle_with_keepalive: u64,
+    pub idle_without_keepalive: u64,
+    pub idle: Vec<IdleConnection>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleConnection {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub idle_s: f64,
+    pub keepalive: bool,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    #[serde(skip)]
+    inode: u32,
+}
+
+impl Census {
+    /// Count everything; connections idle for `idle_after` or longer are listed with
+    /// their owning process.
+    pub fn take(sysctls: &TcpSysctls, idle_after: Duration) -> Result<Census> {
+        let mut c = Census::default();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            sock_diag::dump_tcp_with_info(family, |msg, info| {
+                c.add(msg, info, sysctls, idle_after)
+            })?;
+        }
+        c.idle.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
+        c.idle.truncate(IDLE_LISTED);
+        let owners = socket_owners(&c.idle.iter().map(|i| i.inode).collect());
+        for conn in &mut c.idle {
+            if let Some((pid, comm)) = owners.get(&conn.inode) {
+                conn.pid = Some(*pid);
+                conn.comm = Some(comm.clone());
+            }
+        }
+        Ok(c)
+    }
+
+    fn add(
+        &mut self,
+        msg: &InetDiagMsg,
+        info: Option<TcpInfo>,
+        sysctls: &TcpSysctls,
+        idle_after: Duration,
+    ) {
+        let state = TcpState::from_u8(msg.state);
+        let name = state.map_or("UNKNOWN", |s| s.name());
+        *self.by_state.entry(name).or_insert(0) += 1;
+        let (local, remote) = endpoints(msg);
+        if state == Some(TcpState::Listen) {
+            return;
+        }
+        if state == Some(TcpState::TimeWait) {
+            self.time_wait += 1;
+            *self.time_wait_by_remote.entry(remote).or_insert(0) += 1;
+        }
+        if sysctls.in_ephemeral_range(local.port()) {
+            *self.ephemeral_by_remote.entry(remote).or_insert(0) += 1;
+        }
+        if state != Some(TcpState::Established) {
+            return;
+        }
+        let Some(info) = info else { return };
+        let idle_ms = info.last_data_sent_ms.min(info.last_data_recv_ms);
+        if u128::from(idle_ms) < idle_after.as_millis() {
+            return;
+        }
+        let keepalive = msg.timer == TIMER_KEEPALIVE;
+        if keepalive {
+            self.idle_with_keepalive += 1;
+        } else {
+            self.idle_without_keepalive += 1;
+        }
+        self.idle.push(IdleConnection {
+            local,
+            remote,
+            idle_s: f64::from(idle_ms) / 1000.0,
+            keepalive,
+            pid: None,
+            comm: None,
+            inode: msg.inode,
+        });
+    }
+
+    /// The destinations using the largest share of the ephemeral range, highest first.
+    pub fn port_use(&self, sysctls: &TcpSysctls, top: usize) -> Vec<(SocketAddr, u64, f64)> {
+        let range = sysctls.ephemeral_ports() as f64;
+        let mut v: Vec<(SocketAddr, u64, f64)> = self
+            .ephemeral_by_remote
+            .iter()
+            .map(|(r, n)| (*r, *n, *n as f64 / range))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(top);
+        v
+    }
+}
+
+fn endpoints(msg: &InetDiagMsg) -> (SocketAddr, SocketAddr) {
+    let ip = |raw: &[u8; 16]| -> IpAddr {
+        if msg.family == libc::AF_INET as u8 {
+            IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*raw))
+        }
+    };
+    (
+        SocketAddr::new(ip(&msg.src), u16::from_be(msg.id_sport_be)),
+        SocketAddr::new(ip(&msg.dst), u16::from_be(msg.id_dport_be)),
+    )
+}
+
+/// pid and command of the processes holding these socket inodes (/proc/*/fd).
+fn socket_owners(inodes: &HashSet<u32>) -> HashMap<u32, (u32, String)> {
+    let mut owners = HashMap::new();
+    if inodes.is_empty() {
+        return owners;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return owners;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u32>().ok());
+            if let Some(inode) = inode.filter(|i| inodes.contains(i)) {
+                let comm = std::fs::read_to_string(entry.path().join("comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
+                owners.insert(inode, (pid, comm));
+            }
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_an_idle_connection_of_ours_with_its_owner() {
+        let sysctls = TcpSysctls::read().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let c = Census::take(&sysctls, Duration::from_millis(200)).unwrap();
+        let mine = c
+            .idle
+            .iter()
+            .find(|i| i.local == client.local_addr().unwrap())
+            .expect("our idle client socket");
+        assert!(!mine.keepalive);
+        assert_eq!(mine.pid, Some(std::process::id()));
+        assert!(c.by_state["ESTABLISHED"] >= 2);
+    }
+}

@@ -1,0 +1,257 @@
+//! `tcptrace doctor` against ground truth (root): each test builds the situation in a
+//! network namespace of its own thread, runs doctor inside it, and compares with what
+//! the kernel says (`ss`, the syscalls' own results, the sysctls it set).
+mod common;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+/// `tcptrace doctor --json` with these arguments, run in the caller's network namespace
+/// (call it from inside `in_private_netns`): the report and the exit status.
+fn doctor(args: &[&str]) -> (Value, i32) {
+    let out = Command::new(TCPTRACE)
+        .arg("doctor")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run tcptrace doctor");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (report, out.status.code().unwrap_or(-1))
+}
+
+fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} finding in {report}"))
+}
+
+#[test]
+fn time_wait_count_equals_ss() {
+    require_root();
+    let _serial = serial();
+    let (doctor_count, ss_count) = in_private_netns(&[], || {
+        let listener = TcpListener::bind("127.0.0.1:6000").unwrap();
+        let mut servers = Vec::new();
+        for _ in 0..1000 {
+            let client = TcpStream::connect("127.0.0.1:6000").unwrap();
+            let (server, _) = listener.accept().unwrap();
+            drop(client); // the client closes first and keeps TIME_WAIT
+            servers.push(server);
+        }
+        // Let the servers see the FINs and close their side.
+        std::thread::sleep(Duration::from_millis(200));
+        drop(servers);
+        std::thread::sleep(Duration::from_millis(200));
+        let (report, _) = doctor(&["--measure", "0"]);
+        let ss = Command::new("ss")
+            .args(["-tan", "state", "time-wait"])
+            .output()
+            .unwrap();
+        let ss_lines = String::from_utf8_lossy(&ss.stdout).lines().count() as u64 - 1;
+        (report["census"]["time_wait"].as_u64().unwrap(), ss_lines)
+    });
+    eprintln!("doctor {doctor_count}, ss {ss_count}");
+    assert_eq!(doctor_count, ss_count);
+    assert_eq!(doctor_count, 1000, "every client socket is in TIME_WAIT");
+}
+
+#[test]
+fn an_exhausted_port_range_is_critical_and_eaddrnotavail_is_counted() {
+    require_root();
+    let _serial = serial();
+    let (report, status) =
+        in_private_netns(&[("net.ipv4.ip_local_port_range", "40000 40009")], || {
+            let listener = TcpListener::bind("127.0.0.1:5555").unwrap();
+            let held: Vec<TcpStream> = (0..10)
+                .map(|_| TcpStream::connect("127.0.0.1:5555").unwrap())
+                .collect();
+            let doctor = std::thread::spawn(|| doctor(&["--measure", "3"]));
+            // Keep failing while doctor measures (it attaches within the first second).
+            let until = Instant::now() + Duration::from_millis(3500);
+            let mut refused = 0;
+            while Instant::now() < until {
+                match TcpStream::connect("127.0.0.1:5555") {
+                    Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => refused += 1,
+                    other => panic!("expected EADDRNOTAVAIL, got {other:?}"),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(refused > 0);
+            let result = doctor.join().unwrap();
+            drop((held, listener));
+            result
+        });
+    let ports = finding(&report, "ephemeral_ports");
+    assert_eq!(ports["severity"], "critical", "{ports}");
+    assert_eq!(status, 4, "critical findings exit with 4");
+    let seen = report["measured"]["connect_errors"]["EADDRNOTAVAIL"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(seen > 0, "{}", report["measured"]);
+    let evidence = ports["evidence"].to_string();
+    assert!(
+        evidence.contains("10 local ports in use towards 127.0.0.1:5555 (100.0%)"),
+        "{evidence}"
+    );
+}
+
+fn set_keepalive(s: &TcpStream, idle_s: i32, intvl_s: i32, count: i32) {
+    let fd = s.as_raw_fd();
+    for (level, opt, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl_s),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count),
+    ] {
+        // SAFETY: setsockopt with a valid fd and an int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&value as *const i32).cast(),
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+fn idle_connections_are_split_by_keepalive_with_their_owner() {
+    require_root();
+    let _serial = serial();
+    let me = std::process::id();
+    in_private_netns(&[], move || {
+        let listener = TcpListener::bind("127.0.0.1:6001").unwrap();
+        let plain = TcpStream::connect("127.0.0.1:6001").unwrap();
+        let (_plain_server, _) = listener.accept().unwrap();
+        let watched = TcpStream::connect("127.0.0.1:6001").unwrap();
+        set_keepalive(&watched, 600, 60, 5);
+        let (_watched_server, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let (report, status) = doctor(&["--measure", "0", "--idle-after", "1"]);
+        let census = &report["census"];
+        // Client with SO_KEEPALIVE: armed. The other client and both server ends: not.
+        assert_eq!(census["idle_with_keepalive"], 1, "{census}");
+        assert_eq!(census["idle_without_keepalive"], 3, "{census}");
+        let listed = census["idle"].as_array().unwrap();
+        let entry = |addr: std::net::SocketAddr| {
+            listed
+                .iter()
+                .find(|i| i["local"] == addr.to_string())
+                .unwrap_or_else(|| panic!("{addr} not listed: {census}"))
+        };
+        assert_eq!(entry(plain.local_addr().unwrap())["keepalive"], false);
+        assert_eq!(entry(watched.local_addr().unwrap())["keepalive"], true);
+        assert_eq!(entry(plain.local_addr().unwrap())["pid"], me);
+        assert_eq!(finding(&report, "idle_connections")["severity"], "warning");
+        assert_eq!(status, 3, "warnings exit with 3");
+    });
+}
+
+#[test]
+fn the_namespace_sysctls_drive_the_computed_figures() {
+    require_root();
+    let _serial = serial();
+    let tuned = in_private_netns(
+        &[
+            ("net.ipv4.tcp_keepalive_time", "60"),
+            ("net.ipv4.tcp_keepalive_intvl", "10"),
+            ("net.ipv4.tcp_keepalive_probes", "3"),
+            ("net.ipv4.tcp_syn_retries", "2"),
+            ("net.ipv4.tcp_synack_retries", "1"),
+        ],
+        || doctor(&["--measure", "0"]).0,
+    );
+    let keepalive = finding(&tuned, "keepalive");
+    assert!(
+        keepalive["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("after 90 s"),
+        "{keepalive}"
+    );
+    // 90 s is still longer than an ALB's 60 s idle timeout, but shorter than an NLB's.
+    let evidence = keepalive["evidence"].to_string();
+    assert!(
+        evidence.contains("AWS ALB") && !evidence.contains("AWS NLB"),
+        "{evidence}"
+    );
+    let timeouts = finding(&tuned, "connect_timeout");
+    assert!(
+        timeouts["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("kernel connect timeout 7 s"),
+        "{timeouts}"
+    );
+    assert!(
+        timeouts["evidence"].to_string().contains("after 3 s"),
+        "synack 1 retry: {timeouts}"
+    );
+
+    let defaults = in_private_netns(&[], || doctor(&["--measure", "0"]).0);
+    assert!(finding(&defaults, "keepalive")["summary"]
+        .as_str()
+        .unwrap()
+        .contains("7875 s"));
+    assert!(finding(&defaults, "connect_timeout")["summary"]
+        .as_str()
+        .unwrap()
+        .contains("127 s"));
+}
+
+/// A peer that vanishes behind a firewall: with short keep-alive settings the kernel
+/// gives up on the connection with ETIMEDOUT, and the agent counts exactly that one.
+#[test]
+fn a_blackholed_peer_is_counted_as_an_etimedout_close() {
+    require_root();
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let series = "tcptrace_socket_errors_total{errno=\"ETIMEDOUT\"}";
+    let before = value(&agent.scrape(), series);
+    let err = in_private_netns(&[], || {
+        let listener = TcpListener::bind("127.0.0.1:6002").unwrap();
+        let mut client = TcpStream::connect("127.0.0.1:6002").unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        set_keepalive(&client, 1, 1, 2);
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(b"table inet blackhole {\n chain input {\n  type filter hook input priority 0;\n  tcp dport 6002 drop\n  tcp sport 6002 drop\n }\n}\n")
+            .unwrap();
+        assert!(nft.wait().unwrap().success());
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        client.read(&mut buf).unwrap_err()
+    });
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = value(&agent.scrape(), series);
+    assert_eq!(after - before, 1.0, "one connection timed out");
+}
