@@ -22,7 +22,7 @@ use tcptrace_common::{
 use crate::{
     attach::{self, Attach, Failure, Stage},
     offsets::{KernelOffsets, Reads},
-    tp_format::{self, Want},
+    tp_format::{self, Carries, Want},
     tracefs,
 };
 
@@ -33,9 +33,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct Tracepoint {
     pub category: &'static str,
     pub event: &'static str,
-    /// Fields beyond the shared endpoint fields.
+    pub carries: Carries,
+    /// The event's own fields.
     pub extra: &'static [Want],
-    pub endpoints: bool,
     pub slot: fn(&mut Config) -> &mut TpLayout,
 }
 
@@ -43,57 +43,57 @@ pub const TRACEPOINTS: [Tracepoint; 8] = [
     Tracepoint {
         category: "sock",
         event: "inet_sock_set_state",
+        carries: Carries::SocketAndAddresses,
         extra: &tp_format::SET_STATE_EXTRA,
-        endpoints: true,
         slot: |c| &mut c.set_state,
     },
     Tracepoint {
         category: "tcp",
         event: "tcp_retransmit_skb",
+        carries: Carries::SocketAndAddresses,
         extra: &tp_format::RETRANSMIT_SKB_EXTRA,
-        endpoints: true,
         slot: |c| &mut c.retransmit_skb,
     },
     Tracepoint {
         category: "tcp",
         event: "tcp_retransmit_synack",
+        carries: Carries::SocketAndAddresses,
         extra: &[],
-        endpoints: true,
         slot: |c| &mut c.retransmit_synack,
     },
     Tracepoint {
         category: "tcp",
         event: "tcp_receive_reset",
+        carries: Carries::SocketAndAddresses,
         extra: &[],
-        endpoints: true,
         slot: |c| &mut c.receive_reset,
     },
     Tracepoint {
         category: "tcp",
         event: "tcp_send_reset",
+        carries: Carries::Nothing,
         extra: &[],
-        endpoints: false,
         slot: |c| &mut c.send_reset,
     },
     Tracepoint {
         category: "tcp",
         event: "tcp_destroy_sock",
+        carries: Carries::Nothing,
         extra: &tp_format::SKADDR_ONLY,
-        endpoints: false,
         slot: |c| &mut c.destroy_sock,
     },
     Tracepoint {
         category: "sock",
         event: "inet_sk_error_report",
-        extra: &tp_format::ERROR_REPORT,
-        endpoints: false,
+        carries: Carries::Addresses,
+        extra: &tp_format::ERROR_REPORT_EXTRA,
         slot: |c| &mut c.error_report,
     },
     Tracepoint {
         category: "syscalls",
         event: "sys_exit_connect",
+        carries: Carries::Nothing,
         extra: &tp_format::SYSCALL_RET,
-        endpoints: false,
         slot: |c| &mut c.sys_exit_connect,
     },
 ];
@@ -609,16 +609,7 @@ fn resolve_layout(root: &Path, tp: &Tracepoint) -> Result<TpLayout> {
         )
     })?;
     let fields = tp_format::parse_fields(&text)?;
-    let wants: Vec<Want> = if tp.endpoints {
-        tp_format::ENDPOINT_FIELDS
-            .iter()
-            .chain(tp.extra)
-            .copied()
-            .collect()
-    } else {
-        tp.extra.to_vec()
-    };
-    tp_format::layout(&fields, &wants).with_context(|| {
+    tp_format::layout(&fields, &tp_format::wants(tp.carries, tp.extra)).with_context(|| {
         format!(
             "unsupported layout of {}:{} ({})",
             tp.category,

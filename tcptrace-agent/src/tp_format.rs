@@ -111,9 +111,8 @@ const fn opt(field: &'static str, slot: Slot, size: usize) -> Want {
     }
 }
 
-/// The endpoint fields all TCP tracepoints tcptrace uses share.
-pub const ENDPOINT_FIELDS: [Want; 8] = [
-    req("skaddr", Slot::Skaddr, 8),
+/// The endpoint fields every TCP tracepoint tcptrace uses carries.
+pub const ADDRESS_FIELDS: [Want; 7] = [
     req("sport", Slot::Sport, 2),
     req("dport", Slot::Dport, 2),
     // Older kernels lack `family` on some events; the programs then derive it from the
@@ -124,6 +123,32 @@ pub const ENDPOINT_FIELDS: [Want; 8] = [
     req("saddr_v6", Slot::SaddrV6, 16),
     req("daddr_v6", Slot::DaddrV6, 16),
 ];
+
+/// What a tracepoint's record says about the socket, beyond its own fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carries {
+    /// `skaddr` and the endpoint fields.
+    SocketAndAddresses,
+    /// The endpoint fields only (no socket address).
+    Addresses,
+    /// Only the event's own fields.
+    Nothing,
+}
+
+/// Every field to look up for a tracepoint carrying `carries` plus `extra`.
+pub fn wants(carries: Carries, extra: &[Want]) -> Vec<Want> {
+    let socket = [req("skaddr", Slot::Skaddr, 8)];
+    let common: &[Want] = match carries {
+        Carries::SocketAndAddresses | Carries::Addresses => &ADDRESS_FIELDS,
+        Carries::Nothing => &[],
+    };
+    let skaddr: &[Want] = if carries == Carries::SocketAndAddresses {
+        &socket
+    } else {
+        &[]
+    };
+    skaddr.iter().chain(common).chain(extra).copied().collect()
+}
 
 pub const SET_STATE_EXTRA: [Want; 3] = [
     req("oldstate", Slot::OldState, 4),
@@ -139,17 +164,10 @@ pub const RETRANSMIT_SKB_EXTRA: [Want; 3] = [
 
 pub const SKADDR_ONLY: [Want; 1] = [req("skaddr", Slot::Skaddr, 8)];
 
-/// `sock:inet_sk_error_report`: endpoints without a socket address, and the error.
-pub const ERROR_REPORT: [Want; 9] = [
+/// `sock:inet_sk_error_report` (besides its endpoints, without a socket address).
+pub const ERROR_REPORT_EXTRA: [Want; 2] = [
     req("error", Slot::Err, 4),
     req("protocol", Slot::Protocol, 2),
-    req("sport", Slot::Sport, 2),
-    req("dport", Slot::Dport, 2),
-    opt("family", Slot::Family, 2),
-    req("saddr", Slot::Saddr, 4),
-    req("daddr", Slot::Daddr, 4),
-    req("saddr_v6", Slot::SaddrV6, 16),
-    req("daddr_v6", Slot::DaddrV6, 16),
 ];
 
 /// `syscalls:sys_exit_*`: the return value, a long.
@@ -217,7 +235,7 @@ mod tests {
     }
 
     fn all(extra: &[Want]) -> Vec<Want> {
-        ENDPOINT_FIELDS.iter().chain(extra).copied().collect()
+        wants(Carries::SocketAndAddresses, extra)
     }
 
     #[test]

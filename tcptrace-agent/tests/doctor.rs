@@ -34,12 +34,7 @@ fn doctor(args: &[&str]) -> (Value, i32) {
 }
 
 fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == check)
-        .unwrap_or_else(|| panic!("no {check} finding in {report}"))
+    find_by(&report["findings"], "check", check)
 }
 
 #[test]

@@ -155,10 +155,13 @@ fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
 
     let segs = delta(&kernel_before, &kernel_after, "TcpRetransSegs") as f64;
     assert!(segs > 4.0, "the loss rule caused no data retransmits");
-    assert_eq!(
-        growth(&before, &after, "tcptrace_retransmits_total"),
-        segs,
-        "vs TcpRetransSegs"
+    // Exact, unless the kernel skipped our program (it says how often).
+    common::assert_within_missed(
+        (&before, &after),
+        (growth(&before, &after, "tcptrace_retransmits_total"), segs),
+        "tcp_retransmit_skb",
+        64.0,
+        "vs TcpRetransSegs",
     );
     let syn_like: f64 = ["syn", "synack"]
         .iter()

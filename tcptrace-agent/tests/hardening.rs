@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{delta, http_request, require_root, serial, total, value, Agent, Netns, TCPTRACE};
+use common::{
+    assert_within_missed, delta, http_request, require_root, serial, total, value, Agent, Netns,
+    TCPTRACE,
+};
 
 /// Program, map and link ids a process holds, from its fds' /proc fdinfo (the kernel's
 /// own account, independent of the agent).
@@ -375,19 +378,10 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
     let both = |name: &str| {
         (delta(&host_before, &host_after, name) + delta(&ns_before, &ns_after, name)) as f64
     };
-    let missed = |probe: &str| {
-        let series = format!(r#"tcptrace_kernel_missed_runs_total{{probe="{probe}"}}"#);
-        value(&after, &series) - value(&before, &series)
-    };
     // `per_run`: how much one skipped run can hide (a retransmitted GSO skb carries up
     // to 64 segments here: 64 KiB of 1448-byte segments).
     let within_missed = |ours: f64, truth: f64, probe: &str, per_run: f64, what: &str| {
-        let allowed = missed(probe) * per_run;
-        assert!(
-            ours <= truth && truth - ours <= allowed,
-            "{what}: ours {ours}, kernel {truth}, skipped runs {}",
-            missed(probe)
-        );
+        assert_within_missed((&before, &after), (ours, truth), probe, per_run, what)
     };
     let opens = r#"tcptrace_state_transitions_total{from="CLOSE",to="SYN_SENT"}"#;
     within_missed(

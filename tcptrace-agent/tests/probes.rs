@@ -15,12 +15,7 @@ use common::*;
 use serde_json::Value;
 
 fn probe<'a>(plan: &'a Value, name: &str) -> &'a Value {
-    plan["probes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["hook"] == name)
-        .unwrap_or_else(|| panic!("no probe {name} in {plan}"))
+    find_by(&plan["probes"], "hook", name)
 }
 
 #[test]
@@ -166,14 +161,7 @@ fn every_connect_method_reports_the_same_failures() {
     } else {
         eprintln!("NOTE: no kprobes on this kernel; the kprobe method is compared in the VMs");
     }
-    let tracers: Vec<Tracer> = methods
-        .iter()
-        .map(|m| {
-            let mut args = vec!["--events", "connects"];
-            args.extend(m);
-            Tracer::start(&args)
-        })
-        .collect();
+    let tracers = tracers_for("connects", &methods);
     let (_, failed, port) = exhaust_ports(14);
     std::thread::sleep(Duration::from_millis(300));
     let key = |e: &&Value| {
@@ -218,14 +206,7 @@ fn a_reset_answering_a_syn_is_seen_as_a_segment_and_a_refusal() {
     if probe_plan(&[])["kernel"]["kprobes"] == true {
         methods.push(vec!["--probe-method", "tcp_rcv_state_process=kprobe"]);
     }
-    let tracers: Vec<Tracer> = methods
-        .iter()
-        .map(|m| {
-            let mut args = vec!["--events", "segments,handshakes"];
-            args.extend(m);
-            Tracer::start(&args)
-        })
-        .collect();
+    let tracers = tracers_for("segments,handshakes", &methods);
     let port = in_private_netns(&[], || {
         let err = TcpStream::connect("127.0.0.1:5556").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused);

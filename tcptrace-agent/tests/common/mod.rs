@@ -507,3 +507,46 @@ pub fn probe_plan(extra: &[&str]) -> Value {
     );
     serde_json::from_slice(&out.stdout).expect("probes --json prints JSON")
 }
+
+/// Our count against the kernel's own: equal, or short by no more than what the kernel
+/// reports as skipped runs of `probe` (recursion protection: a softirq hit the CPU while
+/// one of our programs ran there), times how much one skipped run can hide.
+pub fn assert_within_missed(
+    scrapes: (&HashMap<String, f64>, &HashMap<String, f64>),
+    counts: (f64, f64),
+    probe: &str,
+    per_run: f64,
+    what: &str,
+) {
+    let (before, after) = scrapes;
+    let (ours, truth) = counts;
+    let series = format!(r#"tcptrace_kernel_missed_runs_total{{probe="{probe}"}}"#);
+    let missed = value(after, &series) - value(before, &series);
+    assert!(
+        ours <= truth && truth - ours <= missed * per_run,
+        "{what}: ours {ours}, kernel {truth}, skipped runs of {probe} {missed}"
+    );
+}
+
+/// The element of JSON array `array` whose `key` equals `name`.
+pub fn find_by<'a>(array: &'a Value, key: &str, name: &str) -> &'a Value {
+    array
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {array}"))
+        .iter()
+        .find(|item| item[key] == name)
+        .unwrap_or_else(|| panic!("no {key} = {name} in {array}"))
+}
+
+/// One tracer per set of extra arguments (e.g. one per attach method), all printing the
+/// given `--events`.
+pub fn tracers_for(events: &str, variants: &[Vec<&str>]) -> Vec<Tracer> {
+    variants
+        .iter()
+        .map(|extra| {
+            let mut args = vec!["--events", events];
+            args.extend(extra);
+            Tracer::start(&args)
+        })
+        .collect()
+}
