@@ -42,7 +42,7 @@ fn render(series: usize) {
                 .map(|(i, (a, b, c))| (vec![a.as_str(), b.as_str(), c.as_str()], i as f64))
                 .collect(),
         );
-        black_box(exposition::encode(vec![family]).unwrap());
+        black_box(exposition::encode(vec![family]));
     };
     // Baseline: the same text written with format! and no data model.
     let plain = || {

@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use prometheus::{core::Collector, proto::MetricFamily};
+use prometheus::{core::Collector, Encoder as _};
 use std::collections::BTreeMap;
 
 use tcptrace_common::{
@@ -21,7 +21,7 @@ use tcptrace_common::{
 use crate::{
     census::Census,
     events::{errno_name, reason_for},
-    exposition::{self, counter, gauge, histogram, HistogramSeries},
+    exposition::{self, counter, gauge, histogram, Family, HistogramSeries},
     kernel_counters::{Histogram, KernelCounters, Snapshot},
     probes::{self, HookStatus},
 };
@@ -68,17 +68,26 @@ impl Metrics {
             f
         };
         families.extend(socket_families());
-        families.extend(self.process.collect());
+        families.push(self.process_family()?);
         families.push(gauge(
             "tcptrace_scrape_duration_seconds",
             "Time this scrape took to collect every metric (before encoding).",
             &[],
             vec![(vec![], started.elapsed().as_secs_f64())],
         ));
-        exposition::encode(families)
+        Ok(exposition::encode(families))
     }
 
-    fn self_families(&self, counters: &KernelCounters) -> Vec<MetricFamily> {
+    /// The process collector's families (CPU, memory, fds), in text form.
+    fn process_family(&self) -> prometheus::Result<Family> {
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new().encode(&self.process.collect(), &mut text)?;
+        Ok(Family::from_text(
+            String::from_utf8_lossy(&text).into_owned(),
+        ))
+    }
+
+    fn self_families(&self, counters: &KernelCounters) -> Vec<Family> {
         let map_full = |s: Stat| counters.stat(s) as f64;
         vec![
             counter(
@@ -163,7 +172,7 @@ fn family_label(ipv6: bool) -> &'static str {
 }
 
 /// The metric families backed by the kernel's lossless counters.
-pub fn kernel_families(s: &Snapshot) -> Vec<MetricFamily> {
+pub fn kernel_families(s: &Snapshot) -> Vec<Family> {
     let connect_errors = by_errno(&s.connect_errors, libc::EADDRNOTAVAIL);
     let socket_errors = by_errno(&s.socket_errors, libc::ETIMEDOUT);
     vec![
@@ -312,7 +321,7 @@ pub const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 pub const PORT_USE_SERIES: usize = 10;
 
 /// The families computed from one sock_diag pass over the agent's namespace.
-fn socket_families() -> Vec<MetricFamily> {
+fn socket_families() -> Vec<Family> {
     let census = crate::sysctl::TcpSysctls::read().and_then(|sysctls| {
         let census = Census::take(&sysctls, IDLE_AFTER)?;
         Ok((census.port_use(&sysctls, PORT_USE_SERIES), census))
@@ -393,7 +402,7 @@ mod tests {
         );
         snap.handshakes[0].buckets = vec![0; HANDSHAKE_BUCKETS as usize];
         snap.handshakes[1].buckets = vec![0; HANDSHAKE_BUCKETS as usize];
-        let text = exposition::encode(kernel_families(&snap)).unwrap();
+        let text = exposition::encode(kernel_families(&snap));
         assert!(
             text.contains("tcptrace_state_transitions_total{from=\"CLOSE\",to=\"SYN_SENT\"} 5"),
             "{text}"
