@@ -19,7 +19,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::{cargo, run_cmd, workspace_root};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Config {
+pub(crate) enum Config {
     Bare,
     Tcpstates,
     BpftraceCount,
@@ -38,7 +38,7 @@ impl Config {
         Config::TcptraceTraceJson,
     ];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Config::Bare => "(a) nothing attached",
             Config::Tcpstates => "(b) tcpstates > /dev/null",
@@ -137,7 +137,7 @@ pub fn deep_listener(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Threads hammering a loopback listener for the configured time.
-fn run_load(opts: &Options) -> Result<(u64, Duration)> {
+pub(crate) fn run_load(opts: &Options) -> Result<(u64, Duration)> {
     let ip: IpAddr = if opts.ipv6 {
         Ipv6Addr::LOCALHOST.into()
     } else {
@@ -184,15 +184,15 @@ fn run_load(opts: &Options) -> Result<(u64, Duration)> {
 }
 
 /// A tracer process under test, its stderr collected for readiness and summaries.
-struct Tool {
+pub(crate) struct Tool {
     config: Config,
-    child: Child,
+    pub(crate) child: Child,
     stderr: mpsc::Receiver<String>,
     metrics: Option<SocketAddr>,
 }
 
 impl Tool {
-    fn start(config: Config, agent_args: &[String]) -> Result<Option<Tool>> {
+    pub(crate) fn start(config: Config, agent_args: &[String]) -> Result<Option<Tool>> {
         let bin = workspace_root()
             .join("target/release/tcptrace")
             .display()
@@ -291,7 +291,7 @@ impl Tool {
     }
 
     /// Stop the tool; for tcptrace, its delivered and lost event counts.
-    fn finish(mut self) -> Result<(Option<u64>, Option<u64>)> {
+    pub(crate) fn finish(mut self) -> Result<(Option<u64>, Option<u64>)> {
         let counts = match self.config {
             Config::TcptraceRun | Config::TcptraceRunCompare => {
                 let body =

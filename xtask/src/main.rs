@@ -4,6 +4,7 @@
 //! each step checks first and says whether it found the piece or installed it.
 mod bench;
 mod churn;
+mod programs;
 mod setup;
 mod soak;
 mod storm;
@@ -97,6 +98,20 @@ enum Bench {
         #[arg(long, allow_hyphen_values = true, default_value = "")]
         compare_args: String,
     },
+    /// Kernel time per eBPF program (kernel.bpf_stats_enabled) under the churn load:
+    /// tcptrace run against the bpftrace counter.
+    Programs {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Extra arguments for tcptrace run.
+        #[arg(long, allow_hyphen_values = true, default_value = "")]
+        agent_args: String,
+        /// Also measure tcptrace run with these arguments.
+        #[arg(long, allow_hyphen_values = true, default_value = "")]
+        compare_args: String,
+    },
     /// A transfer between two namespaces with 2% loss, with and without tcptrace run.
     Storm {
         #[arg(long, default_value_t = 3)]
@@ -151,6 +166,21 @@ fn main() -> ExitCode {
                 seconds,
                 threads,
                 ipv6,
+                agent_args: agent_args.split_whitespace().map(String::from).collect(),
+                compare_args: compare_args.split_whitespace().map(String::from).collect(),
+            })
+        }),
+        Cmd::Bench(Bench::Programs {
+            seconds,
+            threads,
+            agent_args,
+            compare_args,
+        }) => setup::run().and_then(|()| {
+            programs::programs(&churn::Options {
+                rounds: 1,
+                seconds,
+                threads,
+                ipv6: false,
                 agent_args: agent_args.split_whitespace().map(String::from).collect(),
                 compare_args: compare_args.split_whitespace().map(String::from).collect(),
             })

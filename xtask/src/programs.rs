@@ -1,0 +1,104 @@
+//! `cargo xtask bench programs`: what each eBPF program costs per run and per
+//! connection, from the kernel's own accounting (`kernel.bpf_stats_enabled`: run_time_ns
+//! and run_cnt in each program fd's fdinfo), under the churn load, for tcptrace run and
+//! for the bpftrace counter as the baseline, in one invocation.
+use std::{collections::BTreeMap, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::churn::{self, Config, Tool};
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Per program: (name, runs, nanoseconds).
+type ProgStats = BTreeMap<u32, (String, u64, u64)>;
+
+pub fn programs(opts: &churn::Options) -> Result<()> {
+    crate::run_cmd(crate::cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
+    let previous = std::fs::read_to_string(STATS_SYSCTL).context("reading bpf_stats_enabled")?;
+    std::fs::write(STATS_SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = measure_all(opts);
+    std::fs::write(STATS_SYSCTL, previous.trim()).context("restoring bpf_stats_enabled")?;
+    result
+}
+
+fn measure_all(opts: &churn::Options) -> Result<()> {
+    let mut configs = vec![
+        (Config::BpftraceCount, Vec::new()),
+        (Config::TcptraceRun, opts.agent_args.clone()),
+    ];
+    if !opts.compare_args.is_empty() {
+        configs.push((Config::TcptraceRunCompare, opts.compare_args.clone()));
+    }
+    for (config, args) in configs {
+        let tool = Tool::start(config, &args)?.context("a configuration without a tool")?;
+        let pid = tool.child.id();
+        let before = prog_stats(pid)?;
+        let (conns, elapsed) = churn::run_load(opts)?;
+        let after = prog_stats(pid)?;
+        tool.finish()?;
+        println!(
+            "\n{} {}: {conns} connections in {:.1} s",
+            config.label(),
+            args.join(" "),
+            elapsed.as_secs_f64()
+        );
+        println!("| program | runs per connection | ns per run | us per connection |");
+        println!("| --- | --- | --- | --- |");
+        let mut total_ns = 0;
+        for (id, (name, runs, ns)) in &after {
+            let (_, runs0, ns0) = before.get(id).cloned().unwrap_or_default();
+            let (runs, ns) = (runs - runs0, ns - ns0);
+            if runs == 0 {
+                continue;
+            }
+            total_ns += ns;
+            println!(
+                "| {name} | {:.2} | {:.0} | {:.2} |",
+                runs as f64 / conns.max(1) as f64,
+                ns as f64 / runs as f64,
+                ns as f64 / conns.max(1) as f64 / 1000.0
+            );
+        }
+        println!(
+            "| all | | | {:.2} |",
+            total_ns as f64 / conns.max(1) as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// Every BPF program the process holds an fd of: id -> (name, run_cnt, run_time_ns).
+fn prog_stats(pid: u32) -> Result<ProgStats> {
+    let mut stats = ProgStats::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |key: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (Some(id), Some(runs), Some(ns)) =
+            (field("prog_id:"), field("run_cnt:"), field("run_time_ns:"))
+        else {
+            continue;
+        };
+        let id = id as u32;
+        if !stats.contains_key(&id) {
+            stats.insert(id, (prog_name(id), runs, ns));
+        }
+    }
+    Ok(stats)
+}
+
+fn prog_name(id: u32) -> String {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string(), "--json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v["name"].as_str().map(String::from))
+        .unwrap_or_else(|| format!("prog {id}"))
+}
