@@ -86,9 +86,7 @@ fn prog_stats(pid: u32) -> Result<ProgStats> {
             continue;
         };
         let id = id as u32;
-        if !stats.contains_key(&id) {
-            stats.insert(id, (prog_name(id), runs, ns));
-        }
+        stats.entry(id).or_insert_with(|| (prog_name(id), runs, ns));
     }
     Ok(stats)
 }
