@@ -25,3 +25,4 @@ pub mod timeouts;
 pub mod tp_format;
 pub mod trace;
 pub mod tracefs;
+pub mod workload;

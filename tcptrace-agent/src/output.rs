@@ -10,6 +10,7 @@ use tcptrace_common::{
 use crate::{
     clock::Clock,
     events::{self, comm, errno_name, failure_reason, owner_pid},
+    workload::Workload,
 };
 
 pub const TEXT_HEADER: &str = "TIME(UTC)       EVENT      PID     COMM             LOCAL                                  REMOTE                                 DETAIL";
@@ -179,6 +180,9 @@ pub struct JsonEvent {
     /// connect: which hook saw the error (`function` or `tracepoint`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
+    /// The owner's cgroup and what it says: container runtime and id, pod UID, unit.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
@@ -213,6 +217,7 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
         segments: None,
         flags: None,
         source: None,
+        workload: None,
     };
     match kind {
         Some(EventKind::StateChange) => {
@@ -252,8 +257,14 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
 }
 
 pub fn json_line(e: &Event, clock: &Clock) -> String {
-    serde_json::to_string(&json_event(e, clock))
-        .unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+    json_line_attributed(e, clock, None)
+}
+
+/// `json_line` with the owner's workload (resolved from its cgroup id).
+pub fn json_line_attributed(e: &Event, clock: &Clock, workload: Option<Workload>) -> String {
+    let mut j = json_event(e, clock);
+    j.workload = workload;
+    serde_json::to_string(&j).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     clock::Clock,
+    events,
     kernel_counters::KernelCounters,
     output, privileges,
     probes::{self, LoadOptions},
     ring,
+    workload::CgroupIndex,
 };
 
 pub struct TraceOptions {
@@ -48,7 +50,11 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
     let stats = KernelCounters::take(&mut loaded.ebpf)?;
     privileges::drop_all()?;
-    let clock = Clock::new();
+    let mut printer = Printer {
+        json: opts.json,
+        clock: Clock::new(),
+        cgroups: CgroupIndex::new(),
+    };
     let mut out = io::BufWriter::new(io::stdout().lock());
     if !opts.json {
         writeln!(out, "{}", output::TEXT_HEADER)?;
@@ -70,17 +76,17 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), &opts, &clock, &mut out, &mut tally);
+                drain(guard.get_inner_mut(), &opts, &mut printer, &mut out, &mut tally);
                 guard.clear_ready();
             }
-            _ = poll.tick() => drain(ring.get_mut(), &opts, &clock, &mut out, &mut tally),
+            _ = poll.tick() => drain(ring.get_mut(), &opts, &mut printer, &mut out, &mut tally),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline, if opts.duration.is_some() => break,
         }
     }
     // Whatever the kernel produced before we stopped is still reported.
-    drain(ring.get_mut(), &opts, &clock, &mut out, &mut tally);
+    drain(ring.get_mut(), &opts, &mut printer, &mut out, &mut tally);
     let missed: u64 = probes::missed_by_hook(&loaded.hooks)
         .iter()
         .map(|(_, n)| n)
@@ -94,16 +100,23 @@ fn done(tally: &Tally, count: Option<u64>) -> bool {
     tally.stdout_closed || count.is_some_and(|c| tally.printed >= c)
 }
 
+/// How events are written: text or JSON, timestamps, and owners' cgroups (JSON).
+struct Printer {
+    json: bool,
+    clock: Clock,
+    cgroups: CgroupIndex,
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     opts: &TraceOptions,
-    clock: &Clock,
+    printer: &mut Printer,
     out: &mut impl Write,
     tally: &mut Tally,
 ) {
     if !done(tally, opts.count) {
         tally.malformed += ring::drain(ring, |event| {
-            write_event(event, opts.json, clock, out, tally);
+            write_event(event, printer, out, tally);
             !done(tally, opts.count)
         });
     }
@@ -112,11 +125,14 @@ fn drain(
     }
 }
 
-fn write_event(e: &Event, json: bool, clock: &Clock, out: &mut impl Write, tally: &mut Tally) {
-    let line = if json {
-        output::json_line(e, clock)
+fn write_event(e: &Event, printer: &mut Printer, out: &mut impl Write, tally: &mut Tally) {
+    let line = if printer.json {
+        let workload = events::owner_pid(e)
+            .filter(|_| e.cgroup_id != 0)
+            .and_then(|_| printer.cgroups.lookup(e.cgroup_id));
+        output::json_line_attributed(e, &printer.clock, workload)
     } else {
-        output::text_line(e, clock)
+        output::text_line(e, &printer.clock)
     };
     if writeln!(out, "{line}").is_err() {
         // Reader went away (`| head`): stop quietly, like any well-behaved filter.
