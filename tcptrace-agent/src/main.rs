@@ -145,6 +145,32 @@ struct RunArgs {
     /// Sockets tracked at once in the kernel (default 65536).
     #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
     max_sockets: Option<u32>,
+    /// Per-workload series: `workload` (namespace, pod, container and controller from
+    /// the owner's cgroup and, with --kubelet, the kubelet's pod list; container id or
+    /// host process outside Kubernetes), optionally `,remote` (the peer's ip:port,
+    /// ephemeral ports collapsed). Off by default.
+    #[arg(long, value_name = "LIST", value_parser = parse_labels)]
+    labels: Option<bool>,
+    /// The most labelled workload series at once; new label sets beyond it are counted
+    /// in an `other` series and in tcptrace_series_folded_total.
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    max_series: u64,
+    /// Drop workload series not updated for this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_seconds)]
+    series_ttl: Duration,
+    /// The kubelet's pod list, for pod and container names: an http:// URL such as
+    /// http://127.0.0.1:10255/pods (the read-only port) or a local proxy.
+    #[arg(long, value_name = "URL")]
+    kubelet: Option<String>,
+}
+
+/// `workload` or `workload,remote` -> whether `remote` is on.
+fn parse_labels(s: &str) -> Result<bool, String> {
+    let words: Vec<&str> = s.split(',').map(str::trim).collect();
+    if !words.contains(&"workload") || words.iter().any(|w| !["workload", "remote"].contains(w)) {
+        return Err(format!("`{s}`: use `workload` or `workload,remote`"));
+    }
+    Ok(words.contains(&"remote"))
 }
 
 #[derive(Args)]
@@ -296,6 +322,14 @@ fn main() -> ExitCode {
                     forced: cli.probe_method.clone(),
                 },
                 http: http::Limits::default(),
+                labels: args
+                    .labels
+                    .map(|remote| tcptrace_agent::workload_metrics::LabelOptions {
+                        remote,
+                        max_series: args.max_series as usize,
+                        ttl: args.series_ttl,
+                        kubelet: args.kubelet.clone(),
+                    }),
             }))
         }
         Command::Probes(args) => {

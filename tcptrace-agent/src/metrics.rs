@@ -24,6 +24,7 @@ use crate::{
     exposition::{self, counter, gauge, histogram, Family, HistogramSeries},
     kernel_counters::{Histogram, KernelCounters, Snapshot},
     probes::{self, HookStatus},
+    workload_metrics::WorkloadMetrics,
 };
 
 /// Exported histogram buckets: 2^4 us (16 us) .. 2^28 us (268 s, beyond the 127 s a
@@ -44,14 +45,21 @@ pub struct Metrics {
     counters: Mutex<KernelCounters>,
     hooks: Vec<HookStatus>,
     pub agent: AgentStats,
+    /// Per-workload series from the event stream (`run --labels workload`).
+    pub workloads: Option<Mutex<WorkloadMetrics>>,
     process: prometheus::process_collector::ProcessCollector,
 }
 
 impl Metrics {
-    pub fn new(counters: KernelCounters, hooks: Vec<HookStatus>) -> Metrics {
+    pub fn new(
+        counters: KernelCounters,
+        hooks: Vec<HookStatus>,
+        workloads: Option<WorkloadMetrics>,
+    ) -> Metrics {
         Metrics {
             counters: Mutex::new(counters),
             hooks,
+            workloads: workloads.map(Mutex::new),
             agent: AgentStats::default(),
             process: prometheus::process_collector::ProcessCollector::for_self(),
         }
@@ -68,6 +76,9 @@ impl Metrics {
             f
         };
         families.extend(socket_families());
+        if let Some(w) = &self.workloads {
+            families.extend(w.lock().unwrap_or_else(|p| p.into_inner()).families());
+        }
         families.push(self.process_family()?);
         families.push(gauge(
             "tcptrace_scrape_duration_seconds",

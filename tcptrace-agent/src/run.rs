@@ -26,12 +26,15 @@ use crate::{
     privileges,
     probes::{self, LoadOptions},
     ring,
+    workload_metrics::WorkloadMetrics,
 };
 
 pub struct RunOptions {
     pub listen: SocketAddr,
     pub load: LoadOptions,
     pub http: http::Limits,
+    /// `--labels workload`: per-workload series, with these settings.
+    pub labels: Option<crate::workload_metrics::LabelOptions>,
 }
 
 /// The ring buffer counts as drained when the drain loop checked in this recently.
@@ -71,6 +74,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let metrics = Arc::new(Metrics::new(
         KernelCounters::take(&mut loaded.ebpf)?,
         loaded.hooks.clone(),
+        opts.labels.clone().map(WorkloadMetrics::new),
     ));
     privileges::drop_all()?;
     let health = Arc::new(Health {
@@ -112,11 +116,22 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// Read every waiting event, count it as delivered, and note that the ring is drained.
+/// Read every waiting event, count it as delivered (and by workload where asked), and
+/// note that the ring is drained.
 fn drain_counting(ring: &mut RingBuf<MapData>, metrics: &Metrics, health: &Health) {
     let delivered = &metrics.agent.events_delivered;
-    ring::drain(ring, |_| {
+    let mut workloads = metrics
+        .workloads
+        .as_ref()
+        .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(w) = workloads.as_mut() {
+        w.new_batch();
+    }
+    ring::drain(ring, |event| {
         delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some(w) = workloads.as_mut() {
+            w.record(event);
+        }
         true
     });
     health.mark_drained();

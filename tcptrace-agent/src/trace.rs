@@ -114,6 +114,7 @@ fn drain(
     out: &mut impl Write,
     tally: &mut Tally,
 ) {
+    printer.cgroups.new_batch();
     if !done(tally, opts.count) {
         tally.malformed += ring::drain(ring, |event| {
             write_event(event, printer, out, tally);

@@ -107,13 +107,22 @@ fn pod_uid(seg: &str) -> Option<String> {
 }
 
 /// cgroup ids (the cgroup2 directory's inode, what `bpf_get_current_cgroup_id` returns)
-/// to paths, from a walk of the cgroup2 mount, redone at most once a second when an id
-/// is not found.
+/// to paths, from a walk of the cgroup2 mount, redone when an id is not found: at most
+/// once per batch of events (`new_batch`, every ring-buffer drain), and once per
+/// `RETRY_MISS` for the same id, so new containers are found at once while an id whose
+/// cgroup is gone costs little.
 pub struct CgroupIndex {
     root: Option<PathBuf>,
     paths: HashMap<u64, String>,
-    walked: Option<Instant>,
+    /// Ids a walk did not find, and when.
+    misses: HashMap<u64, Instant>,
+    /// Whether this batch may still walk.
+    may_walk: bool,
 }
+
+const RETRY_MISS: Duration = Duration::from_secs(1);
+/// Remembered misses at most (then forgotten all at once).
+const MAX_MISSES: usize = 10_000;
 
 /// At most this many cgroups are indexed (a walk stops there).
 const MAX_CGROUPS: usize = 100_000;
@@ -123,23 +132,41 @@ impl CgroupIndex {
         CgroupIndex {
             root: cgroup2_root(),
             paths: HashMap::new(),
-            walked: None,
+            misses: HashMap::new(),
+            may_walk: true,
         }
     }
 
     pub fn lookup(&mut self, id: u64) -> Option<Workload> {
-        if !self.paths.contains_key(&id)
-            && self
-                .walked
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
-        {
+        if let Some(path) = self.paths.get(&id) {
+            return Some(parse(path));
+        }
+        let retry = self
+            .misses
+            .get(&id)
+            .is_none_or(|t| t.elapsed() > RETRY_MISS);
+        if retry && self.may_walk {
+            self.may_walk = false;
             self.walk();
         }
-        self.paths.get(&id).map(|p| parse(p))
+        match self.paths.get(&id) {
+            Some(path) => Some(parse(path)),
+            None => {
+                if self.misses.len() >= MAX_MISSES {
+                    self.misses.clear();
+                }
+                self.misses.insert(id, Instant::now());
+                None
+            }
+        }
+    }
+
+    /// A new batch of events: the next unknown id may walk the hierarchy again.
+    pub fn new_batch(&mut self) {
+        self.may_walk = true;
     }
 
     fn walk(&mut self) {
-        self.walked = Some(Instant::now());
         let Some(root) = self.root.clone() else {
             return;
         };

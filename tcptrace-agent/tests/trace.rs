@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{churn, delta, free_port, require_root, serial, Netns, Tracer};
+use common::{
+    churn, delta, free_port, pod_cgroup_levels, require_root, serial, CgroupTree, Netns, Tracer,
+};
 use serde_json::Value;
 
 const CONNECTIONS: usize = 200;
@@ -555,18 +557,6 @@ fn children_of_a_listener_older_than_the_tracer_are_timed_without_an_owner() {
     );
 }
 
-/// A cgroup directory tree created for one test and removed (deepest first) even when
-/// the test fails.
-struct CgroupTree(Vec<std::path::PathBuf>);
-
-impl Drop for CgroupTree {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 /// A process in a cgroup named as the kubelet and containerd name a burstable pod's
 /// container connects: the tracer's JSON carries the pod UID, QoS class, runtime and
 /// container id parsed from the owner's cgroup.
@@ -574,37 +564,18 @@ impl Drop for CgroupTree {
 fn owners_in_a_pod_cgroup_are_attributed_to_the_pod_and_container() {
     require_root();
     let _serial = serial();
-    let root = tcptrace_agent::workload::cgroup2_root().expect("a cgroup2 hierarchy");
-    let uid = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), 0x7c9e_u64);
+    let uid = format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        std::process::id(),
+        0x7c9e_u64
+    );
     let container = format!("{:064x}", u64::from(std::process::id()) << 8 | 0xab);
-    let levels = [
-        "kubepods.slice".to_string(),
-        "kubepods-burstable.slice".to_string(),
-        format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
-        format!("cri-containerd-{container}.scope"),
-    ];
-    let mut dirs = Vec::new();
-    let mut dir = root.clone();
-    for level in &levels {
-        dir = dir.join(level);
-        if !dir.exists() {
-            std::fs::create_dir(&dir).unwrap();
-            dirs.push(dir.clone());
-        }
-    }
-    let _cleanup = CgroupTree(dirs);
+    let levels = pod_cgroup_levels(&uid, &container);
+    let cgroup = CgroupTree::create(&levels);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "states"]);
-    let status = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{port}",
-            dir.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(cgroup.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{port}")));
     let _ = listener.accept().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let traced = tracer.stop();
@@ -617,5 +588,8 @@ fn owners_in_a_pod_cgroup_are_attributed_to_the_pod_and_container() {
     assert_eq!(connect["container_id"], container.as_str(), "{connect}");
     assert_eq!(connect["runtime"], "containerd");
     assert_eq!(connect["qos"], "burstable");
-    assert!(connect["cgroup"].as_str().unwrap().ends_with(&levels[3]), "{connect}");
+    assert!(
+        connect["cgroup"].as_str().unwrap().ends_with(&levels[3]),
+        "{connect}"
+    );
 }

@@ -550,3 +550,57 @@ pub fn tracers_for(events: &str, variants: &[Vec<&str>]) -> Vec<Tracer> {
         })
         .collect()
 }
+
+/// A cgroup directory tree below the cgroup2 mount, created for one test and removed
+/// (deepest first) even when the test fails.
+pub struct CgroupTree {
+    created: Vec<std::path::PathBuf>,
+    pub leaf: std::path::PathBuf,
+}
+
+impl CgroupTree {
+    pub fn create(levels: &[String]) -> CgroupTree {
+        let mut dir = tcptrace_agent::workload::cgroup2_root().expect("a cgroup2 hierarchy");
+        let mut created = Vec::new();
+        for level in levels {
+            dir = dir.join(level);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+                created.push(dir.clone());
+            }
+        }
+        CgroupTree { created, leaf: dir }
+    }
+
+    /// Run a bash script as a process moved into the leaf cgroup first; true on success.
+    pub fn run(&self, script: &str) -> bool {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && {script}",
+                self.leaf.display()
+            ))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The cgroup levels the kubelet (systemd driver) and containerd give a burstable pod's
+/// container.
+pub fn pod_cgroup_levels(uid: &str, container_id: &str) -> Vec<String> {
+    vec![
+        "kubepods.slice".to_string(),
+        "kubepods-burstable.slice".to_string(),
+        format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
+        format!("cri-containerd-{container_id}.scope"),
+    ]
+}

@@ -1,0 +1,195 @@
+//! `run --labels workload[,remote]` (root): processes in pod- and container-shaped
+//! cgroups make connections, and the per-workload series name them, from the cgroup path
+//! alone or with names from a kubelet pod list; a series budget holds under thousands of
+//! label sets and accounts for every folded update.
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::TcpListener,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// Serve `body` as the kubelet's `/pods` until dropped.
+struct FakeKubelet {
+    url: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeKubelet {
+    fn serve(body: String) -> FakeKubelet {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/pods", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut request = [0u8; 1024];
+                let _ = conn.read(&mut request);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeKubelet { url, stop }
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn series_of(m: &HashMap<String, f64>, family: &str) -> Vec<(String, f64)> {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(&format!("{family}{{")))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+#[test]
+fn pod_containers_are_named_from_the_kubelet_or_by_uid_and_id() {
+    require_root();
+    let _serial = serial();
+    let pid = std::process::id();
+    let named_uid = format!("{pid:08x}-1111-4000-8000-000000000001");
+    let named_id = format!("{:08x}{pid:08x}{:048x}", 0x111, 0);
+    let bare_uid = format!("{pid:08x}-2222-4000-8000-000000000002");
+    let bare_id = format!("{:08x}{pid:08x}{:048x}", 0x222, 0);
+    // The recorded-format pod list, with the first pod's UID and container id ours.
+    let pods = include_str!("kubelet/pods.json")
+        .replace("3a5a1e6b-7d1f-4c2e-9b8a-2b6f0e3c1d4e", &named_uid)
+        .replace(
+            "8c2f1e0d9b7a6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e",
+            &named_id,
+        );
+    let kubelet = FakeKubelet::serve(pods);
+    let agent = Agent::start(&["--labels", "workload", "--kubelet", &kubelet.url]);
+    std::thread::sleep(Duration::from_millis(500)); // the first pod-list fetch
+    let named = CgroupTree::create(&pod_cgroup_levels(&named_uid, &named_id));
+    let bare = CgroupTree::create(&pod_cgroup_levels(&bare_uid, &bare_id));
+    let closed = free_port("127.0.0.1".parse().unwrap());
+    for cgroup in [&named, &bare] {
+        // Refused: bash's redirection fails, as it should.
+        assert!(!cgroup.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{closed}")));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let m = agent.scrape();
+    let failures = series_of(&m, "tcptrace_workload_connect_failures_total");
+    let named_series = "tcptrace_workload_connect_failures_total{namespace=\"shop\",pod=\"web-7d4b9c8f5-x2k9p\",container=\"web\",workload=\"Deployment/web\",reason=\"refused\"}";
+    let bare_series = format!(
+        "tcptrace_workload_connect_failures_total{{namespace=\"\",pod=\"{bare_uid}\",container=\"containerd:{}\",workload=\"\",reason=\"refused\"}}",
+        &bare_id[..12]
+    );
+    assert_eq!(value(&m, named_series), 1.0, "{failures:?}");
+    assert_eq!(value(&m, &bare_series), 1.0, "{failures:?}");
+}
+
+#[test]
+fn the_series_budget_holds_and_the_folded_counter_accounts_for_the_rest() {
+    require_root();
+    let _serial = serial();
+    const MAX: usize = 100;
+    const REMOTES: u16 = 5000;
+    const CGROUPS: usize = 500;
+    let agent = Agent::start(&[
+        "--labels",
+        "workload,remote",
+        "--max-series",
+        &MAX.to_string(),
+    ]);
+    let before = agent.scrape();
+    let pid = std::process::id();
+    let parent = format!("tcptrace-test-{pid}");
+    let _parent = CgroupTree::create(std::slice::from_ref(&parent));
+    let started = Instant::now();
+    // The containers stay until the end: the agent resolves cgroups after the fact, and a
+    // container gone within the 50 ms drain interval would stay unresolved.
+    let _containers = in_private_netns(&[], move || {
+        let mut containers = Vec::new();
+        // 500 containers, each refused once.
+        for i in 0..CGROUPS {
+            // Distinct in their first 12 digits, like real (random) container ids.
+            let id = format!("{i:08x}{pid:08x}{:048x}", 0);
+            let c = CgroupTree::create(&[parent.clone(), format!("docker-{id}.scope")]);
+            assert!(!c.run("exec 3<>/dev/tcp/127.0.0.1/7"));
+            containers.push(c);
+        }
+        // 5,000 remote endpoints: every port below 5001 is closed in this namespace.
+        for port in 1..=REMOTES {
+            assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+        }
+        containers
+    });
+    eprintln!(
+        "made {} refusals in {:?}",
+        REMOTES as usize + CGROUPS,
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = agent.scrape();
+    let alive = value(&after, "tcptrace_workload_series");
+    assert!(alive <= MAX as f64, "{alive} series alive, budget {MAX}");
+    let families = [
+        "tcptrace_workload_connect_failures_total",
+        "tcptrace_workload_retransmits_total",
+    ];
+    let lines: usize = families.iter().map(|f| series_of(&after, f).len()).sum();
+    assert!(lines <= MAX, "{lines} series exported");
+    let containers = series_of(&after, families[0])
+        .iter()
+        .filter(|(k, _)| k.contains("container=\"docker:"))
+        .count();
+    assert!(
+        containers > 0,
+        "the first containers got series of their own"
+    );
+    let grown = |f: &str, pick: &dyn Fn(&str) -> bool| -> f64 {
+        let sum = |m: &HashMap<String, f64>| {
+            series_of(m, f)
+                .iter()
+                .filter(|(k, _)| pick(k))
+                .map(|(_, v)| v)
+                .sum::<f64>()
+        };
+        sum(&after) - sum(&before)
+    };
+    let refused = grown(families[0], &|k| {
+        k.contains("reason=\"refused\"") || k.contains("reason=\"other\"")
+    });
+    let expected = f64::from(REMOTES) + CGROUPS as f64;
+    assert_eq!(
+        refused, expected,
+        "every refusal is counted once, folded or not"
+    );
+    let folded = value(&after, "tcptrace_series_folded_total")
+        - value(&before, "tcptrace_series_folded_total");
+    let in_other = grown(families[0], &|k| k.contains("namespace=\"other\""));
+    let mut kept: Vec<_> = series_of(&after, families[0]);
+    kept.sort_by(|a, b| b.1.total_cmp(&a.1));
+    assert!(
+        folded >= expected - MAX as f64,
+        "{folded}: {:?}",
+        &kept[..kept.len().min(5)]
+    );
+    assert_eq!(
+        folded, in_other,
+        "folded updates are exactly what the other series holds"
+    );
+}
