@@ -42,6 +42,35 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     cargo_fuzz()?;
     debian_packages()?;
+    kubernetes_validate()?;
+    Ok(())
+}
+
+/// The Kubernetes manifests' validator, pinned, in a virtualenv of the project's own.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
+
+/// Where the tests find `kubernetes-validate`.
+pub fn venv() -> PathBuf {
+    home().join(".cache/tcptrace/venv")
+}
+
+fn kubernetes_validate() -> Result<()> {
+    let bin = venv().join("bin/kubernetes-validate");
+    let version = output_of(Command::new(&bin).arg("--version"));
+    if version.is_some_and(|v| v.contains(KUBERNETES_VALIDATE)) {
+        say(
+            "kubernetes-validate",
+            "present (validates deploy/ against the Kubernetes schema)",
+        );
+        return Ok(());
+    }
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv()))?;
+    run_cmd(
+        Command::new(venv().join("bin/pip"))
+            .args(["install", "-q"])
+            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")),
+    )?;
+    say("kubernetes-validate", "installed");
     Ok(())
 }
 
