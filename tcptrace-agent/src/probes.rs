@@ -662,10 +662,14 @@ pub fn missed_by_hook(hooks: &[HookStatus]) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
-/// Return freed heap pages to the kernel (glibc keeps them otherwise).
+/// Return freed heap pages to the kernel (glibc keeps them otherwise; musl's allocator,
+/// used by the static build of the container image, returns them by itself).
 fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raising it needs

@@ -80,8 +80,10 @@ pub fn parse(path: &str) -> Workload {
     w
 }
 
+/// `<prefix>-<id>.scope` (systemd driver) or `<prefix>-<id>` (podman's cgroupfs driver:
+/// `/libpod_parent/libpod-<id>`).
 fn scope_container(seg: &str) -> Option<(&'static str, &str)> {
-    let name = seg.strip_suffix(".scope")?;
+    let name = seg.strip_suffix(".scope").unwrap_or(seg);
     SCOPE_PREFIXES.iter().find_map(|(prefix, runtime)| {
         let id = name.strip_prefix(prefix)?;
         is_container_id(id).then_some((*runtime, id))
@@ -246,6 +248,14 @@ mod tests {
         // podman's nested `container` cgroup (cgroup v2, split), from a node-agent test.
         let w = parse("/machine.slice/libpod-0123456789abcdef.scope/container");
         assert_eq!(w.container_id.as_deref(), Some("0123456789abcdef"));
+        // podman 4.3 with the cgroupfs manager, seen on this project's machine
+        // (/proc/PID/cgroup of a container, cgroup v1/v2 hybrid).
+        let w = parse("/libpod_parent/libpod-d90b081dc2cb649c858bfcef751a6c711c574db29b78dce241b2f2f5ba0bcf1b");
+        assert_eq!(w.runtime, Some("podman"));
+        assert_eq!(
+            w.container_id.as_deref(),
+            Some("d90b081dc2cb649c858bfcef751a6c711c574db29b78dce241b2f2f5ba0bcf1b")
+        );
         // Docker with the systemd driver, a cgroup v1 line of a Java agent's test.
         let w = parse("/system.slice/docker-67f98c9e6188f9c1818672a15dbe46237b6ee7e77f834d40d41c5fb3c2f84a2f.scope");
         assert_eq!(w.runtime, Some("docker"));

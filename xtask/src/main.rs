@@ -4,6 +4,7 @@
 //! each step checks first and says whether it found the piece or installed it.
 mod bench;
 mod churn;
+mod image;
 mod programs;
 mod setup;
 mod soak;
@@ -69,6 +70,13 @@ enum Cmd {
         /// libtest arguments for the test binaries (name filters, --skip, --exact).
         #[arg(last = true)]
         filter: Vec<String>,
+    },
+    /// Build the container image (FROM scratch, the static agent only) with podman;
+    /// `--verify` runs it with only CAP_BPF and CAP_PERFMON and checks that a connection
+    /// made in another container is labelled with that container's id.
+    Image {
+        #[arg(long)]
+        verify: bool,
     },
     /// Benchmarks (root; not part of the tests). See BENCHMARKS.md.
     #[command(subcommand)]
@@ -170,6 +178,7 @@ fn main() -> ExitCode {
                 compare_args: compare_args.split_whitespace().map(String::from).collect(),
             })
         }),
+        Cmd::Image { verify } => setup::run().and_then(|()| image::image(verify)),
         Cmd::Bench(Bench::Programs {
             seconds,
             threads,
@@ -255,6 +264,16 @@ fn test(args: &[String]) -> Result<()> {
         if !vm.all_passed {
             println!("tests: {passed} passed, {failed} failed");
             bail!("the probe tests failed inside Debian 6.1 (cargo xtask vm-test --kernel 6.1)");
+        }
+        // The container image, run as the docs say (about two minutes, most of it the
+        // static build).
+        match image::image(true) {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                failed += 1;
+                println!("tests: {passed} passed, {failed} failed");
+                return Err(e.context("cargo xtask image --verify"));
+            }
         }
         fuzz(FUZZ_SECONDS)?;
     }

@@ -31,6 +31,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "cargo xtask vm-test: boots other kernels under emulation",
     ),
     (
+        "podman",
+        "cargo xtask image: builds and runs the container image",
+    ),
+    (
+        "curl",
+        "cargo xtask image --verify: scrapes the agent in its container",
+    ),
+    (
         "busybox-static",
         "cargo xtask vm-test: the shell and tools of the guest's initramfs",
     ),
@@ -41,8 +49,25 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    musl_target()?;
     debian_packages()?;
     kubernetes_validate()?;
+    Ok(())
+}
+
+/// The container image holds the agent built for musl, statically.
+fn musl_target() -> Result<()> {
+    let installed = output_of(rustup().args(["target", "list", "--installed"]))
+        .is_some_and(|t| t.lines().any(|l| l.trim() == crate::image::MUSL));
+    if installed {
+        say(
+            "rust target musl",
+            "present (the static agent of the container image)",
+        );
+        return Ok(());
+    }
+    run_cmd(rustup().args(["target", "add", crate::image::MUSL]))?;
+    say("rust target musl", "installed");
     Ok(())
 }
 
