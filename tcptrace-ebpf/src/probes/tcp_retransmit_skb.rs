@@ -36,13 +36,26 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     event.old_state = state as u8;
     event.err = err;
     event.segs = segments(rec.get(layout.skbaddr).unwrap_or(0));
-    if err == 0 {
-        // TcpRetransSegs counts segments of retransmits that were sent.
+    if counted_by_kernel(err) {
         let key = counters::retransmit_key(kind as u8, state as u8, ep.family == AF_INET6);
         add_key(&RETRANSMITS, key, event.segs.max(1) as u64);
     }
     submit(event);
     Some(())
+}
+
+/// Did the kernel add this retransmit to TcpRetransSegs? It does so just before handing
+/// the skb to the IP layer, so a retransmit that failed there (-ENOBUFS, -EPERM from a
+/// netfilter OUTPUT drop, ...) counts, while the early exits of __tcp_retransmit_skb
+/// do not: -EBUSY (the previous copy still in a host queue), -EAGAIN (no window),
+/// -ENOMEM (no memory to fragment), -EHOSTUNREACH (no route to rebuild the header).
+/// Kernels without `err` fire the tracepoint only for retransmits that were sent.
+fn counted_by_kernel(err: i32) -> bool {
+    const EAGAIN: i32 = 11;
+    const ENOMEM: i32 = 12;
+    const EBUSY: i32 = 16;
+    const EHOSTUNREACH: i32 = 113;
+    !matches!(-err, EAGAIN | ENOMEM | EBUSY | EHOSTUNREACH)
 }
 
 /// `tcp_skb_pcount(skb)`: what the kernel just added to TcpRetransSegs.
