@@ -36,6 +36,7 @@ pub fn parse_kinds(s: &str) -> Result<u32> {
             "connects" | "connect" => EventKind::ConnectError.bit(),
             "segments" | "segment" => EventKind::Segment.bit(),
             "errors" | "error" => EventKind::SocketError.bit(),
+            "resets" | "reset" => EventKind::Reset.bit(),
             other => bail!("unknown event kind `{other}`: use {KINDS}"),
         };
     }
@@ -45,7 +46,7 @@ pub fn parse_kinds(s: &str) -> Result<u32> {
     Ok(bits)
 }
 
-const KINDS: &str = "states, handshakes, retransmits, connects, segments, errors";
+const KINDS: &str = "states, handshakes, retransmits, connects, segments, errors, resets";
 
 /// The kernel truncates command names to 15 bytes; a longer filter could never match.
 pub fn parse_comm(s: &str) -> Result<([u8; 16], u8)> {

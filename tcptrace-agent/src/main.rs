@@ -41,7 +41,8 @@ enum Command {
     /// local port, ENETUNREACH no route) and, on request, `segment` (a segment received
     /// in LISTEN/SYN_SENT/SYN_RECV with its TCP flags: SYN-ACK, RST, unexpected ACK),
     /// and `error` (the kernel reported an error on a socket: ETIMEDOUT when keep-alive
-    /// or retransmissions gave up on the peer, ECONNRESET, ICMP unreachables).
+    /// or retransmissions gave up on the peer, ECONNRESET, ICMP unreachables), and, on
+    /// request, `reset` (a RST sent or received on a socket tcptrace tracks).
     /// Filters run in the kernel, so filtered events cost no ring-buffer space.
     ///
     /// Examples:
@@ -135,7 +136,8 @@ struct RunArgs {
     /// `127.0.0.1:9479`, `[::]:9479`, or `:9479` for every IPv4 address.
     #[arg(long, value_name = "ADDR:PORT", value_parser = settings::parse_listen)]
     listen: Option<std::net::SocketAddr>,
-    /// TOML file with any of: listen, ring_bytes, max_sockets, log_level, log_format.
+    /// TOML file with any of: listen, ring_bytes, max_sockets, log_level, log_format,
+    /// labels, max_series, series_ttl (seconds), kubelet.
     /// Unknown keys and bad values are refused before anything is loaded.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -149,28 +151,23 @@ struct RunArgs {
     /// the owner's cgroup and, with --kubelet, the kubelet's pod list; container id or
     /// host process outside Kubernetes), optionally `,remote` (the peer's ip:port,
     /// ephemeral ports collapsed). Off by default.
-    #[arg(long, value_name = "LIST", value_parser = parse_labels)]
+    #[arg(long, value_name = "LIST", value_parser = settings::parse_labels)]
     labels: Option<bool>,
-    /// The most labelled workload series at once; new label sets beyond it are counted
-    /// in an `other` series and in tcptrace_series_folded_total.
-    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
-    max_series: u64,
-    /// Drop workload series not updated for this many seconds.
-    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_seconds)]
-    series_ttl: Duration,
+    /// The most labelled workload series at once (default 2000); new label sets beyond
+    /// it are counted in an `other` series and in tcptrace_series_folded_total.
+    #[arg(long, value_name = "N", value_parser = parse_max_series)]
+    max_series: Option<u64>,
+    /// Drop workload series not updated for this many seconds (default 600).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    series_ttl: Option<Duration>,
     /// The kubelet's pod list, for pod and container names: an http:// URL such as
     /// http://127.0.0.1:10255/pods (the read-only port) or a local proxy.
     #[arg(long, value_name = "URL")]
     kubelet: Option<String>,
 }
 
-/// `workload` or `workload,remote` -> whether `remote` is on.
-fn parse_labels(s: &str) -> Result<bool, String> {
-    let words: Vec<&str> = s.split(',').map(str::trim).collect();
-    if !words.contains(&"workload") || words.iter().any(|w| !["workload", "remote"].contains(w)) {
-        return Err(format!("`{s}`: use `workload` or `workload,remote`"));
-    }
-    Ok(words.contains(&"remote"))
+fn parse_max_series(s: &str) -> Result<u64, String> {
+    settings::check_max_series(s.parse().map_err(|_| format!("`{s}` is not a number"))?)
 }
 
 #[derive(Args)]
@@ -197,7 +194,7 @@ struct TraceArgs {
     #[arg(short = '6', long = "ipv6")]
     ipv6: bool,
     /// Which events to print: any of states, handshakes, retransmits, connects,
-    /// segments, errors (comma-separated).
+    /// segments, errors, resets (comma-separated).
     #[arg(
         long,
         value_name = "LIST",
@@ -285,6 +282,10 @@ impl RunArgs {
             max_sockets: self.max_sockets,
             log_level: cli.log_level,
             log_format: cli.log_format,
+            labels: self.labels,
+            max_series: self.max_series,
+            series_ttl: self.series_ttl,
+            kubelet: self.kubelet.clone(),
         };
         settings::resolve(flags, file)
     }
@@ -322,14 +323,7 @@ fn main() -> ExitCode {
                     forced: cli.probe_method.clone(),
                 },
                 http: http::Limits::default(),
-                labels: args
-                    .labels
-                    .map(|remote| tcptrace_agent::workload_metrics::LabelOptions {
-                        remote,
-                        max_series: args.max_series as usize,
-                        ttl: args.series_ttl,
-                        kubelet: args.kubelet.clone(),
-                    }),
+                labels: s.labels,
             }))
         }
         Command::Probes(args) => {

@@ -43,6 +43,7 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::ConnectError => "connect",
         EventKind::Segment => "segment",
         EventKind::SocketError => "error",
+        EventKind::Reset => "reset",
     }
 }
 
@@ -108,7 +109,21 @@ fn detail(e: &Event) -> String {
             state_name(e.old_state)
         ),
         Some(EventKind::SocketError) => format!("socket error {}", errno_name(e.err)),
+        Some(EventKind::Reset) => format!(
+            "RST {} in {}",
+            reset_direction(e.detail),
+            state_name(e.old_state)
+        ),
         None => format!("unknown event kind {}", e.kind),
+    }
+}
+
+/// `sent` or `received`, from a reset event's detail (the `RESETS` slot).
+pub fn reset_direction(detail: u8) -> &'static str {
+    if u32::from(detail) == tcptrace_common::counters::RESET_RECEIVED {
+        "received"
+    } else {
+        "sent"
     }
 }
 
@@ -180,6 +195,9 @@ pub struct JsonEvent {
     /// connect: which hook saw the error (`function` or `tracepoint`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
+    /// reset: `sent` or `received`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<&'static str>,
     /// The owner's cgroup and what it says: container runtime and id, pod UID, unit.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
@@ -217,6 +235,7 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
         segments: None,
         flags: None,
         source: None,
+        direction: None,
         workload: None,
     };
     match kind {
@@ -251,6 +270,10 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
             j.flags = Some(tcp_flags(e.detail));
         }
         Some(EventKind::SocketError) => j.error = Some(errno_name(e.err)),
+        Some(EventKind::Reset) => {
+            j.direction = Some(reset_direction(e.detail));
+            j.state = Some(state_name(e.old_state));
+        }
         None => {}
     }
     j

@@ -72,7 +72,7 @@ pub const TRACEPOINTS: [Tracepoint; 8] = [
         category: "tcp",
         event: "tcp_send_reset",
         carries: Carries::Nothing,
-        extra: &[],
+        extra: &tp_format::SKADDR_ONLY,
         slot: |c| &mut c.send_reset,
     },
     Tracepoint {
@@ -814,7 +814,7 @@ mod tests {
             if series != "5.10" {
                 assert_eq!(config.error_report.err, 8, "{series}: error");
             }
-            assert_eq!(config.send_reset.skaddr, tcptrace_common::FIELD_ABSENT);
+            assert_eq!(config.send_reset.skaddr, 16, "{series}: send_reset skaddr");
             let _ = std::fs::remove_dir_all(root);
         }
     }

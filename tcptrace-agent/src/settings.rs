@@ -10,6 +10,24 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
+pub const DEFAULT_MAX_SERIES: u64 = 2000;
+pub const DEFAULT_SERIES_TTL_SECS: u64 = 600;
+
+/// `workload` or `workload,remote` -> whether `remote` is on.
+pub fn parse_labels(s: &str) -> Result<bool, String> {
+    let words: Vec<&str> = s.split(',').map(str::trim).collect();
+    if !words.contains(&"workload") || words.iter().any(|w| !["workload", "remote"].contains(w)) {
+        return Err(format!("`{s}`: use `workload` or `workload,remote`"));
+    }
+    Ok(words.contains(&"remote"))
+}
+
+pub fn check_max_series(n: u64) -> Result<u64, String> {
+    if !(10..=1_000_000).contains(&n) {
+        return Err(format!("{n} must be between 10 and 1000000"));
+    }
+    Ok(n)
+}
 
 /// `0.0.0.0:9479`, `[::]:9479`, `127.0.0.1:9479`, or `:9479` (every IPv4 address).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -67,6 +85,12 @@ pub struct ConfigFile {
     pub max_sockets: Option<u64>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    /// `workload` or `workload,remote`.
+    pub labels: Option<String>,
+    pub max_series: Option<u64>,
+    /// Seconds.
+    pub series_ttl: Option<u64>,
+    pub kubelet: Option<String>,
 }
 
 impl ConfigFile {
@@ -89,6 +113,11 @@ pub struct Flags {
     pub max_sockets: Option<u32>,
     pub log_level: Option<log::LevelFilter>,
     pub log_format: Option<LogFormat>,
+    /// `--labels`: whether `remote` is on.
+    pub labels: Option<bool>,
+    pub max_series: Option<u64>,
+    pub series_ttl: Option<std::time::Duration>,
+    pub kubelet: Option<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -98,6 +127,8 @@ pub struct Settings {
     pub max_sockets: u32,
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
+    /// Per-workload series, when `labels` is set.
+    pub labels: Option<crate::workload_metrics::LabelOptions>,
 }
 
 /// Name the config key in a value's error.
@@ -107,6 +138,7 @@ fn checked<T>(key: &str, r: Result<T, String>) -> Result<T> {
 
 /// Flags win over the file, the file over defaults; file values are checked like flags.
 pub fn resolve(flags: Flags, file: ConfigFile) -> Result<Settings> {
+    let labels = labels(&flags, &file)?;
     Ok(Settings {
         listen: match (flags.listen, file.listen) {
             (Some(v), _) => v,
@@ -133,7 +165,36 @@ pub fn resolve(flags: Flags, file: ConfigFile) -> Result<Settings> {
             (None, Some(s)) => checked("log_format", parse_log_format(&s))?,
             (None, None) => LogFormat::Text,
         },
+        labels,
     })
+}
+
+fn labels(
+    flags: &Flags,
+    file: &ConfigFile,
+) -> Result<Option<crate::workload_metrics::LabelOptions>> {
+    let remote = match (flags.labels, &file.labels) {
+        (Some(v), _) => v,
+        (None, Some(s)) => checked("labels", parse_labels(s))?,
+        (None, None) => return Ok(None),
+    };
+    let max_series = match (flags.max_series, file.max_series) {
+        (Some(v), _) => v,
+        (None, Some(n)) => checked("max_series", check_max_series(n))?,
+        (None, None) => DEFAULT_MAX_SERIES,
+    };
+    let ttl = match (flags.series_ttl, file.series_ttl) {
+        (Some(v), _) => v,
+        (None, Some(0)) => anyhow::bail!("series_ttl: must be at least 1 second"),
+        (None, Some(n)) => std::time::Duration::from_secs(n),
+        (None, None) => std::time::Duration::from_secs(DEFAULT_SERIES_TTL_SECS),
+    };
+    Ok(Some(crate::workload_metrics::LabelOptions {
+        remote,
+        max_series: max_series as usize,
+        ttl,
+        kubelet: flags.kubelet.clone().or_else(|| file.kubelet.clone()),
+    }))
 }
 
 #[cfg(test)]
@@ -182,12 +243,31 @@ mod tests {
         assert!(err("log_level = \"loud\"").contains("log_level"));
         assert!(err("log_format = \"xml\"").contains("log_format"));
         assert!(err("rings = 4096").contains("unknown field `rings`"));
+        assert!(err("labels = \"pods\"").contains("labels: `pods`"));
+        assert!(err("labels = \"workload\"\nmax_series = 5").contains("max_series: 5"));
         assert!(err("ring_bytes = \"big\"").contains("ring_bytes"));
         assert!(
             err("listen = ").contains("TOML parse error"),
             "{}",
             err("listen = ")
         );
+    }
+
+    #[test]
+    fn workload_labels_from_the_file() {
+        let file = ConfigFile::parse(
+            "labels = \"workload,remote\"\nmax_series = 500\nkubelet = \"http://127.0.0.1:10255/pods\"\n",
+        )
+        .unwrap();
+        let l = resolve(Flags::default(), file).unwrap().labels.unwrap();
+        assert!(l.remote);
+        assert_eq!(l.max_series, 500);
+        assert_eq!(l.ttl.as_secs(), DEFAULT_SERIES_TTL_SECS);
+        assert_eq!(l.kubelet.as_deref(), Some("http://127.0.0.1:10255/pods"));
+        assert!(resolve(Flags::default(), ConfigFile::default())
+            .unwrap()
+            .labels
+            .is_none());
     }
 
     #[test]

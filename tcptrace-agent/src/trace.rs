@@ -36,6 +36,7 @@ struct Tally {
     connect_errors: u64,
     segments: u64,
     socket_errors: u64,
+    resets: u64,
     malformed: u64,
     stdout_closed: bool,
 }
@@ -148,6 +149,7 @@ fn write_event(e: &Event, printer: &mut Printer, out: &mut impl Write, tally: &m
         Some(EventKind::ConnectError) => tally.connect_errors += 1,
         Some(EventKind::Segment) => tally.segments += 1,
         Some(EventKind::SocketError) => tally.socket_errors += 1,
+        Some(EventKind::Reset) => tally.resets += 1,
         None => {}
     }
 }
@@ -158,7 +160,7 @@ fn print_summary(t: &Tally, stats: &KernelCounters, missed: u64) {
     let untracked = stats.stat(Stat::SocketMapFull);
     let mut line = format!(
         "tcptrace: {} events printed ({} state changes, {} handshakes, {} retransmits, \
-         {} connect errors, {} handshake segments, {} socket errors); \
+         {} connect errors, {} handshake segments, {} socket errors, {} resets); \
          {lost} lost (ring buffer full); {filtered} filtered in the kernel",
         t.printed,
         t.states,
@@ -166,7 +168,8 @@ fn print_summary(t: &Tally, stats: &KernelCounters, missed: u64) {
         t.retransmits,
         t.connect_errors,
         t.segments,
-        t.socket_errors
+        t.socket_errors,
+        t.resets
     );
     if untracked > 0 {
         line.push_str(&format!(

@@ -1,5 +1,5 @@
-//! Per-workload series (`run --labels workload[,remote]`): retransmits, handshake latency
-//! and connect failures by Kubernetes namespace/pod/container (or container id, or host
+//! Per-workload series (`run --labels workload[,remote]`): retransmits, handshake
+//! latency, connect failures and resets by Kubernetes namespace/pod/container (or container id, or host
 //! process), optionally by remote endpoint, aggregated from the event stream under a
 //! series budget. The kernel's lossless counters stay unlabelled; these follow the ring
 //! buffer, so a full ring (counted in tcptrace_ringbuf_events_lost_total) undercounts them.
@@ -22,7 +22,7 @@ use crate::{
     workload::CgroupIndex,
 };
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabelOptions {
     /// Add the remote endpoint (`ip:port`, ephemeral ports as `ip:ephemeral`).
     pub remote: bool,
@@ -36,9 +36,10 @@ enum Kind {
     Retransmits,
     Handshakes,
     ConnectFailures,
+    Resets,
 }
 
-const KINDS: usize = 3;
+const KINDS: usize = 4;
 const OTHER: &str = "other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -107,6 +108,7 @@ impl WorkloadMetrics {
             Some(EventKind::Handshake) if e.detail == HandshakeSide::Client as u8 => {
                 (Kind::ConnectFailures, events::failure_reason(e))
             }
+            Some(EventKind::Reset) => (Kind::Resets, crate::output::reset_direction(e.detail)),
             _ => return,
         };
         let key = self.key(kind, detail, e);
@@ -127,7 +129,7 @@ impl WorkloadMetrics {
         let v = self.budget.entry(key, other, now);
         match kind {
             Kind::Retransmits => v.count += u64::from(e.segs.max(1)),
-            Kind::ConnectFailures => v.count += 1,
+            Kind::ConnectFailures | Kind::Resets => v.count += 1,
             Kind::Handshakes => {
                 v.buckets.resize(HANDSHAKE_BUCKETS as usize, 0);
                 v.buckets[handshake_bucket(e.duration_ns) as usize] += 1;
@@ -245,6 +247,7 @@ impl WorkloadMetrics {
         };
         let retransmits = scalar(Kind::Retransmits);
         let failures = scalar(Kind::ConnectFailures);
+        let resets = scalar(Kind::Resets);
         let handshakes: Vec<(Vec<String>, &Value)> = series(Kind::Handshakes)
             .map(|(k, v)| (labels(k), v))
             .collect();
@@ -270,6 +273,12 @@ impl WorkloadMetrics {
                 "Failed client handshakes by workload and reason (from events).",
                 &with("reason"),
                 as_refs(&failures),
+            ),
+            counter(
+                "tcptrace_workload_resets_total",
+                "RSTs sent and received on tracked sockets by workload (from events).",
+                &with("direction"),
+                as_refs(&resets),
             ),
             histogram(
                 "tcptrace_workload_handshake_duration_seconds",

@@ -98,6 +98,14 @@ fn pod_containers_are_named_from_the_kubelet_or_by_uid_and_id() {
         &bare_id[..12]
     );
     assert_eq!(value(&m, named_series), 1.0, "{failures:?}");
+    // The refusal is a RST received in SYN_SENT, by the same workload.
+    let named_resets = "tcptrace_workload_resets_total{namespace=\"shop\",pod=\"web-7d4b9c8f5-x2k9p\",container=\"web\",workload=\"Deployment/web\",direction=\"received\"}";
+    assert_eq!(
+        value(&m, named_resets),
+        1.0,
+        "{:?}",
+        series_of(&m, "tcptrace_workload_resets_total")
+    );
     assert_eq!(value(&m, &bare_series), 1.0, "{failures:?}");
 }
 
@@ -180,7 +188,17 @@ fn the_series_budget_holds_and_the_folded_counter_accounts_for_the_rest() {
     );
     let folded = value(&after, "tcptrace_series_folded_total")
         - value(&before, "tcptrace_series_folded_total");
-    let in_other = grown(families[0], &|k| k.contains("namespace=\"other\""));
+    // Every family's `other` series: one update each (retransmits, none here, would
+    // count segments).
+    let in_other: f64 = [
+        "tcptrace_workload_connect_failures_total",
+        "tcptrace_workload_resets_total",
+        "tcptrace_workload_retransmits_total",
+        "tcptrace_workload_handshake_duration_seconds_count",
+    ]
+    .iter()
+    .map(|f| grown(f, &|k: &str| k.contains("namespace=\"other\"")))
+    .sum();
     let mut kept: Vec<_> = series_of(&after, families[0]);
     kept.sort_by(|a, b| b.1.total_cmp(&a.1));
     assert!(

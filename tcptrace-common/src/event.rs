@@ -19,6 +19,9 @@ pub enum EventKind {
     /// The kernel reported an error on a socket (`sock:inet_sk_error_report`): ETIMEDOUT
     /// when keep-alive or retransmissions gave up, ECONNRESET, ICMP errors.
     SocketError = 6,
+    /// A RST sent or received on a tracked socket (`detail`: 0 sent, 1 received, as the
+    /// `RESETS` slots).
+    Reset = 7,
 }
 
 impl EventKind {
@@ -30,6 +33,7 @@ impl EventKind {
             4 => Some(EventKind::ConnectError),
             5 => Some(EventKind::Segment),
             6 => Some(EventKind::SocketError),
+            7 => Some(EventKind::Reset),
             _ => None,
         }
     }
@@ -244,6 +248,7 @@ mod tests {
             EventKind::ConnectError,
             EventKind::Segment,
             EventKind::SocketError,
+            EventKind::Reset,
         ] {
             assert_eq!(EventKind::from_u8(k as u8), Some(k));
         }

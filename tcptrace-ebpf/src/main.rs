@@ -53,8 +53,8 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn tcp_send_reset(_ctx: TracePointContext) -> u32 {
-    probes::tcp_send_reset::handle();
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    probes::tcp_send_reset::handle(&ctx);
     0
 }
 

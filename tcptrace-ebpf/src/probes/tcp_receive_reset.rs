@@ -1,7 +1,8 @@
 //! `tcp:tcp_receive_reset`: a RST arrived for a full socket. Counted, and the socket
 //! marked so a failed handshake can be classified as refused/reset even without BTF.
-//! Where no hook on `tcp_rcv_state_process` attached, a RST arriving in a handshake
-//! state is also counted and reported as a handshake-state segment from here.
+//! Reported as a `Reset` event with the socket's owner; where no hook on
+//! `tcp_rcv_state_process` attached, a RST arriving in a handshake state is also counted
+//! and reported as a handshake-state segment from here.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use tcptrace_common::{
     config::{Source, SOURCE_SEGMENTS},
@@ -25,14 +26,20 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let skaddr: u64 = rec.get(layout.skaddr)?;
     let info = unsafe { &mut *sockets::lookup(skaddr)? };
     info.flags |= FLAG_RST_RECEIVED as u32;
+    let (owner, flags, state) = (info.owner, info.flags as u8, info.state);
+    let ep = endpoints(&rec, &layout)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let event = base_event(&ep, &owner, now, flags)?;
+    event.kind = EventKind::Reset as u8;
+    event.detail = RESET_RECEIVED as u8;
+    event.old_state = state;
+    submit(event);
     if source(SOURCE_SEGMENTS) != Source::Tracepoint as u32 {
         return Some(());
     }
-    let index = counters::segment_index(info.state, TCP_RST)?;
+    let index = counters::segment_index(state, TCP_RST)?;
     add_slot(&SEGMENTS, index, 1);
-    let (owner, flags, state) = (info.owner, info.flags as u8, info.state);
-    let ep = endpoints(&rec, &layout)?;
-    let event = base_event(&ep, &owner, unsafe { bpf_ktime_get_ns() }, flags)?;
+    let event = base_event(&ep, &owner, now, flags)?;
     event.kind = EventKind::Segment as u8;
     event.old_state = state;
     event.detail = TCP_RST;
