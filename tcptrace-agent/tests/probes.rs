@@ -28,10 +28,16 @@ fn every_probe_gets_a_method_and_says_why_it_skipped_the_others() {
     eprintln!("kernel {}:", plan["kernel"]["release"]);
     for p in plan["probes"].as_array().unwrap() {
         eprintln!("  {:<24} {}", p["hook"].as_str().unwrap(), p["method"]);
-        assert_eq!(
-            p["attached"], true,
-            "every probe has a working method here: {p}"
-        );
+        // A probe may be missing only because its kernel hook is (inet_sk_error_report
+        // came with 5.14), and then the reason says so.
+        if p["attached"] != true {
+            let reasons = p["skipped"].to_string();
+            assert!(
+                reasons.contains("not found"),
+                "unattached without a missing hook: {p}"
+            );
+            eprintln!("    not attached: {reasons}");
+        }
         for s in p["skipped"].as_array().unwrap() {
             assert!(!s["reason"].as_str().unwrap().is_empty(), "{s}");
             assert!(["requirement", "load", "attach"].contains(&s["stage"].as_str().unwrap()));
