@@ -204,5 +204,6 @@ mod tests {
         assert!(!mine.keepalive);
         assert_eq!(mine.pid, Some(std::process::id()));
         assert!(c.by_state["ESTABLISHED"] >= 2);
+        assert!(c.by_state["LISTEN"] >= 1, "our listener");
     }
 }

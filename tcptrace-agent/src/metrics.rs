@@ -214,7 +214,7 @@ pub fn kernel_families(s: &Snapshot) -> Vec<Family> {
             &["side"],
             [HandshakeSide::Client, HandshakeSide::Server]
                 .iter()
-                .map(|side| handshake_series(side.name(), &s.handshakes[*side as usize]))
+                .map(|side| handshake_series(vec![side.name()], &s.handshakes[*side as usize]))
                 .collect(),
         ),
         counter(
@@ -288,7 +288,9 @@ fn handshake_segments(s: &Snapshot) -> Vec<(Vec<&'static str>, f64)> {
     series
 }
 
-fn handshake_series<'a>(side: &'a str, h: &Histogram) -> HistogramSeries<'a> {
+/// One exported handshake histogram series from the kernel's log2 buckets (also the
+/// per-workload ones).
+pub fn handshake_series<'a>(labels: Vec<&'a str>, h: &Histogram) -> HistogramSeries<'a> {
     let mut cumulative = 0;
     let mut buckets = Vec::new();
     for b in 0..HANDSHAKE_BUCKETS {
@@ -298,7 +300,7 @@ fn handshake_series<'a>(side: &'a str, h: &Histogram) -> HistogramSeries<'a> {
         }
     }
     HistogramSeries {
-        labels: vec![side],
+        labels,
         buckets,
         count: h.count(),
         sum: h.sum_ns as f64 / 1e9,
@@ -390,7 +392,7 @@ mod tests {
         h.buckets[2] = 1; // < 4 us: folded into the first exported bucket
         h.buckets[7] = 2; // < 128 us
         h.buckets[31] = 1; // beyond the last exported bucket: only in +Inf
-        let s = handshake_series("client", &h);
+        let s = handshake_series(vec!["client"], &h);
         assert_eq!(s.count, 4);
         assert_eq!(s.buckets.first(), Some(&(16e-6, 1)));
         assert!(s.buckets.contains(&(128e-6, 3)));

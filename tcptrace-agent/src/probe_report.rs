@@ -23,12 +23,7 @@ struct ProgramCheck {
 }
 
 pub async fn run(json: bool, forced: Vec<(String, String)>) -> Result<()> {
-    let mut loaded = probes::load(&LoadOptions {
-        ring_bytes: crate::settings::DEFAULT_RING_BYTES,
-        max_sockets: crate::settings::DEFAULT_MAX_SOCKETS,
-        filter: tcptrace_common::Filter::ANY,
-        forced,
-    })?;
+    let mut loaded = probes::load(&LoadOptions::defaults(forced))?;
     let programs = probes::verify_all(&mut loaded.ebpf)
         .into_iter()
         .map(|(program, r)| ProgramCheck {

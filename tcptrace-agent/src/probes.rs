@@ -312,6 +312,18 @@ pub struct LoadOptions {
     pub forced: Vec<(String, String)>,
 }
 
+impl LoadOptions {
+    /// Default ring and socket-map sizes, no filter: what `probes` and `doctor` load.
+    pub fn defaults(forced: Vec<(String, String)>) -> LoadOptions {
+        LoadOptions {
+            ring_bytes: crate::settings::DEFAULT_RING_BYTES,
+            max_sockets: crate::settings::DEFAULT_MAX_SOCKETS,
+            filter: Filter::ANY,
+            forced,
+        }
+    }
+}
+
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,

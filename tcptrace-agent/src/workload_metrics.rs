@@ -9,14 +9,16 @@ use std::{
 };
 
 use tcptrace_common::{
-    counters::{handshake_bucket, handshake_bucket_upper_seconds, HANDSHAKE_BUCKETS},
+    counters::{handshake_bucket, HANDSHAKE_BUCKETS},
     event::{FLAG_OWNER_UNKNOWN, OUTCOME_ESTABLISHED},
     Event, EventKind, HandshakeSide, RetransmitKind,
 };
 
 use crate::{
     events,
-    exposition::{counter, gauge, histogram, Family, HistogramSeries},
+    exposition::{counter, gauge, histogram, Family},
+    kernel_counters::Histogram,
+    metrics::handshake_series,
     pod_names,
     series_budget::Budget,
     workload::CgroupIndex,
@@ -56,9 +58,10 @@ struct Key {
 
 #[derive(Default)]
 struct Value {
+    /// Counters: updates (segments for retransmits).
     count: u64,
-    sum_ns: u64,
-    buckets: Vec<u64>,
+    /// Handshake latency, in the kernel histogram's log2 buckets.
+    latency: Histogram,
 }
 
 pub struct WorkloadMetrics {
@@ -131,10 +134,10 @@ impl WorkloadMetrics {
             Kind::Retransmits => v.count += u64::from(e.segs.max(1)),
             Kind::ConnectFailures | Kind::Resets => v.count += 1,
             Kind::Handshakes => {
-                v.buckets.resize(HANDSHAKE_BUCKETS as usize, 0);
-                v.buckets[handshake_bucket(e.duration_ns) as usize] += 1;
-                v.count += 1;
-                v.sum_ns += e.duration_ns;
+                let h = &mut v.latency;
+                h.buckets.resize(HANDSHAKE_BUCKETS as usize, 0);
+                h.buckets[handshake_bucket(e.duration_ns) as usize] += 1;
+                h.sum_ns += e.duration_ns;
             }
         }
         if now.duration_since(self.expired_at) > Duration::from_secs(10) {
@@ -286,7 +289,7 @@ impl WorkloadMetrics {
                 &with("side"),
                 handshakes
                     .iter()
-                    .map(|(l, v)| workload_histogram(l, v))
+                    .map(|(l, v)| handshake_series(l.iter().map(String::as_str).collect(), &v.latency))
                     .collect(),
             ),
             gauge(
@@ -302,22 +305,5 @@ impl WorkloadMetrics {
                 vec![(vec![], self.budget.folded as f64)],
             ),
         ]
-    }
-}
-
-fn workload_histogram<'a>(labels: &'a [String], v: &Value) -> HistogramSeries<'a> {
-    let mut cumulative = 0;
-    let mut buckets = Vec::new();
-    for b in 0..HANDSHAKE_BUCKETS {
-        cumulative += v.buckets.get(b as usize).copied().unwrap_or(0);
-        if (4..=28).contains(&b) {
-            buckets.push((handshake_bucket_upper_seconds(b), cumulative));
-        }
-    }
-    HistogramSeries {
-        labels: labels.iter().map(String::as_str).collect(),
-        buckets,
-        count: v.count,
-        sum: v.sum_ns as f64 / 1e9,
     }
 }

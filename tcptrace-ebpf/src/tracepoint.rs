@@ -97,6 +97,11 @@ pub fn endpoints(rec: &Record, layout: &TpLayout) -> Option<Endpoints> {
 #[inline(always)]
 fn family_from_v6(rec: &Record, layout: &TpLayout) -> Option<u16> {
     let v6: [u8; 16] = rec.get(layout.saddr_v6)?;
-    let mapped = v6[..10].iter().all(|b| *b == 0) && v6[10] == 0xff && v6[11] == 0xff;
-    Some(if mapped { AF_INET } else { AF_INET6 })
+    Some(if is_v4_mapped(&v6) { AF_INET } else { AF_INET6 })
+}
+
+/// `::ffff:a.b.c.d`, an IPv4 address in IPv6 form.
+#[inline(always)]
+pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
 }

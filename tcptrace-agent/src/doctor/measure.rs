@@ -15,7 +15,7 @@ use tcptrace_common::{
 use crate::{
     events::{self, errno_name},
     probes::{self, LoadOptions},
-    ring, settings,
+    ring,
 };
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -54,12 +54,7 @@ struct Tally {
 
 /// Attach, collect for `window`, detach.
 pub async fn measure(window: Duration) -> Result<Measured> {
-    let mut loaded = probes::load(&LoadOptions {
-        ring_bytes: settings::DEFAULT_RING_BYTES,
-        max_sockets: settings::DEFAULT_MAX_SOCKETS,
-        filter: tcptrace_common::Filter::ANY,
-        forced: Vec::new(),
-    })?;
+    let mut loaded = probes::load(&LoadOptions::defaults(Vec::new()))?;
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
     let counters = crate::kernel_counters::KernelCounters::take(&mut loaded.ebpf)?;
     let mut tally = Tally::default();

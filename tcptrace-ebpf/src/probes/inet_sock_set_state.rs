@@ -7,7 +7,6 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tcptrace_common::{
-    config::OFFSET_UNKNOWN,
     counters,
     event::{SockInfo, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED, OUTCOME_FAILED},
     Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
@@ -196,26 +195,14 @@ fn finish_handshake(event: &mut Event, old: u8, new: u8, duration_ns: u64) {
 /// microseconds. What the server waited for is the SYN-ACK's round trip, which the kernel
 /// has just stored as the first RTT sample (`srtt_us`, scaled by 8) before ESTABLISHED.
 fn synack_rtt_ns(skaddr: u64) -> u64 {
-    let offset = conf!(srtt_offset);
-    if offset == OFFSET_UNKNOWN {
-        return 0;
-    }
-    let ptr = (skaddr + offset as u64) as *const u32;
-    match unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(ptr) } {
-        Ok(srtt_us_x8) => (srtt_us_x8 as u64 >> 3) * 1000,
-        Err(_) => 0,
-    }
+    sock::read_at::<u32>(skaddr, conf!(srtt_offset))
+        .map_or(0, |srtt_us_x8| (srtt_us_x8 as u64 >> 3) * 1000)
 }
 
 /// The socket's pending error (ECONNREFUSED, ETIMEDOUT, ...) tells why a handshake
 /// failed; the kernel sets it before moving the socket to CLOSE.
 fn read_socket_error(event: &mut Event) {
-    let offset = conf!(sk_err_offset);
-    if offset == OFFSET_UNKNOWN {
-        return;
-    }
-    let ptr = (event.skaddr + offset as u64) as *const i32;
-    if let Ok(err) = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(ptr) } {
+    if let Some(err) = sock::read_at::<i32>(event.skaddr, conf!(sk_err_offset)) {
         event.err = err;
         event.flags |= FLAG_SK_ERR_READ;
     }

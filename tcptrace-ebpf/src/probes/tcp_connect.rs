@@ -7,7 +7,7 @@ use tcptrace_common::{config::Source, AF_INET, AF_INET6};
 use crate::{
     connect_errors,
     maps::{CONNECT_ARGS, FN_SCRATCH},
-    tracepoint::Endpoints,
+    tracepoint::{is_v4_mapped, Endpoints},
 };
 
 /// fexit: arguments and return value at once.
@@ -74,9 +74,4 @@ fn destination(sk: u64, uaddr: u64) -> Option<Endpoints> {
         saddr: [0; 16],
         daddr,
     })
-}
-
-#[inline(always)]
-fn is_v4_mapped(a: &[u8; 16]) -> bool {
-    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
 }

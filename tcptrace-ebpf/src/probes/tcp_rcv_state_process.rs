@@ -17,7 +17,7 @@ pub fn handle(sk: u64, skb: u64) -> Option<()> {
     let state = sock::state(sk)?;
     // Cheap exit for the closing states, which also come through here.
     counters::segment_index(state, 0)?;
-    let flags = sock::read_u8_at(skb, conf!(skb_flags_offset))?;
+    let flags = sock::read_at::<u8>(skb, conf!(skb_flags_offset))?;
     add_slot(&SEGMENTS, counters::segment_index(state, flags)?, 1);
     let ep = sock::sock_endpoints(sk)?;
     let (owner, owner_flags) = owner_of(sk);

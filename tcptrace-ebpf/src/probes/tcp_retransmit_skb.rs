@@ -1,18 +1,14 @@
 //! `tcp:tcp_retransmit_skb`: a data segment, or the client's SYN, was retransmitted.
 //! One event per retransmitted skb; under GSO one skb carries several segments, so the
 //! event also carries the skb's segment count (the unit of the kernel's TcpRetransSegs).
-use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    programs::TracePointContext,
-};
-use tcptrace_common::{
-    config::OFFSET_UNKNOWN, counters, EventKind, RetransmitKind, TcpState, AF_INET6,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use tcptrace_common::{counters, EventKind, RetransmitKind, TcpState, AF_INET6};
 
 use crate::{
     conf,
     emit::{add_key, base_event, owner_of, submit},
     maps::RETRANSMITS,
+    sock,
     tracepoint::{endpoints, Record},
 };
 
@@ -60,10 +56,5 @@ fn counted_by_kernel(err: i32) -> bool {
 
 /// `tcp_skb_pcount(skb)`: what the kernel just added to TcpRetransSegs.
 fn segments(skbaddr: u64) -> u16 {
-    let offset = conf!(skb_segs_offset);
-    if offset == OFFSET_UNKNOWN || skbaddr == 0 {
-        return 0;
-    }
-    let ptr = (skbaddr + offset as u64) as *const u16;
-    unsafe { bpf_probe_read_kernel(ptr) }.unwrap_or(0)
+    sock::read_at::<u16>(skbaddr, conf!(skb_segs_offset)).unwrap_or(0)
 }
