@@ -137,7 +137,8 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT", value_parser = settings::parse_listen)]
     listen: Option<std::net::SocketAddr>,
     /// TOML file with any of: listen, ring_bytes, max_sockets, log_level, log_format,
-    /// labels, max_series, series_ttl (seconds), kubelet.
+    /// labels, max_series, series_ttl (seconds), kubelet, kube_api, kube_credentials,
+    /// node_name.
     /// Unknown keys and bad values are refused before anything is loaded.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -148,7 +149,7 @@ struct RunArgs {
     #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
     max_sockets: Option<u32>,
     /// Per-workload series: `workload` (namespace, pod, container and controller from
-    /// the owner's cgroup and, with --kubelet, the kubelet's pod list; container id or
+    /// the owner's cgroup and, with --kube-api or --kubelet, the pod's names; container id or
     /// host process outside Kubernetes), optionally `,remote` (the peer's ip:port,
     /// ephemeral ports collapsed). Off by default.
     #[arg(long, value_name = "LIST", value_parser = settings::parse_labels)]
@@ -162,8 +163,22 @@ struct RunArgs {
     series_ttl: Option<Duration>,
     /// The kubelet's pod list, for pod and container names: an http:// URL such as
     /// http://127.0.0.1:10255/pods (the read-only port) or a local proxy.
+    /// Not with --kube-api.
     #[arg(long, value_name = "URL")]
     kubelet: Option<String>,
+    /// Pod and container names from the Kubernetes API server: the pods of this node
+    /// only, listed then watched. `in-cluster` (in a pod: KUBERNETES_SERVICE_HOST and
+    /// _PORT) or https://HOST:PORT. Needs RBAC get/list/watch on pods (see DEPLOY.md).
+    #[arg(long, value_name = "in-cluster|URL")]
+    kube_api: Option<String>,
+    /// With --kube-api: a directory holding the service account's `token` and the
+    /// cluster's `ca.crt` (default /var/run/secrets/kubernetes.io/serviceaccount).
+    #[arg(long, value_name = "DIR")]
+    kube_credentials: Option<PathBuf>,
+    /// With --kube-api: this node's name (default: the NODE_NAME environment variable,
+    /// which the DaemonSet sets from spec.nodeName).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 fn parse_max_series(s: &str) -> Result<u64, String> {
@@ -286,6 +301,9 @@ impl RunArgs {
             max_series: self.max_series,
             series_ttl: self.series_ttl,
             kubelet: self.kubelet.clone(),
+            kube_api: self.kube_api.clone(),
+            kube_credentials: self.kube_credentials.clone(),
+            node_name: self.node_name.clone(),
         };
         settings::resolve(flags, file)
     }

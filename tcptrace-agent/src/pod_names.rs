@@ -1,22 +1,27 @@
-//! Kubernetes names for the pod UIDs and container ids the cgroup paths give: the pod
-//! list of this node from the kubelet (`GET /pods`, a v1 PodList), refreshed every
-//! `REFRESH`. Without a kubelet URL, or while it does not answer, names stay unknown and
+//! Kubernetes names for the pod UIDs and container ids the cgroup paths give, from one
+//! of two sources: the kubelet's pod list of this node (`GET /pods`, a v1 PodList,
+//! refreshed every `REFRESH`), or the API server's pods on this node, listed and watched
+//! (`kube_api`). Without a source, or while it does not answer, names stay unknown and
 //! series carry the pod UID and container id instead; nothing fails.
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
     net::TcpStream,
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
+use crate::http_get;
+
 pub const REFRESH: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// A pod list larger than this is refused (a node runs at most a few hundred pods).
-const MAX_BODY: usize = 64 << 20;
+pub const MAX_LIST: usize = 64 << 20;
+/// How long the names of a pod gone from the source stay: its last connections (closing,
+/// TIME_WAIT, resets) are still reported for a while, and under the same names.
+pub const RETAIN: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
@@ -27,32 +32,101 @@ pub struct PodInfo {
     pub workload: String,
 }
 
+/// The names known for this node's pods, kept current by one source (the kubelet's pod
+/// list or the API server's list and watch).
 #[derive(Default)]
 pub struct Names {
     pub pods: HashMap<String, PodInfo>,
     /// Container id (without the `containerd://` scheme) -> container name.
     pub containers: HashMap<String, String>,
+    /// Pod UID -> its container ids, to forget them with the pod.
+    pod_containers: HashMap<String, Vec<String>>,
+    /// Pods gone from the source, forgotten at the instant given.
+    retiring: HashMap<String, Instant>,
 }
 
 pub type Shared = Arc<RwLock<Names>>;
 
+/// Where names come from (`--kubelet` or `--kube-api`; at most one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NameSource {
+    #[default]
+    None,
+    /// The kubelet's `/pods` over http, polled.
+    Kubelet(String),
+    /// The API server's pods of this node, listed and watched.
+    Api(crate::kube_api::ApiTarget),
+}
+
+/// A name source checked and ready to start.
+pub struct Follower {
+    pub names: Shared,
+    source: Checked,
+}
+
+enum Checked {
+    None,
+    Kubelet(String),
+    Api(crate::kube_api::Client),
+}
+
+/// Check `source` before anything is loaded: a source that cannot work as configured
+/// (no CA, no token, a bad address) is an error now rather than a warning every minute.
+pub fn prepare(source: &NameSource) -> Result<Follower> {
+    let source = match source {
+        NameSource::None => Checked::None,
+        NameSource::Kubelet(url) => Checked::Kubelet(url.clone()),
+        NameSource::Api(target) => {
+            Checked::Api(crate::kube_api::Client::new(target).context("--kube-api")?)
+        }
+    };
+    Ok(Follower {
+        names: Shared::default(),
+        source,
+    })
+}
+
+impl Follower {
+    /// Start filling `names`. Call after capabilities are dropped: the API source runs
+    /// on a thread of its own, and a thread keeps the capabilities it was created with.
+    pub fn start(self) -> Result<()> {
+        match self.source {
+            Checked::None => {}
+            Checked::Kubelet(url) => spawn_kubelet_refresher(url, self.names),
+            Checked::Api(client) => client.spawn(self.names)?,
+        }
+        Ok(())
+    }
+}
+
+/// A v1 PodList, as the kubelet's `/pods` and the API server's `/api/v1/pods` give it.
 #[derive(Deserialize)]
-struct PodList {
-    items: Vec<Pod>,
+pub struct PodList {
+    pub items: Vec<Pod>,
+    #[serde(default)]
+    pub metadata: ListMeta,
+}
+
+#[derive(Default, Deserialize)]
+pub struct ListMeta {
+    #[serde(default, rename = "resourceVersion")]
+    pub resource_version: String,
 }
 
 #[derive(Deserialize)]
-struct Pod {
-    metadata: Meta,
+pub struct Pod {
+    pub metadata: Meta,
     #[serde(default)]
     status: Status,
 }
 
 #[derive(Deserialize)]
-struct Meta {
+pub struct Meta {
+    #[serde(default)]
     name: String,
+    #[serde(default)]
     namespace: String,
-    uid: String,
+    pub uid: String,
     #[serde(default, rename = "ownerReferences")]
     owners: Vec<Owner>,
 }
@@ -80,18 +154,18 @@ struct ContainerStatus {
     id: String,
 }
 
-/// Parse a kubelet `/pods` answer.
-pub fn parse(json: &[u8]) -> Result<Names> {
-    let list: PodList = serde_json::from_slice(json).context("not a v1 PodList")?;
-    let mut names = Names::default();
-    for pod in list.items {
-        let workload = pod
-            .metadata
-            .owners
-            .iter()
-            .find(|o| o.controller)
-            .map(|o| controller(&o.kind, &o.name))
-            .unwrap_or_default();
+/// Parse a v1 PodList.
+pub fn parse_list(json: &[u8]) -> Result<PodList> {
+    serde_json::from_slice(json).context("not a v1 PodList")
+}
+
+impl Names {
+    /// Add a pod or update it (its containers get ids as they start).
+    pub fn upsert(&mut self, pod: Pod) {
+        let uid = pod.metadata.uid.clone();
+        self.forget_containers(&uid);
+        self.retiring.remove(&uid);
+        let mut ids = Vec::new();
         for c in pod
             .status
             .containers
@@ -99,19 +173,74 @@ pub fn parse(json: &[u8]) -> Result<Names> {
             .chain(&pod.status.init_containers)
         {
             if let Some((_, id)) = c.id.split_once("://") {
-                names.containers.insert(id.to_string(), c.name.clone());
+                self.containers.insert(id.to_string(), c.name.clone());
+                ids.push(id.to_string());
             }
         }
-        names.pods.insert(
-            pod.metadata.uid,
-            PodInfo {
-                namespace: pod.metadata.namespace,
-                name: pod.metadata.name,
-                workload,
-            },
-        );
+        self.pod_containers.insert(uid.clone(), ids);
+        self.pods.insert(uid, info(pod.metadata));
     }
-    Ok(names)
+
+    /// The pod is gone: keep its names for `RETAIN`.
+    pub fn retire(&mut self, uid: &str, now: Instant) {
+        if self.pods.contains_key(uid) {
+            self.retiring.entry(uid.to_string()).or_insert(now + RETAIN);
+        }
+    }
+
+    /// A full list: its pods are upserted, pods missing from it retire.
+    pub fn replace_all(&mut self, pods: Vec<Pod>, now: Instant) {
+        let listed: std::collections::HashSet<String> =
+            pods.iter().map(|p| p.metadata.uid.clone()).collect();
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|uid| !listed.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.retire(&uid, now);
+        }
+        for pod in pods {
+            self.upsert(pod);
+        }
+        self.purge(now);
+    }
+
+    /// Forget the pods whose retention ended.
+    pub fn purge(&mut self, now: Instant) {
+        let ended: Vec<String> = self
+            .retiring
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in ended {
+            self.retiring.remove(&uid);
+            self.forget_containers(&uid);
+            self.pods.remove(&uid);
+        }
+    }
+
+    fn forget_containers(&mut self, uid: &str) {
+        for id in self.pod_containers.remove(uid).unwrap_or_default() {
+            self.containers.remove(&id);
+        }
+    }
+}
+
+fn info(meta: Meta) -> PodInfo {
+    let workload = meta
+        .owners
+        .iter()
+        .find(|o| o.controller)
+        .map(|o| controller(&o.kind, &o.name))
+        .unwrap_or_default();
+    PodInfo {
+        namespace: meta.namespace,
+        name: meta.name,
+        workload,
+    }
 }
 
 /// `ReplicaSet/web-7d4b9c8f5` -> `Deployment/web`: Deployments name their ReplicaSets
@@ -127,18 +256,23 @@ fn controller(kind: &str, name: &str) -> String {
     format!("{kind}/{name}")
 }
 
-/// Keep `shared` filled from `url` (http only) until the process ends.
-pub fn spawn_refresher(url: String, shared: Shared) {
+/// Keep `shared` filled from the kubelet's pod list at `url` (http only) until the
+/// process ends.
+fn spawn_kubelet_refresher(url: String, shared: Shared) {
     tokio::spawn(async move {
         loop {
             let fetched = {
                 let url = url.clone();
-                tokio::task::spawn_blocking(move || fetch(&url).and_then(|b| parse(&b))).await
+                tokio::task::spawn_blocking(move || {
+                    fetch_kubelet(&url).and_then(|b| parse_list(&b))
+                })
+                .await
             };
             match fetched {
-                Ok(Ok(names)) => {
-                    log::debug!("kubelet: {} pods", names.pods.len());
-                    *shared.write().unwrap_or_else(|p| p.into_inner()) = names;
+                Ok(Ok(list)) => {
+                    log::debug!("kubelet: {} pods", list.items.len());
+                    let mut names = shared.write().unwrap_or_else(|p| p.into_inner());
+                    names.replace_all(list.items, Instant::now());
                 }
                 Ok(Err(e)) => log::warn!("kubelet pod list from {url}: {e:#}"),
                 Err(e) => log::warn!("kubelet pod list: {e}"),
@@ -149,7 +283,7 @@ pub fn spawn_refresher(url: String, shared: Shared) {
 }
 
 /// `GET` over plain HTTP/1.1 (the kubelet's read-only port, or a local proxy).
-fn fetch(url: &str) -> Result<Vec<u8>> {
+fn fetch_kubelet(url: &str) -> Result<Vec<u8>> {
     let rest = url
         .strip_prefix("http://")
         .context("only http:// URLs are supported (the kubelet read-only port or a proxy)")?;
@@ -159,70 +293,40 @@ fn fetch(url: &str) -> Result<Vec<u8>> {
     } else {
         format!("/{path}")
     };
-    let mut stream = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
+    let stream = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut response)?;
-    if response.len() > MAX_BODY {
-        bail!("answer larger than {MAX_BODY} bytes");
+    let response = http_get::get(stream, host, &path, &[])?;
+    if response.status != 200 {
+        bail!("HTTP status {}", response.status);
     }
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of HTTP headers")?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        bail!("HTTP status {status}");
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return dechunk(&response[split + 4..]);
-    }
-    Ok(response[split + 4..].to_vec())
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("bad chunk")?;
-        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16)
-            .context("bad chunk size")?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(body.get(..size).context("short chunk")?);
-        body = body.get(size + 2..).context("short chunk")?;
-    }
+    response.body.read_all(MAX_LIST)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn recorded() -> Names {
+        let mut names = Names::default();
+        let list = parse_list(include_bytes!("../tests/kubelet/pods.json")).unwrap();
+        names.replace_all(list.items, Instant::now());
+        names
+    }
+
+    const WEB_UID: &str = "3a5a1e6b-7d1f-4c2e-9b8a-2b6f0e3c1d4e";
+    const WEB_CONTAINER: &str = "8c2f1e0d9b7a6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
+
     #[test]
     fn deployment_pods_and_container_ids() {
-        let names = parse(include_bytes!("../tests/kubelet/pods.json")).unwrap();
-        let web = &names.pods["3a5a1e6b-7d1f-4c2e-9b8a-2b6f0e3c1d4e"];
+        let names = recorded();
+        let web = &names.pods[WEB_UID];
         assert_eq!(
             (web.namespace.as_str(), web.name.as_str()),
             ("shop", "web-7d4b9c8f5-x2k9p")
         );
         assert_eq!(web.workload, "Deployment/web");
-        assert_eq!(
-            names.containers["8c2f1e0d9b7a6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e"],
-            "web"
-        );
+        assert_eq!(names.containers[WEB_CONTAINER], "web");
         let agent = &names.pods["6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"];
         assert_eq!(agent.workload, "DaemonSet/node-agent");
         assert_eq!(controller("StatefulSet", "db"), "StatefulSet/db");
@@ -230,11 +334,21 @@ mod tests {
     }
 
     #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
-        );
-        assert!(dechunk(b"zz\r\n").is_err());
+    fn gone_pods_keep_their_names_for_the_retention_then_go() {
+        let mut names = recorded();
+        let t0 = Instant::now();
+        names.replace_all(Vec::new(), t0);
+        assert!(names.pods.contains_key(WEB_UID), "retained");
+        assert!(names.containers.contains_key(WEB_CONTAINER));
+        names.purge(t0 + RETAIN);
+        assert!(names.pods.is_empty() && names.containers.is_empty());
+
+        // A pod listed again before its retention ends stays.
+        let mut names = recorded();
+        names.retire(WEB_UID, t0);
+        let list = parse_list(include_bytes!("../tests/kubelet/pods.json")).unwrap();
+        names.replace_all(list.items, t0 + Duration::from_secs(1));
+        names.purge(t0 + RETAIN * 2);
+        assert!(names.pods.contains_key(WEB_UID));
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     http::{self, Response},
     kernel_counters::KernelCounters,
     metrics::Metrics,
-    privileges,
+    pod_names, privileges,
     probes::{self, LoadOptions},
     ring,
     workload_metrics::WorkloadMetrics,
@@ -68,15 +68,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    // Check the name source before touching the kernel too; start it once privileges
+    // are dropped.
+    let name_source = opts
+        .labels
+        .as_ref()
+        .map(|l| pod_names::prepare(&l.names))
+        .transpose()?;
     let mut loaded = probes::load(&opts.load)?;
     probes::log_report(&loaded.hooks);
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
     let metrics = Arc::new(Metrics::new(
         KernelCounters::take(&mut loaded.ebpf)?,
         loaded.hooks.clone(),
-        opts.labels.clone().map(WorkloadMetrics::new),
+        opts.labels
+            .clone()
+            .zip(name_source.as_ref())
+            .map(|(l, source)| WorkloadMetrics::new(l, source.names.clone())),
     ));
     privileges::drop_all()?;
+    if let Some(source) = name_source {
+        source.start()?;
+    }
     let health = Arc::new(Health {
         started: Instant::now(),
         drained_at_ms: AtomicU64::new(0),

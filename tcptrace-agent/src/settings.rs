@@ -2,10 +2,15 @@
 //! file over defaults. Every value is checked here, before anything touches the kernel,
 //! with a message that names the value and where it came from. The flag parsers use the
 //! same checks, so a value means the same in both places.
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
+
+use crate::{kube_api, pod_names::NameSource};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
@@ -91,6 +96,10 @@ pub struct ConfigFile {
     /// Seconds.
     pub series_ttl: Option<u64>,
     pub kubelet: Option<String>,
+    /// `in-cluster` or `https://HOST:PORT`.
+    pub kube_api: Option<String>,
+    pub kube_credentials: Option<PathBuf>,
+    pub node_name: Option<String>,
 }
 
 impl ConfigFile {
@@ -118,6 +127,9 @@ pub struct Flags {
     pub max_series: Option<u64>,
     pub series_ttl: Option<std::time::Duration>,
     pub kubelet: Option<String>,
+    pub kube_api: Option<String>,
+    pub kube_credentials: Option<PathBuf>,
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -173,10 +185,14 @@ fn labels(
     flags: &Flags,
     file: &ConfigFile,
 ) -> Result<Option<crate::workload_metrics::LabelOptions>> {
+    let names = name_source(flags, file)?;
     let remote = match (flags.labels, &file.labels) {
         (Some(v), _) => v,
         (None, Some(s)) => checked("labels", parse_labels(s))?,
-        (None, None) => return Ok(None),
+        (None, None) if names == NameSource::None => return Ok(None),
+        (None, None) => anyhow::bail!(
+            "a pod name source (kubelet, kube_api) names per-workload series: add --labels workload"
+        ),
     };
     let max_series = match (flags.max_series, file.max_series) {
         (Some(v), _) => v,
@@ -193,7 +209,51 @@ fn labels(
         remote,
         max_series: max_series as usize,
         ttl,
-        kubelet: flags.kubelet.clone().or_else(|| file.kubelet.clone()),
+        names,
+    }))
+}
+
+/// `--kubelet` or `--kube-api` (with the node's name and the credentials), not both.
+fn name_source(flags: &Flags, file: &ConfigFile) -> Result<NameSource> {
+    let kubelet = flags.kubelet.clone().or_else(|| file.kubelet.clone());
+    let api = flags.kube_api.clone().or_else(|| file.kube_api.clone());
+    let api = match (kubelet, api) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("kubelet and kube_api are two sources of pod names: choose one")
+        }
+        (Some(url), None) => return Ok(NameSource::Kubelet(url)),
+        (None, None) => return Ok(NameSource::None),
+        (None, Some(api)) => api,
+    };
+    let url = match api.as_str() {
+        "in-cluster" => None,
+        url => {
+            checked(
+                "kube_api",
+                kube_api::host_port(url).map_err(|e| e.to_string()),
+            )?;
+            Some(api)
+        }
+    };
+    let node = flags
+        .node_name
+        .clone()
+        .or_else(|| file.node_name.clone())
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .context(
+            "kube_api watches the pods of this node: give --node-name or set NODE_NAME \
+             (in a DaemonSet, from the downward API: fieldRef spec.nodeName)",
+        )?;
+    let credentials = flags
+        .kube_credentials
+        .clone()
+        .or_else(|| file.kube_credentials.clone())
+        .unwrap_or_else(|| kube_api::IN_CLUSTER_CREDENTIALS.into());
+    Ok(NameSource::Api(kube_api::ApiTarget {
+        url,
+        credentials,
+        node,
     }))
 }
 
@@ -263,11 +323,50 @@ mod tests {
         assert!(l.remote);
         assert_eq!(l.max_series, 500);
         assert_eq!(l.ttl.as_secs(), DEFAULT_SERIES_TTL_SECS);
-        assert_eq!(l.kubelet.as_deref(), Some("http://127.0.0.1:10255/pods"));
+        assert_eq!(
+            l.names,
+            NameSource::Kubelet("http://127.0.0.1:10255/pods".into())
+        );
         assert!(resolve(Flags::default(), ConfigFile::default())
             .unwrap()
             .labels
             .is_none());
+    }
+
+    #[test]
+    fn the_api_server_as_name_source() {
+        let file = ConfigFile::parse(
+            "labels = \"workload\"\nkube_api = \"in-cluster\"\nnode_name = \"node-7\"\n",
+        )
+        .unwrap();
+        let l = resolve(Flags::default(), file).unwrap().labels.unwrap();
+        assert_eq!(
+            l.names,
+            NameSource::Api(kube_api::ApiTarget {
+                url: None,
+                credentials: kube_api::IN_CLUSTER_CREDENTIALS.into(),
+                node: "node-7".into(),
+            })
+        );
+        let err =
+            |flags: Flags| format!("{:#}", resolve(flags, ConfigFile::default()).unwrap_err());
+        let api = |url: &str| Flags {
+            labels: Some(false),
+            kube_api: Some(url.into()),
+            node_name: Some("n".into()),
+            ..Default::default()
+        };
+        assert!(err(api("http://10.0.0.1")).contains("https:// only"));
+        assert!(err(Flags {
+            kubelet: Some("http://127.0.0.1:10255/pods".into()),
+            ..api("in-cluster")
+        })
+        .contains("choose one"));
+        assert!(err(Flags {
+            labels: None,
+            ..api("in-cluster")
+        })
+        .contains("add --labels workload"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct LabelOptions {
     pub remote: bool,
     pub max_series: usize,
     pub ttl: Duration,
-    pub kubelet: Option<String>,
+    pub names: pod_names::NameSource,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -74,11 +74,8 @@ pub struct WorkloadMetrics {
 }
 
 impl WorkloadMetrics {
-    pub fn new(opts: LabelOptions) -> WorkloadMetrics {
-        let names = pod_names::Shared::default();
-        if let Some(url) = &opts.kubelet {
-            pod_names::spawn_refresher(url.clone(), names.clone());
-        }
+    /// Series named from `names` (filled by the name source, see `pod_names`).
+    pub fn new(opts: LabelOptions, names: pod_names::Shared) -> WorkloadMetrics {
         let ephemeral = crate::sysctl::TcpSysctls::read()
             .map(|s| s.local_port_range)
             .unwrap_or((32768, 60999));

@@ -39,12 +39,67 @@ fn invalid_flag_values_exit_2_with_a_reason() {
             vec!["trace", "--probe-method", "tcp_v4_connect"],
             "PROBE=METHOD",
         ),
+        (
+            vec![
+                "run",
+                "--labels",
+                "workload",
+                "--kube-api",
+                "http://10.96.0.1",
+            ],
+            "https:// only",
+        ),
+        (
+            vec!["run", "--kube-api", "in-cluster", "--node-name", "n"],
+            "add --labels workload",
+        ),
+        (
+            vec![
+                "run",
+                "--labels",
+                "workload",
+                "--kube-api",
+                "in-cluster",
+                "--node-name",
+                "n",
+                "--kubelet",
+                "http://127.0.0.1:10255/pods",
+            ],
+            "choose one",
+        ),
     ] {
         let (code, stderr) = run(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// A name source that cannot work is refused at startup, with what is missing, before
+/// any program is loaded: a bad setting exits 2, missing credentials exit 1.
+#[test]
+fn kube_api_without_node_or_credentials_is_refused_with_the_reason() {
+    let out = Command::new(TCPTRACE)
+        .args(["run", "--labels", "workload", "--kube-api", "in-cluster"])
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--node-name or set NODE_NAME"), "{stderr}");
+
+    let out = Command::new(TCPTRACE)
+        .args(["run", "--listen", "127.0.0.1:0", "--labels", "workload"])
+        .args(["--kube-api", "https://127.0.0.1:6443", "--node-name", "n"])
+        .args(["--kube-credentials", "/nonexistent-tcptrace-credentials"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot read the cluster CA /nonexistent-tcptrace-credentials/ca.crt"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -56,6 +56,117 @@ impl Drop for FakeKubelet {
     }
 }
 
+/// An API server over TLS with a certificate of its own CA: it answers the pod list with
+/// `list` and a watch with the events in `watch`, then holds the watch open. It records
+/// each request's line and `Authorization` header.
+struct FakeApiServer {
+    url: String,
+    credentials: std::path::PathBuf,
+    token: String,
+    requests: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeApiServer {
+    fn serve(list: String, watch: Vec<String>) -> FakeApiServer {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let credentials =
+            std::env::temp_dir().join(format!("tcptrace-kube-{}", std::process::id()));
+        std::fs::create_dir_all(&credentials).unwrap();
+        let token = format!("token-{}", std::process::id());
+        std::fs::write(credentials.join("ca.crt"), cert.cert.pem()).unwrap();
+        std::fs::write(credentials.join("token"), format!("{token}\n")).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into()),
+            )
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stopped, recorded) = (stop.clone(), requests.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut stream = rustls::StreamOwned::new(tls, conn);
+                let Some((line, auth)) = read_request(&mut stream) else {
+                    continue;
+                };
+                recorded.lock().unwrap().push((line.clone(), auth));
+                if line.contains("watch=1") {
+                    let mut answer =
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+                    for event in &watch {
+                        answer.push_str(&format!("{:x}\r\n{event}\n\r\n", event.len() + 1));
+                    }
+                    let _ = stream.write_all(answer.as_bytes());
+                    let _ = stream.flush();
+                    // Hold the watch open, as the API server does, until the test ends.
+                    while !stopped.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                } else {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{list}",
+                        list.len()
+                    );
+                    let _ = stream.flush();
+                }
+            }
+        });
+        FakeApiServer {
+            url,
+            credentials,
+            token,
+            requests,
+            stop,
+        }
+    }
+}
+
+/// The request line and the `Authorization` header of one request.
+fn read_request(stream: &mut impl Read) -> Option<(String, String)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let line = head.lines().next()?.to_string();
+    let auth = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Authorization: "))
+        .unwrap_or("")
+        .to_string();
+    Some((line, auth))
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_dir_all(&self.credentials);
+    }
+}
+
 fn series_of(m: &HashMap<String, f64>, family: &str) -> Vec<(String, f64)> {
     m.iter()
         .filter(|(k, _)| k.starts_with(&format!("{family}{{")))
@@ -107,6 +218,73 @@ fn pod_containers_are_named_from_the_kubelet_or_by_uid_and_id() {
         series_of(&m, "tcptrace_workload_resets_total")
     );
     assert_eq!(value(&m, &bare_series), 1.0, "{failures:?}");
+}
+
+#[test]
+fn pods_added_by_the_api_server_watch_are_named() {
+    require_root();
+    let _serial = serial();
+    let pid = std::process::id();
+    let uid = format!("{pid:08x}-3333-4000-8000-000000000003");
+    let id = format!("{:08x}{pid:08x}{:048x}", 0x333, 0);
+    let node = format!("node-{pid}");
+    // The list: the recorded pods (none of them ours) at resource version 100.
+    let mut list: serde_json::Value =
+        serde_json::from_str(include_str!("kubelet/pods.json")).unwrap();
+    list["metadata"]["resourceVersion"] = "100".into();
+    // The watch: our pod arrives (ADDED) after the list, as a pod scheduled later does.
+    let mut pod = list["items"][0].clone();
+    pod["metadata"]["uid"] = uid.clone().into();
+    pod["metadata"]["name"] = "api-7d4b9c8f5-q8r2t".into();
+    pod["metadata"]["ownerReferences"][0]["name"] = "api-7d4b9c8f5".into();
+    pod["status"]["containerStatuses"][0]["containerID"] = format!("containerd://{id}").into();
+    pod["status"]["containerStatuses"][0]["name"] = "api".into();
+    let added = serde_json::json!({"type": "ADDED", "object": pod}).to_string();
+    let bookmark =
+        r#"{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"101"}}}"#;
+    let server = FakeApiServer::serve(list.to_string(), vec![added, bookmark.to_string()]);
+    let agent = Agent::start(&[
+        "--labels",
+        "workload",
+        "--kube-api",
+        &server.url,
+        "--kube-credentials",
+        server.credentials.to_str().unwrap(),
+        "--node-name",
+        &node,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.requests.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // the watch events applied
+    let cgroup = CgroupTree::create(&pod_cgroup_levels(&uid, &id));
+    let closed = free_port("127.0.0.1".parse().unwrap());
+    assert!(!cgroup.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{closed}")));
+    std::thread::sleep(Duration::from_millis(300));
+    let m = agent.scrape();
+    let series = "tcptrace_workload_connect_failures_total{namespace=\"shop\",pod=\"api-7d4b9c8f5-q8r2t\",container=\"api\",workload=\"Deployment/api\",reason=\"refused\"}";
+    assert_eq!(
+        value(&m, series),
+        1.0,
+        "{:?}\n{}",
+        series_of(&m, "tcptrace_workload_connect_failures_total"),
+        agent.stderr()
+    );
+    let requests = server.requests.lock().unwrap().clone();
+    let pods = format!("GET /api/v1/pods?fieldSelector=spec.nodeName%3D{node}");
+    assert!(
+        requests[0].0.starts_with(&format!("{pods} HTTP/1.1")),
+        "{requests:?}"
+    );
+    assert!(
+        requests[1].0.starts_with(&format!("{pods}&watch=1"))
+            && requests[1].0.contains("&resourceVersion=100 "),
+        "the watch resumes from the list's version: {requests:?}"
+    );
+    for (_, auth) in &requests {
+        assert_eq!(auth, &format!("Bearer {}", server.token));
+    }
 }
 
 #[test]

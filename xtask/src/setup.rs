@@ -35,6 +35,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "cargo xtask image: builds and runs the container image",
     ),
     (
+        "musl-tools",
+        "cargo xtask image: the C compiler for ring (TLS) in the static agent",
+    ),
+    (
         "curl",
         "cargo xtask image --verify: scrapes the agent in its container",
     ),
