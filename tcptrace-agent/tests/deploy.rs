@@ -29,7 +29,14 @@ fn validate(path: &std::path::Path) -> (bool, String) {
 fn manifests_pass_the_kubernetes_schema() {
     let (ok, text) = validate(&deploy("tcptrace.yaml"));
     assert!(ok, "{text}");
-    for kind in ["namespace", "serviceaccount", "daemonset", "service"] {
+    for kind in [
+        "namespace",
+        "serviceaccount",
+        "clusterrole",
+        "clusterrolebinding",
+        "daemonset",
+        "service",
+    ] {
         assert!(
             text.contains(&format!("passed for resource {kind}/tcptrace")),
             "{text}"
@@ -56,14 +63,23 @@ fn the_daemonset_asks_for_the_documented_privileges_only() {
     assert!(text.contains(r#"add: ["BPF", "PERFMON"]"#));
     assert!(text.contains("privileged: false"));
     assert!(text.contains("allowPrivilegeEscalation: false"));
-    assert!(
-        text.contains("automountServiceAccountToken: false"),
-        "no API access"
+    // RBAC: list and watch pods, the two calls kube_api.rs makes; nothing more.
+    let role = text
+        .split("---")
+        .find(|doc| doc.contains("kind: ClusterRole\n"))
+        .expect("a ClusterRole");
+    let rules = &role[role.find("rules:").unwrap()..];
+    assert_eq!(
+        rules.trim(),
+        "rules:\n  - apiGroups: [\"\"]\n    resources: [\"pods\"]\n    verbs: [\"list\", \"watch\"]"
     );
-    assert!(
-        !text.contains("kind: ClusterRole"),
-        "no RBAC: the agent calls no API"
-    );
+    let binding = text
+        .split("---")
+        .find(|doc| doc.contains("kind: ClusterRoleBinding"))
+        .expect("a ClusterRoleBinding");
+    assert!(binding.contains("kind: ServiceAccount\n    name: tcptrace\n    namespace: tcptrace"));
+    assert!(text.contains("- --kube-api=in-cluster"));
+    assert!(text.contains("fieldPath: spec.nodeName"));
 }
 
 #[test]
