@@ -15,7 +15,7 @@ use aya::{maps::Array, Btf as AyaBtf, Ebpf, EbpfLoader};
 use log::{info, warn};
 use serde::Serialize;
 use tcptrace_common::{
-    config::{Source, SOURCE_CONNECT_V4, SOURCE_CONNECT_V6, SOURCE_SEGMENTS},
+    config::{Source, SOURCE_CONNECT_V4, SOURCE_CONNECT_V6, SOURCE_DESTROY, SOURCE_SEGMENTS},
     Config, Filter, TpLayout,
 };
 
@@ -123,6 +123,9 @@ pub struct Probe {
 /// A probe that is one classic tracepoint with a program of the same name.
 macro_rules! tracepoint_probe {
     ($category:literal, $event:literal, $purpose:literal) => {
+        tracepoint_probe!($category, $event, $purpose, None)
+    };
+    ($category:literal, $event:literal, $purpose:literal, $slot:expr) => {
         Probe {
             name: $event,
             required: false,
@@ -137,7 +140,7 @@ macro_rules! tracepoint_probe {
                 derived_from: &[],
                 reads: Reads::Nothing,
             }],
-            source_slot: None,
+            source_slot: $slot,
         }
     };
 }
@@ -228,10 +231,13 @@ pub const PROBES: [Probe; 10] = [
         "RSTs received; refused/reset handshakes when BTF is missing"
     ),
     tracepoint_probe!("tcp", "tcp_send_reset", "RSTs sent"),
+    // Where it attaches, a socket stays tracked from CLOSE until the kernel frees it: an
+    // aborting close (SO_LINGER 0, unread data) sends its RST after CLOSE.
     tracepoint_probe!(
         "tcp",
         "tcp_destroy_sock",
-        "socket-map cleanup for sockets that skip CLOSE"
+        "ends socket tracking when the kernel frees a socket (RSTs after CLOSE keep their owner)",
+        Some(SOURCE_DESTROY)
     ),
     tracepoint_probe!(
         "sock",

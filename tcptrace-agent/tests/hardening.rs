@@ -13,8 +13,8 @@ use std::{
 };
 
 use common::{
-    assert_within_missed, delta, http_request, require_root, serial, total, value, Agent, Netns,
-    TCPTRACE,
+    assert_within_missed, delta, http_request, require_root, serial, set_linger_zero, total, value,
+    Agent, Netns, TCPTRACE,
 };
 
 /// Program, map and link ids a process holds, from its fds' /proc fdinfo (the kernel's
@@ -479,23 +479,6 @@ fn socket_tracking_returns_to_baseline_after_100k_connections() {
         after.0
     );
     assert_eq!(after.1, baseline.1, "listener map");
-}
-
-fn set_linger_zero(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-    };
 }
 
 #[test]

@@ -13,7 +13,8 @@ use std::{
 };
 
 use common::{
-    churn, delta, free_port, pod_cgroup_levels, require_root, serial, CgroupTree, Netns, Tracer,
+    churn, delta, free_port, in_private_netns, pod_cgroup_levels, require_root, serial,
+    set_linger_zero, snmp_tcp, CgroupTree, Netns, Tracer,
 };
 use serde_json::Value;
 
@@ -196,6 +197,47 @@ fn connect_to_a_closed_port_is_refused() {
     assert_eq!(h["reason"], "refused");
     assert_eq!(h["error"], "ECONNREFUSED");
     assert_eq!(h["pid"], std::process::id());
+}
+
+/// An aborting close (SO_LINGER 0) moves the socket to CLOSE first and sends its RST
+/// after: the reset is still reported with the process that owned the socket, once per
+/// RST the kernel counted (TcpOutRsts in the test's own network namespace), and the peer
+/// reports receiving it.
+#[test]
+fn an_aborting_close_reports_its_reset_with_the_owner() {
+    require_root();
+    let _serial = serial();
+    let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "resets"]);
+    let (client_port, rsts_sent) = in_private_netns(&[], move || {
+        let before = snmp_tcp("OutRsts");
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        set_linger_zero(&client);
+        let client_port = client.local_addr().unwrap().port();
+        drop(client);
+        std::thread::sleep(Duration::from_millis(50));
+        (client_port, snmp_tcp("OutRsts") - before)
+    });
+    let traced = tracer.stop();
+    let resets: Vec<&Value> = traced.of_kind("reset").collect();
+    let sent: Vec<&&Value> = resets.iter().filter(|r| r["direction"] == "sent").collect();
+    assert_eq!(rsts_sent, 1, "the kernel sent one RST");
+    assert_eq!(sent.len() as u64, rsts_sent, "{resets:?}");
+    assert_eq!(sent[0]["sport"], client_port);
+    assert_eq!(sent[0]["pid"], std::process::id(), "{resets:?}");
+    let received: Vec<&&Value> = resets
+        .iter()
+        .filter(|r| r["direction"] == "received")
+        .collect();
+    assert_eq!(received.len(), 1, "{resets:?}");
+    assert_eq!(received[0]["sport"], port, "the server's socket got it");
+    assert_eq!(
+        received[0]["pid"],
+        std::process::id(),
+        "the listener's owner"
+    );
 }
 
 /// Ethernet-sized segments: with lo's 64 KiB MTU the whole transfer would be a handful

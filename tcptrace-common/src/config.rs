@@ -190,11 +190,13 @@ impl Source {
     }
 }
 
-/// `SOURCES` slots: connect() errors per family, and handshake-state segment flags.
+/// `SOURCES` slots: connect() errors per family, handshake-state segment flags, and
+/// whether `tcp_destroy_sock` ends socket tracking (then CLOSE does not).
 pub const SOURCE_CONNECT_V4: u32 = 0;
 pub const SOURCE_CONNECT_V6: u32 = 1;
 pub const SOURCE_SEGMENTS: u32 = 2;
-pub const SOURCE_SLOTS: u32 = 3;
+pub const SOURCE_DESTROY: u32 = 3;
+pub const SOURCE_SLOTS: u32 = 4;
 
 #[cfg(test)]
 mod tests {

@@ -604,3 +604,33 @@ pub fn pod_cgroup_levels(uid: &str, container_id: &str) -> Vec<String> {
         format!("cri-containerd-{container_id}.scope"),
     ]
 }
+
+/// Make `close` abort the connection with a RST instead of a FIN.
+pub fn set_linger_zero(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+}
+
+/// One `Tcp:` counter of /proc/net/snmp as this thread's network namespace has it.
+pub fn snmp_tcp(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no Tcp counter {name}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}

@@ -7,6 +7,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tcptrace_common::{
+    config::{Source, SOURCE_DESTROY},
     counters,
     event::{SockInfo, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED, OUTCOME_FAILED},
     Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
@@ -15,7 +16,7 @@ use tcptrace_common::{
 use crate::{
     conf, connect_errors,
     emit::{add_key, add_slot, base_event_in, submit},
-    maps::{FAILURES, HANDSHAKES, RAW_RECORD, RAW_SCRATCH, SCRATCH, TRANSITIONS},
+    maps::{source, FAILURES, HANDSHAKES, RAW_RECORD, RAW_SCRATCH, SCRATCH, TRANSITIONS},
     sock, sockets,
     tracepoint::{endpoints, Endpoints, Record},
 };
@@ -64,8 +65,13 @@ fn transition<C: EbpfContext>(
     add_key(&TRANSITIONS, counters::transition_key(old, new), 1);
 
     // One lookup serves the whole event: it gives the state before this transition and
-    // is updated in place afterwards.
-    let existing = sockets::lookup(ep.skaddr);
+    // is updated in place afterwards. A socket leaving CLOSE starts afresh (connect or
+    // listen again): an entry left from its previous life does not count.
+    let existing = if old == CLOSE {
+        None
+    } else {
+        sockets::lookup(ep.skaddr)
+    };
     let previous = match existing {
         Some(info) => Some(unsafe { *info }),
         None => begin_tracking(ctx, &ep, old, new, now),
@@ -213,11 +219,16 @@ fn read_socket_error(event: &mut Event) {
 /// this transition already holds its start time.
 fn end_tracking(ep: &Endpoints, existing: Option<*mut SockInfo>, old: u8, new: u8, now: u64) {
     if new == CLOSE {
-        sockets::forget(ep.skaddr);
         if old == LISTEN {
             sockets::remove_listener(&sockets::listen_key(ep.family, ep.sport, &ep.saddr));
         }
-        return;
+        // With tcp_destroy_sock attached the entry stays until the socket is freed: an
+        // aborting close sends its RST after this transition, and is reported with the
+        // owner. Without it, nothing else would ever drop the entry.
+        if source(SOURCE_DESTROY) == Source::None as u32 {
+            sockets::forget(ep.skaddr);
+            return;
+        }
     }
     if let Some(info) = existing {
         unsafe {
