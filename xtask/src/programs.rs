@@ -1,7 +1,8 @@
 //! `cargo xtask bench programs`: what each eBPF program costs per run and per
 //! connection, from the kernel's own accounting (`kernel.bpf_stats_enabled`: run_time_ns
 //! and run_cnt in each program fd's fdinfo), under the churn load, for tcptrace run and
-//! for the bpftrace counter as the baseline, in one invocation.
+//! for an empty bpftrace program and the bpftrace counter as baselines, in one
+//! invocation.
 use std::{collections::BTreeMap, process::Command};
 
 use anyhow::{Context as _, Result};
@@ -24,6 +25,7 @@ pub fn programs(opts: &churn::Options) -> Result<()> {
 
 fn measure_all(opts: &churn::Options) -> Result<()> {
     let mut configs = vec![
+        (Config::BpftraceEmpty, Vec::new()),
         (Config::BpftraceCount, Vec::new()),
         (Config::TcptraceRun, opts.agent_args.clone()),
     ];
