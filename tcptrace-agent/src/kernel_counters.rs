@@ -11,7 +11,7 @@ use tcptrace_common::{counters, Stat};
 
 pub struct KernelCounters {
     stats: PerCpuArray<MapData, u64>,
-    transitions: PerCpuHashMap<MapData, u32, u64>,
+    transitions: PerCpuArray<MapData, u64>,
     retransmits: PerCpuHashMap<MapData, u32, u64>,
     handshakes: PerCpuArray<MapData, u64>,
     failures: PerCpuHashMap<MapData, u32, u64>,
@@ -107,9 +107,14 @@ impl KernelCounters {
             sum_ns: sum_slot(&self.handshakes, counters::handshake_sum_index(side)),
         };
         Snapshot {
-            transitions: sum_hash(&self.transitions)
-                .into_iter()
-                .map(|(k, v)| (counters::transition_from_key(k), v))
+            transitions: (0..counters::TRANSITION_SLOTS)
+                .map(|i| {
+                    (
+                        counters::transition_from_index(i),
+                        sum_slot(&self.transitions, i),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
                 .collect(),
             retransmits: sum_hash(&self.retransmits)
                 .into_iter()

@@ -337,7 +337,7 @@ fn main() -> ExitCode {
                 load: probes::LoadOptions {
                     ring_bytes: s.ring_bytes,
                     max_sockets: s.max_sockets,
-                    filter: tcptrace_common::Filter::ANY,
+                    filter: run::event_filter(s.labels.is_some()),
                     forced: cli.probe_method.clone(),
                 },
                 http: http::Limits::default(),

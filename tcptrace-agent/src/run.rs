@@ -129,6 +129,23 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
+/// The events `run` asks the kernel for: the kinds its per-workload series count, and
+/// none without `--labels` (every metric then comes from in-kernel counters). The
+/// programs check this before building an event, which is most of their cost.
+pub fn event_filter(workload_labels: bool) -> tcptrace_common::Filter {
+    let kinds = if workload_labels {
+        WorkloadMetrics::KINDS_READ
+            .iter()
+            .fold(0, |bits, kind| bits | kind.bit())
+    } else {
+        tcptrace_common::config::NO_EVENTS
+    };
+    tcptrace_common::Filter {
+        kinds,
+        ..tcptrace_common::Filter::ANY
+    }
+}
+
 /// Read every waiting event, count it as delivered (and by workload where asked), and
 /// note that the ring is drained.
 fn drain_counting(ring: &mut RingBuf<MapData>, metrics: &Metrics, health: &Health) {

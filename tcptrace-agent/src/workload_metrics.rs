@@ -94,6 +94,13 @@ impl WorkloadMetrics {
         self.cgroups.new_batch();
     }
 
+    /// The event kinds `record` counts; the kernel sends `run` no others.
+    pub const KINDS_READ: [EventKind; 3] = [
+        EventKind::Retransmit,
+        EventKind::Handshake,
+        EventKind::Reset,
+    ];
+
     /// Count one event from the ring buffer.
     pub fn record(&mut self, e: &Event) {
         let (kind, detail) = match EventKind::from_u8(e.kind) {

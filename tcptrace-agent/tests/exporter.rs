@@ -191,11 +191,35 @@ fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
     );
 }
 
+/// Without workload labels `run` reads no events: the kernel builds none, and every
+/// metric still comes out exact from the in-kernel counters.
+#[test]
+fn without_labels_run_streams_no_events_and_counts_exactly() {
+    require_root();
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    const N: usize = 300;
+    let (before, after) = scrapes_around_churn(&agent, N);
+    assert_eq!(
+        growth(&before, &after, "tcptrace_ringbuf_events_total"),
+        0.0
+    );
+    assert_eq!(
+        state_changes(&after) - state_changes(&before),
+        (N * 10 + 1) as f64 + SCRAPE_TRANSITIONS
+    );
+    assert_eq!(
+        growth(&before, &after, "tcptrace_handshake_duration_seconds_count"),
+        2.0 * N as f64 + SCRAPE_HANDSHAKES
+    );
+}
+
 #[test]
 fn counters_stay_exact_when_the_ring_buffer_overflows() {
     require_root();
     let _serial = serial();
-    let agent = Agent::start(&["--ring-bytes", "4096"]);
+    // Workload labels: `run` then streams the handshake events it labels.
+    let agent = Agent::start(&["--ring-bytes", "4096", "--labels", "workload"]);
     const N: usize = 1500;
     let (before, after) = scrapes_around_churn(&agent, N);
     let lost = growth(&before, &after, "tcptrace_ringbuf_events_lost_total");

@@ -306,7 +306,8 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
         "table inet tcptrace_flood {{\n chain in {{\n type filter hook input priority 0;\n \
          tcp dport {port} numgen random mod 100 < 5 drop\n }}\n}}\n"
     ));
-    let agent = Agent::start(&["--ring-bytes", "4096"]);
+    // Workload labels make `run` stream the events those series read.
+    let agent = Agent::start(&["--ring-bytes", "4096", "--labels", "workload"]);
     let host_before = common::parse_nstat(&common::sh(&["nstat", "-asz"]));
     let ns_before = ns.nstat();
     let before = agent.scrape();

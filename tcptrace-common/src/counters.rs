@@ -1,13 +1,22 @@
 //! Keys of the lossless in-kernel counters behind the Prometheus metrics. Kernel and
 //! agent share these functions, so both sides agree on what each slot means.
 
-/// `TRANSITIONS` key: (from, to) state pair.
-pub fn transition_key(old: u8, new: u8) -> u32 {
-    ((old as u32) << 8) | new as u32
+/// `TRANSITIONS` slots: every (from, to) pair of state values below 16. An array rather
+/// than a hash: the state program runs on every transition, and an array slot is found
+/// without hashing or locking.
+pub const TRANSITION_SLOTS: u32 = crate::state::TCP_STATE_SLOTS * crate::state::TCP_STATE_SLOTS;
+
+/// `TRANSITIONS` slot of a (from, to) state pair.
+pub fn transition_index(old: u8, new: u8) -> u32 {
+    (old as u32 % crate::state::TCP_STATE_SLOTS) * crate::state::TCP_STATE_SLOTS
+        + new as u32 % crate::state::TCP_STATE_SLOTS
 }
 
-pub fn transition_from_key(key: u32) -> (u8, u8) {
-    ((key >> 8) as u8, key as u8)
+pub fn transition_from_index(index: u32) -> (u8, u8) {
+    (
+        (index / crate::state::TCP_STATE_SLOTS) as u8,
+        (index % crate::state::TCP_STATE_SLOTS) as u8,
+    )
 }
 
 /// `RETRANSMITS` key: (kind, state, family). Values are segments, as TcpRetransSegs.
@@ -125,7 +134,8 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        assert_eq!(transition_from_key(transition_key(2, 1)), (2, 1));
+        assert_eq!(transition_from_index(transition_index(2, 1)), (2, 1));
+        assert!(transition_index(15, 15) < TRANSITION_SLOTS);
         assert_eq!(
             retransmit_from_key(retransmit_key(2, 3, true)),
             (2, 3, true)

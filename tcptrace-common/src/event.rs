@@ -144,8 +144,9 @@ pub struct SockInfo {
     pub _pad: [u8; 3],
 }
 
-/// Key of the listener table: children of a listener inherit its owner.
-#[repr(C)]
+/// Key of the listener table: children of a listener inherit its owner. Aligned to 8 so
+/// that the eBPF side builds and copies the address as two words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenKey {
     /// Listening address; all zeroes for a wildcard bind.

@@ -11,7 +11,8 @@ pub enum Stat {
     SocketMapFull = 2,
     /// Listeners that could not be tracked because the listener map was full.
     ListenerMapFull = 3,
-    /// Events filtered out in the kernel by `tcptrace trace` filters.
+    /// Events filtered out in the kernel: by `tcptrace trace` filters, or of kinds
+    /// `tcptrace run` does not read.
     EventsFiltered = 4,
     /// A counter key could not be created (its map was full): the count is short.
     CounterUpdateFailed = 5,

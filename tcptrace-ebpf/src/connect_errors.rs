@@ -20,7 +20,7 @@ use crate::{
     emit::{add_key, base_event_in, submit},
     maps::{source, PendingConnect, CONNECTING, CONNECT_ERRORS},
     sockets::current_owner,
-    tracepoint::Endpoints,
+    tracepoint::{bytes16, Endpoints},
 };
 
 /// Does the tracepoint-derived fallback handle connects of this family?
@@ -84,7 +84,7 @@ pub fn syscall_returned(ret: i64, scratch: &PerCpuArray<Event>) {
         family: pending.family,
         sport: 0,
         dport: pending.dport,
-        saddr: [0; 16],
+        saddr: bytes16(0, 0),
         daddr: pending.daddr,
     };
     report(&dest, (-ret) as i32, Source::Tracepoint, scratch);

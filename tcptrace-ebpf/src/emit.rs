@@ -2,7 +2,7 @@
 //! per-CPU counters.
 use tcptrace_common::{
     event::{FLAG_OWNER_UNKNOWN, FLAG_RST_RECEIVED},
-    Event, Owner, Stat, AF_INET,
+    Event, EventKind, Owner, Stat, AF_INET,
 };
 
 use aya_ebpf::maps::{PerCpuArray, PerCpuHashMap};
@@ -76,6 +76,20 @@ pub fn submit(event: &Event) {
         Ok(()) => bump(Stat::EventsSubmitted),
         Err(_) => bump(Stat::EventsLost),
     };
+}
+
+/// Does the reader want events of this kind at all? Checked before an event is built:
+/// `tcptrace run` asks only for the kinds its per-workload series use (none without
+/// `--labels`), and building an event costs more than the counters. A skipped event is
+/// counted as filtered, as `submit` would have.
+#[inline(always)]
+pub fn wanted(kind: EventKind) -> bool {
+    let kinds = conf!(filter.kinds);
+    if kinds == 0 || kinds & kind.bit() != 0 {
+        return true;
+    }
+    bump(Stat::EventsFiltered);
+    false
 }
 
 #[inline(always)]

@@ -6,7 +6,9 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     config::{RECORD_MAX, SOURCE_SLOTS},
-    counters::{CONNECT_ERROR_SLOTS, HANDSHAKE_SLOTS, RESET_SLOTS, SEGMENT_SLOTS},
+    counters::{
+        CONNECT_ERROR_SLOTS, HANDSHAKE_SLOTS, RESET_SLOTS, SEGMENT_SLOTS, TRANSITION_SLOTS,
+    },
     event::{ListenKey, SockInfo},
     stats::STAT_SLOTS,
     Config, Event, Owner,
@@ -41,7 +43,7 @@ pub static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096
 /// Keys: `tcptrace_common::counters`. The sparse ones are hashes sized to their whole
 /// key space, so they cannot fill up.
 #[map]
-pub static TRANSITIONS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(256, 0);
+pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
 #[map]
 pub static RETRANSMITS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(128, 0);
 #[map]

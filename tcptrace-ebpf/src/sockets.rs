@@ -16,6 +16,7 @@ use tcptrace_common::{
 use crate::{
     emit::bump,
     maps::{LISTENERS, SOCKETS},
+    tracepoint::bytes16,
 };
 
 /// The process running right now. Only meaningful in process context.
@@ -25,7 +26,7 @@ pub fn current_owner() -> Owner {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: bpf_get_current_comm().unwrap_or_else(|_| bytes16(0, 0)),
     }
 }
 
@@ -92,11 +93,11 @@ pub fn listener_owner(family: u16, port: u16, local: &[u8; 16]) -> Option<Owner>
     if let Some(o) = unsafe { LISTENERS.get(&exact) } {
         return Some(*o);
     }
-    let any = listen_key(family, port, &[0; 16]);
+    let any = listen_key(family, port, &bytes16(0, 0));
     if let Some(o) = unsafe { LISTENERS.get(&any) } {
         return Some(*o);
     }
-    let any6 = listen_key(AF_INET6, port, &[0; 16]);
+    let any6 = listen_key(AF_INET6, port, &bytes16(0, 0));
     unsafe { LISTENERS.get(&any6) }.copied()
 }
 

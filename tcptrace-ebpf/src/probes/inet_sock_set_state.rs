@@ -15,7 +15,7 @@ use tcptrace_common::{
 
 use crate::{
     conf, connect_errors,
-    emit::{add_key, add_slot, base_event_in, submit},
+    emit::{add_key, add_slot, base_event_in, submit, wanted},
     maps::{source, FAILURES, HANDSHAKES, RAW_RECORD, RAW_SCRATCH, SCRATCH, TRANSITIONS},
     sock, sockets,
     tracepoint::{endpoints, Endpoints, Record},
@@ -62,7 +62,7 @@ fn transition<C: EbpfContext>(
 ) -> Option<()> {
     let ep = *ep;
     let now = unsafe { bpf_ktime_get_ns() };
-    add_key(&TRANSITIONS, counters::transition_key(old, new), 1);
+    add_slot(&TRANSITIONS, counters::transition_index(old, new), 1);
 
     // One lookup serves the whole event: it gives the state before this transition and
     // is updated in place afterwards. A socket leaving CLOSE starts afresh (connect or
@@ -86,15 +86,21 @@ fn transition<C: EbpfContext>(
         None => (Owner::default(), 0, 0, FLAG_OWNER_UNKNOWN),
     };
 
-    let event = base_event_in(scratch, &ep, &owner, now, flags)?;
-    event.kind = EventKind::StateChange as u8;
-    event.old_state = old;
-    event.new_state = new;
-    event.duration_ns = if since == 0 { 0 } else { now - since };
-    submit(event);
-
-    if handshake_start != 0 {
-        finish_handshake(event, old, new, now - handshake_start);
+    // The event is built only when someone reads it: a state change the reader asked
+    // for, or the end of a handshake (whose counters are computed from the event).
+    let report_state = wanted(EventKind::StateChange);
+    if report_state || handshake_start != 0 {
+        let event = base_event_in(scratch, &ep, &owner, now, flags)?;
+        event.kind = EventKind::StateChange as u8;
+        event.old_state = old;
+        event.new_state = new;
+        event.duration_ns = if since == 0 { 0 } else { now - since };
+        if report_state {
+            submit(event);
+        }
+        if handshake_start != 0 {
+            finish_handshake(event, old, new, now - handshake_start);
+        }
     }
     end_tracking(&ep, existing, old, new, now);
     follow_connect(&ep, old, new);

@@ -13,7 +13,7 @@ use tcptrace_common::{
 
 use crate::{
     conf,
-    emit::{add_slot, base_event, submit},
+    emit::{add_slot, base_event, submit, wanted},
     maps::{source, RESETS, SEGMENTS},
     sockets,
     tracepoint::{endpoints, Record},
@@ -27,18 +27,24 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let info = unsafe { &mut *sockets::lookup(skaddr)? };
     info.flags |= FLAG_RST_RECEIVED as u32;
     let (owner, flags, state) = (info.owner, info.flags as u8, info.state);
-    let ep = endpoints(&rec, &layout)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    let event = base_event(&ep, &owner, now, flags)?;
-    event.kind = EventKind::Reset as u8;
-    event.detail = RESET_RECEIVED as u8;
-    event.old_state = state;
-    submit(event);
+    if wanted(EventKind::Reset) {
+        let ep = endpoints(&rec, &layout)?;
+        let event = base_event(&ep, &owner, now, flags)?;
+        event.kind = EventKind::Reset as u8;
+        event.detail = RESET_RECEIVED as u8;
+        event.old_state = state;
+        submit(event);
+    }
     if source(SOURCE_SEGMENTS) != Source::Tracepoint as u32 {
         return Some(());
     }
     let index = counters::segment_index(state, TCP_RST)?;
     add_slot(&SEGMENTS, index, 1);
+    if !wanted(EventKind::Segment) {
+        return Some(());
+    }
+    let ep = endpoints(&rec, &layout)?;
     let event = base_event(&ep, &owner, now, flags)?;
     event.kind = EventKind::Segment as u8;
     event.old_state = state;

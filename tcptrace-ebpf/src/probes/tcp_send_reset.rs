@@ -6,14 +6,17 @@ use tcptrace_common::{counters::RESET_SENT, EventKind};
 
 use crate::{
     conf,
-    emit::{add_slot, base_event, submit},
+    emit::{add_slot, base_event, submit, wanted},
     maps::{RECORD, RESETS},
     sock, sockets,
-    tracepoint::{Endpoints, Record},
+    tracepoint::{bytes16, Endpoints, Record},
 };
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
     add_slot(&RESETS, RESET_SENT, 1);
+    if !wanted(EventKind::Reset) {
+        return None;
+    }
     let layout = conf!(send_reset);
     let skaddr: u64 = Record::load(ctx, &layout)?.get(layout.skaddr)?;
     if skaddr == 0 {
@@ -21,13 +24,13 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     }
     let info = unsafe { *sockets::lookup(skaddr)? };
     // The record was consumed: its per-CPU buffer can hold the socket's fields now.
-    let ep = sock::sock_endpoints_in(&RECORD, skaddr).unwrap_or(Endpoints {
+    let ep = sock::sock_endpoints_in(&RECORD, skaddr).unwrap_or_else(|| Endpoints {
         skaddr,
         family: 0,
         sport: 0,
         dport: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
+        saddr: bytes16(0, 0),
+        daddr: bytes16(0, 0),
     });
     let event = base_event(
         &ep,
