@@ -48,23 +48,46 @@ impl Clock {
 
     /// `HH:MM:SS.micros` in UTC.
     pub fn time_of_day(&self, mono_ns: u64) -> String {
-        let ns = self.unix_ns(mono_ns).rem_euclid(86_400 * 1_000_000_000);
+        TimeOfDay(self.unix_ns(mono_ns)).to_string()
+    }
+
+    /// RFC 3339 in UTC with microseconds: `2026-11-26T12:00:00.123456Z`.
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        self.rfc3339_display(mono_ns).to_string()
+    }
+
+    /// `rfc3339`, formatted where it is written (no string per event).
+    pub fn rfc3339_display(&self, mono_ns: u64) -> Rfc3339 {
+        Rfc3339(self.unix_ns(mono_ns))
+    }
+}
+
+/// A wall-clock instant (Unix nanoseconds) shown as RFC 3339 UTC with microseconds.
+pub struct Rfc3339(i128);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let days = self.0.div_euclid(86_400 * 1_000_000_000) as i64;
+        let (y, m, d) = civil_from_days(days);
+        write!(f, "{y:04}-{m:02}-{d:02}T{}Z", TimeOfDay(self.0))
+    }
+}
+
+/// The time of day (UTC) of Unix nanoseconds, `HH:MM:SS.micros`.
+struct TimeOfDay(i128);
+
+impl std::fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = self.0.rem_euclid(86_400 * 1_000_000_000);
         let secs = ns / 1_000_000_000;
-        format!(
+        write!(
+            f,
             "{:02}:{:02}:{:02}.{:06}",
             secs / 3600,
             secs / 60 % 60,
             secs % 60,
             ns % 1_000_000_000 / 1000
         )
-    }
-
-    /// RFC 3339 in UTC with microseconds: `2026-11-26T12:00:00.123456Z`.
-    pub fn rfc3339(&self, mono_ns: u64) -> String {
-        let ns = self.unix_ns(mono_ns);
-        let days = ns.div_euclid(86_400 * 1_000_000_000) as i64;
-        let (y, m, d) = civil_from_days(days);
-        format!("{y:04}-{m:02}-{d:02}T{}Z", self.time_of_day(mono_ns))
     }
 }
 

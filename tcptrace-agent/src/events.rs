@@ -26,8 +26,13 @@ pub fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
 }
 
 pub fn comm(raw: &[u8; 16]) -> String {
+    comm_str(raw).into_owned()
+}
+
+/// `comm`, borrowed from the event when it is valid UTF-8 (it nearly always is).
+pub fn comm_str(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    String::from_utf8_lossy(&raw[..end])
 }
 
 /// The owning process, or `None` when tcptrace never saw it act on the socket.

@@ -8,7 +8,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    clock::Clock,
+    clock::{Clock, Rfc3339},
     events::{self, comm, errno_name, failure_reason, owner_pid},
     workload::Workload,
 };
@@ -153,20 +153,39 @@ pub fn human_duration(ns: u64) -> String {
 }
 
 /// One JSON object per event. Field names are part of the interface (see README).
+/// A value serialized as the JSON string of its `Display`, written in place: no
+/// intermediate `String` per field per event.
+pub struct Shown<T>(pub T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// `0x...`, the socket address as the kernel prints pointers in hex.
+pub struct Hex(pub u64);
+
+impl std::fmt::Display for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
 #[derive(Serialize)]
-pub struct JsonEvent {
-    pub time: String,
+pub struct JsonEvent<'a> {
+    pub time: Shown<Rfc3339>,
     pub ts_ns: u64,
     pub event: &'static str,
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<std::borrow::Cow<'a, str>>,
     pub cgroup_id: Option<u64>,
     pub family: u8,
-    pub saddr: String,
+    pub saddr: Shown<std::net::IpAddr>,
     pub sport: u16,
-    pub daddr: String,
+    pub daddr: Shown<std::net::IpAddr>,
     pub dport: u16,
-    pub skaddr: String,
+    pub skaddr: Shown<Hex>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,31 +217,54 @@ pub struct JsonEvent {
     /// reset: `sent` or `received`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<&'static str>,
-    /// The owner's cgroup and what it says: container runtime and id, pod UID, unit.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Workload>,
+    /// The owner's cgroup and what it says: container runtime and id, pod UID, QoS,
+    /// unit (`Workload`'s fields, inline: serde's `flatten` turns the whole object into
+    /// a map, which doubled the cost of every line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<&'a str>,
 }
 
-pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
+impl<'a> JsonEvent<'a> {
+    fn attribute(&mut self, w: &'a Workload) {
+        self.cgroup = Some(&w.cgroup);
+        self.runtime = w.runtime;
+        self.container_id = w.container_id.as_deref();
+        self.pod_uid = w.pod_uid.as_deref();
+        self.qos = w.qos;
+        self.unit = w.unit.as_deref();
+    }
+}
+
+pub fn json_event<'a>(e: &'a Event, clock: &Clock) -> JsonEvent<'a> {
     let pid = owner_pid(e);
     let kind = EventKind::from_u8(e.kind);
     let mut j = JsonEvent {
-        time: clock.rfc3339(e.ts_ns),
+        time: Shown(clock.rfc3339_display(e.ts_ns)),
         ts_ns: e.ts_ns,
         event: kind.map_or("unknown", kind_name),
         pid,
-        comm: pid.map(|_| comm(&e.comm)),
+        comm: pid.map(|_| events::comm_str(&e.comm)),
         cgroup_id: pid.map(|_| e.cgroup_id),
         family: if e.family == tcptrace_common::AF_INET {
             4
         } else {
             6
         },
-        saddr: events::ip(e.family, &e.saddr).to_string(),
+        saddr: Shown(events::ip(e.family, &e.saddr)),
         sport: e.sport,
-        daddr: events::ip(e.family, &e.daddr).to_string(),
+        daddr: Shown(events::ip(e.family, &e.daddr)),
         dport: e.dport,
-        skaddr: format!("{:#x}", e.skaddr),
+        skaddr: Shown(Hex(e.skaddr)),
         old_state: None,
         new_state: None,
         duration_ns: None,
@@ -236,7 +278,12 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
         flags: None,
         source: None,
         direction: None,
-        workload: None,
+        cgroup: None,
+        runtime: None,
+        container_id: None,
+        pod_uid: None,
+        qos: None,
+        unit: None,
     };
     match kind {
         Some(EventKind::StateChange) => {
@@ -280,14 +327,25 @@ pub fn json_event(e: &Event, clock: &Clock) -> JsonEvent {
 }
 
 pub fn json_line(e: &Event, clock: &Clock) -> String {
-    json_line_attributed(e, clock, None)
+    let mut line = Vec::new();
+    write_json_line(&mut line, e, clock, None).expect("writing to a Vec");
+    String::from_utf8(line).expect("serde_json writes UTF-8")
 }
 
-/// `json_line` with the owner's workload (resolved from its cgroup id).
-pub fn json_line_attributed(e: &Event, clock: &Clock, workload: Option<Workload>) -> String {
+/// One JSON line (with its newline) straight into `out`, with the owner's workload
+/// (resolved from its cgroup id) when known.
+pub fn write_json_line(
+    out: &mut impl std::io::Write,
+    e: &Event,
+    clock: &Clock,
+    workload: Option<&Workload>,
+) -> std::io::Result<()> {
     let mut j = json_event(e, clock);
-    j.workload = workload;
-    serde_json::to_string(&j).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+    if let Some(w) = workload {
+        j.attribute(w);
+    }
+    serde_json::to_writer(&mut *out, &j)?;
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]

@@ -128,15 +128,15 @@ fn drain(
 }
 
 fn write_event(e: &Event, printer: &mut Printer, out: &mut impl Write, tally: &mut Tally) {
-    let line = if printer.json {
+    let written = if printer.json {
         let workload = events::owner_pid(e)
             .filter(|_| e.cgroup_id != 0)
             .and_then(|_| printer.cgroups.lookup(e.cgroup_id));
-        output::json_line_attributed(e, &printer.clock, workload)
+        output::write_json_line(out, e, &printer.clock, workload)
     } else {
-        output::text_line(e, &printer.clock)
+        writeln!(out, "{}", output::text_line(e, &printer.clock))
     };
-    if writeln!(out, "{line}").is_err() {
+    if written.is_err() {
         // Reader went away (`| head`): stop quietly, like any well-behaved filter.
         tally.stdout_closed = true;
         return;

@@ -116,6 +116,8 @@ fn pod_uid(seg: &str) -> Option<String> {
 pub struct CgroupIndex {
     root: Option<PathBuf>,
     paths: HashMap<u64, String>,
+    /// What each looked-up path says, parsed once (every event of a busy owner asks).
+    parsed: HashMap<u64, Workload>,
     /// Ids a walk did not find, and when.
     misses: HashMap<u64, Instant>,
     /// Whether this batch may still walk.
@@ -134,33 +136,31 @@ impl CgroupIndex {
         CgroupIndex {
             root: cgroup2_root(),
             paths: HashMap::new(),
+            parsed: HashMap::new(),
             misses: HashMap::new(),
             may_walk: true,
         }
     }
 
-    pub fn lookup(&mut self, id: u64) -> Option<Workload> {
-        if let Some(path) = self.paths.get(&id) {
-            return Some(parse(path));
-        }
-        let retry = self
-            .misses
-            .get(&id)
-            .is_none_or(|t| t.elapsed() > RETRY_MISS);
-        if retry && self.may_walk {
-            self.may_walk = false;
-            self.walk();
-        }
-        match self.paths.get(&id) {
-            Some(path) => Some(parse(path)),
-            None => {
-                if self.misses.len() >= MAX_MISSES {
-                    self.misses.clear();
-                }
-                self.misses.insert(id, Instant::now());
-                None
+    pub fn lookup(&mut self, id: u64) -> Option<&Workload> {
+        if !self.paths.contains_key(&id) {
+            let retry = self
+                .misses
+                .get(&id)
+                .is_none_or(|t| t.elapsed() > RETRY_MISS);
+            if retry && self.may_walk {
+                self.may_walk = false;
+                self.walk();
             }
         }
+        let Some(path) = self.paths.get(&id) else {
+            if self.misses.len() >= MAX_MISSES {
+                self.misses.clear();
+            }
+            self.misses.insert(id, Instant::now());
+            return None;
+        };
+        Some(self.parsed.entry(id).or_insert_with(|| parse(path)))
     }
 
     /// A new batch of events: the next unknown id may walk the hierarchy again.
@@ -173,6 +173,7 @@ impl CgroupIndex {
             return;
         };
         self.paths.clear();
+        self.parsed.clear();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             if self.paths.len() >= MAX_CGROUPS {
@@ -303,6 +304,6 @@ mod tests {
         let root = cgroup2_root().expect("a cgroup2 hierarchy (unified or hybrid)");
         let ino = std::fs::metadata(&root).unwrap().ino();
         let mut index = CgroupIndex::new();
-        assert_eq!(index.lookup(ino).map(|w| w.cgroup).as_deref(), Some("/"));
+        assert_eq!(index.lookup(ino).map(|w| w.cgroup.as_str()), Some("/"));
     }
 }
