@@ -54,10 +54,20 @@ fn settle() {
 
 /// Scrape, open and close `n` loopback connections (and their listener), scrape again.
 fn scrapes_around_churn(agent: &Agent, n: usize) -> (HashMap<String, f64>, HashMap<String, f64>) {
+    scrapes_around(agent, |l| {
+        churn(l, n);
+    })
+}
+
+/// Scrape, run `load` against a fresh listener, settle, scrape again.
+fn scrapes_around(
+    agent: &Agent,
+    load: impl FnOnce(&TcpListener),
+) -> (HashMap<String, f64>, HashMap<String, f64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     settle();
     let before = agent.scrape();
-    churn(&listener, n);
+    load(&listener);
     drop(listener);
     settle();
     (before, agent.scrape())
@@ -221,7 +231,15 @@ fn counters_stay_exact_when_the_ring_buffer_overflows() {
     // Workload labels: `run` then streams the handshake events it labels.
     let agent = Agent::start(&["--ring-bytes", "4096", "--labels", "workload"]);
     const N: usize = 1500;
-    let (before, after) = scrapes_around_churn(&agent, N);
+    // The agent is stopped while the connections are made: nothing drains the ring, so
+    // it overflows however fast or slow the machine is.
+    // SAFETY: kill(2) on our own child process.
+    let signal = |sig| assert_eq!(unsafe { libc::kill(agent.pid() as i32, sig) }, 0);
+    let (before, after) = scrapes_around(&agent, |listener| {
+        signal(libc::SIGSTOP);
+        churn(listener, N);
+        signal(libc::SIGCONT);
+    });
     let lost = growth(&before, &after, "tcptrace_ringbuf_events_lost_total");
     assert!(lost > 0.0, "a 4 KiB ring must overflow under this churn");
     assert_eq!(

@@ -119,7 +119,7 @@ fn comm_matches(e: &Event) -> bool {
     if len == 0 {
         return true;
     }
-    let want = conf!(filter.comm);
+    let want = &conf!(filter.comm);
     let mut i = 0;
     while i < 16 {
         // Compare the name and its terminating NUL (or the kernel's 15-byte truncation).
@@ -140,9 +140,9 @@ fn cidr_matches(e: &Event) -> bool {
     if family != e.family {
         return false;
     }
-    let addr = conf!(filter.cidr_addr);
+    let addr = &conf!(filter.cidr_addr);
     let prefix = conf!(filter.cidr_prefix) as u32;
-    in_prefix(&e.saddr, &addr, prefix, family) || in_prefix(&e.daddr, &addr, prefix, family)
+    in_prefix(&e.saddr, addr, prefix, family) || in_prefix(&e.daddr, addr, prefix, family)
 }
 
 #[inline(always)]

@@ -123,10 +123,22 @@ pub fn source(slot: u32) -> u32 {
     SOURCES.get(slot).copied().unwrap_or(0)
 }
 
-/// Read one field of `CONFIG` without letting the compiler constant-fold the default.
+/// `CONFIG`, behind a pointer the compiler cannot see through: the agent writes the
+/// real values at load time, so the defaults compiled in must not be constant-folded.
+/// Fields are then loaded where they are used. (A volatile copy of a whole tracepoint
+/// layout kept a dozen values alive and spilled them: the state program reached 480
+/// bytes of stack, and 5.10's verifier refused it with its handshake subprogram.)
+#[inline(always)]
+pub fn config() -> &'static Config {
+    let p: *const Config = &CONFIG;
+    // SAFETY: `p` points to CONFIG; the volatile read only hides that from the optimizer.
+    unsafe { &*core::ptr::read_volatile(&p) }
+}
+
+/// One field of `CONFIG` (see `config`).
 #[macro_export]
 macro_rules! conf {
     ($($field:tt).+) => {
-        unsafe { core::ptr::read_volatile(&$crate::maps::CONFIG.$($field).+) }
+        $crate::maps::config().$($field).+
     };
 }

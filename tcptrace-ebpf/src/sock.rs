@@ -39,9 +39,9 @@ pub fn sock_endpoints(sk: u64) -> Option<Endpoints> {
 /// `sock_endpoints`, copying through the given per-CPU buffer.
 #[inline(always)]
 pub fn sock_endpoints_in(buf: &PerCpuArray<[u8; RECORD_MAX]>, sk: u64) -> Option<Endpoints> {
-    let layout = conf!(sock);
-    let rec = Record::copy(buf, sk as *const u8, &layout)?;
-    let mut ep = endpoints(&rec, &layout)?;
+    let layout = &conf!(sock);
+    let rec = Record::copy(buf, sk as *const u8, layout)?;
+    let mut ep = endpoints(&rec, layout)?;
     ep.skaddr = sk;
     ep.dport = u16::from_be(ep.dport);
     // Like the classic tracepoint, report inet_sport: a closing socket has released its

@@ -16,8 +16,8 @@ use crate::{
 const ERRNO_LIMIT: i32 = 256;
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
-    let layout = conf!(error_report);
-    let rec = Record::load(ctx, &layout)?;
+    let layout = &conf!(error_report);
+    let rec = Record::load(ctx, layout)?;
     let protocol: u16 = rec.get(layout.protocol)?;
     if protocol != IPPROTO_TCP {
         return None;
@@ -29,7 +29,7 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
         0
     };
     add_key(&SOCKET_ERRORS, errno as u32, 1);
-    let ep = endpoints(&rec, &layout)?;
+    let ep = endpoints(&rec, layout)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let event = base_event(&ep, &Owner::default(), now, FLAG_OWNER_UNKNOWN)?;
     event.kind = EventKind::SocketError as u8;

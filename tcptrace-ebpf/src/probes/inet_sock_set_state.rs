@@ -29,15 +29,15 @@ const ESTABLISHED: u8 = TcpState::Established as u8;
 
 /// The classic tracepoint: everything comes from the record.
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
-    let layout = conf!(set_state);
-    let rec = Record::load(ctx, &layout)?;
+    let layout = &conf!(set_state);
+    let rec = Record::load(ctx, layout)?;
     let protocol: u16 = rec.get(layout.protocol)?;
     if protocol != IPPROTO_TCP {
         return None;
     }
     let old: i32 = rec.get(layout.oldstate)?;
     let new: i32 = rec.get(layout.newstate)?;
-    let ep = endpoints(&rec, &layout)?;
+    let ep = endpoints(&rec, layout)?;
     transition(ctx, &ep, old as u8, new as u8, &SCRATCH)
 }
 

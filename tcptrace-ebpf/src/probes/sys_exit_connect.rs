@@ -6,8 +6,8 @@ use aya_ebpf::programs::TracePointContext;
 use crate::{conf, connect_errors, maps::SCRATCH, tracepoint::Record};
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
-    let layout = conf!(sys_exit_connect);
-    let ret: i64 = Record::load(ctx, &layout)?.get(layout.err)?;
+    let layout = &conf!(sys_exit_connect);
+    let ret: i64 = Record::load(ctx, layout)?.get(layout.err)?;
     connect_errors::syscall_returned(ret, &SCRATCH);
     Some(())
 }

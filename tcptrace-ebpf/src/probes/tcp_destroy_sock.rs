@@ -6,8 +6,8 @@ use aya_ebpf::programs::TracePointContext;
 use crate::{conf, sockets, tracepoint::Record};
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
-    let layout = conf!(destroy_sock);
-    let skaddr: u64 = Record::load(ctx, &layout)?.get(layout.skaddr)?;
+    let layout = &conf!(destroy_sock);
+    let skaddr: u64 = Record::load(ctx, layout)?.get(layout.skaddr)?;
     sockets::forget(skaddr);
     Some(())
 }

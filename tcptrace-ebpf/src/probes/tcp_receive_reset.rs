@@ -21,15 +21,15 @@ use crate::{
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
     add_slot(&RESETS, RESET_RECEIVED, 1);
-    let layout = conf!(receive_reset);
-    let rec = Record::load(ctx, &layout)?;
+    let layout = &conf!(receive_reset);
+    let rec = Record::load(ctx, layout)?;
     let skaddr: u64 = rec.get(layout.skaddr)?;
     let info = unsafe { &mut *sockets::lookup(skaddr)? };
     info.flags |= FLAG_RST_RECEIVED as u32;
     let (owner, flags, state) = (info.owner, info.flags as u8, info.state);
     let now = unsafe { bpf_ktime_get_ns() };
     if wanted(EventKind::Reset) {
-        let ep = endpoints(&rec, &layout)?;
+        let ep = endpoints(&rec, layout)?;
         let event = base_event(&ep, &owner, now, flags)?;
         event.kind = EventKind::Reset as u8;
         event.detail = RESET_RECEIVED as u8;
@@ -44,7 +44,7 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     if !wanted(EventKind::Segment) {
         return Some(());
     }
-    let ep = endpoints(&rec, &layout)?;
+    let ep = endpoints(&rec, layout)?;
     let event = base_event(&ep, &owner, now, flags)?;
     event.kind = EventKind::Segment as u8;
     event.old_state = state;

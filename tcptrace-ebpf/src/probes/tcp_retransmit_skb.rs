@@ -13,9 +13,9 @@ use crate::{
 };
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
-    let layout = conf!(retransmit_skb);
-    let rec = Record::load(ctx, &layout)?;
-    let ep = endpoints(&rec, &layout)?;
+    let layout = &conf!(retransmit_skb);
+    let rec = Record::load(ctx, layout)?;
+    let ep = endpoints(&rec, layout)?;
     let state: i32 = rec.get(layout.oldstate)?;
     // Kernels up to 6.12 at least have no `err`: there the tracepoint fires only for
     // retransmits that were sent.

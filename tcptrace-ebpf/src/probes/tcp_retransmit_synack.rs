@@ -11,8 +11,8 @@ use crate::{
 };
 
 pub fn handle(ctx: &TracePointContext) -> Option<()> {
-    let layout = conf!(retransmit_synack);
-    let ep = endpoints(&Record::load(ctx, &layout)?, &layout)?;
+    let layout = &conf!(retransmit_synack);
+    let ep = endpoints(&Record::load(ctx, layout)?, layout)?;
     let (owner, flags) = owner_of(ep.skaddr);
     let event = base_event(&ep, &owner, unsafe { bpf_ktime_get_ns() }, flags)?;
     event.kind = EventKind::Retransmit as u8;

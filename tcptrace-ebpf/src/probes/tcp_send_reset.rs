@@ -17,8 +17,8 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     if !wanted(EventKind::Reset) {
         return None;
     }
-    let layout = conf!(send_reset);
-    let skaddr: u64 = Record::load(ctx, &layout)?.get(layout.skaddr)?;
+    let layout = &conf!(send_reset);
+    let skaddr: u64 = Record::load(ctx, layout)?.get(layout.skaddr)?;
     if skaddr == 0 {
         return None;
     }
