@@ -99,13 +99,13 @@ impl Client {
         let stream = rustls::StreamOwned::new(tls, tcp);
         let bearer = format!("Bearer {}", read_token(&self.token_file)?);
         let path = format!("{}{query}", self.pods_path);
-        let response = http_get::get(
-            stream,
-            &format!("{}:{}", self.host, self.port),
-            &path,
-            &[("Authorization", &bearer)],
-        )
-        .with_context(|| format!("GET https://{}:{}{path}", self.host, self.port))?;
+        let authority = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port) // an IPv6 address
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let response = http_get::get(stream, &authority, &path, &[("Authorization", &bearer)])
+            .with_context(|| format!("GET https://{authority}{path}"))?;
         if response.status != 200 {
             let detail = response.body.read_all(4096).unwrap_or_default();
             bail!(
@@ -148,8 +148,7 @@ impl Client {
             if line.last() != Some(&b'\n') {
                 bail!("watch event longer than {MAX_EVENT} bytes or cut short");
             }
-            let event: WatchEvent = serde_json::from_slice(&line).context("not a watch event")?;
-            match apply(event, names)? {
+            match apply_line(&line, names)? {
                 Applied::Version(v) => version = v,
                 Applied::Gone => return Ok(None),
             }
@@ -171,10 +170,16 @@ struct ObjectVersion {
 }
 
 #[derive(Debug, PartialEq)]
-enum Applied {
+pub enum Applied {
     Version(String),
     /// 410 Gone: the version asked for is no longer kept; list again.
     Gone,
+}
+
+/// One line of a watch answer (one JSON event) into `names`.
+pub fn apply_line(line: &[u8], names: &Shared) -> Result<Applied> {
+    let event: WatchEvent = serde_json::from_slice(line).context("not a watch event")?;
+    apply(event, names)
 }
 
 /// One watch event into `names`.

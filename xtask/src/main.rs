@@ -324,7 +324,7 @@ pub fn test_result_counts(line: &str) -> Option<(u64, u64)> {
 
 /// Each fuzz target's time budget in the default test run.
 const FUZZ_SECONDS: u32 = 20;
-const FUZZ_TARGETS: [&str; 3] = ["http_request", "tracepoint_format", "btf"];
+const FUZZ_TARGETS: [&str; 4] = ["http_request", "tracepoint_format", "btf", "pod_source"];
 
 /// Run every fuzz target for a bounded time (nightly, sanitizers; no eBPF object needed).
 fn fuzz(seconds: u32) -> Result<()> {
