@@ -239,11 +239,19 @@ fn follow(client: &Client, names: &Shared) {
     let mut retry = RETRY_MIN;
     let mut version: Option<String> = None;
     loop {
+        let started = Instant::now();
         let step = match &version {
             None => client.list(names).map(Some),
             Some(v) => client.watch(v, names),
         };
         match step {
+            // A watch the server (or a proxy) ends at once would otherwise be reopened
+            // in a tight loop: pace it like an error, without the warning.
+            Ok(next) if version.is_some() && started.elapsed() < RETRY_MIN => {
+                version = next;
+                std::thread::sleep(retry);
+                retry = (retry * 2).min(RETRY_MAX);
+            }
             Ok(next) => {
                 version = next;
                 retry = RETRY_MIN;
