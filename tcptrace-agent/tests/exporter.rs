@@ -160,8 +160,16 @@ fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
     );
     ns.exec(&["nft", "delete", "table", "inet", "tcptrace_xloss"]);
     std::thread::sleep(Duration::from_millis(1500));
-    let kernel_after = ns.nstat();
-    let after = agent.scrape();
+    // A FIN lost just before the rule went may still be retransmitted: take the scrape
+    // between two kernel readings that agree, so both sides see the same retransmits.
+    let (kernel_after, after) = loop {
+        let kernel = ns.nstat();
+        let ours = agent.scrape();
+        if ns.nstat() == kernel {
+            break (kernel, ours);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
 
     let segs = delta(&kernel_before, &kernel_after, "TcpRetransSegs") as f64;
     assert!(segs > 4.0, "the loss rule caused no data retransmits");

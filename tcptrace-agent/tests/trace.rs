@@ -278,7 +278,7 @@ fn retransmits_match_the_namespace_counters_under_loss() {
     ns.exec(&["nft", "delete", "table", "inet", "tcptrace_loss"]);
     // Let FIN retransmits and the last ACKs settle before reading the counters.
     std::thread::sleep(Duration::from_millis(1500));
-    let after = ns.nstat();
+    let after = ns.settled_nstat();
     let traced = tracer.stop();
     assert_eq!(traced.lost(), 0);
 

@@ -202,6 +202,21 @@ impl Netns {
         parse_nstat(&self.exec(&["nstat", "-asz"]))
     }
 
+    /// The counters once they stopped moving (two readings 300 ms apart agree, within
+    /// 10 s): a FIN lost just before a loss rule went may still be retransmitted.
+    pub fn settled_nstat(&self) -> HashMap<String, u64> {
+        let mut last = self.nstat();
+        for _ in 0..33 {
+            thread::sleep(Duration::from_millis(300));
+            let now = self.nstat();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        panic!("the namespace's counters kept moving for 10 s");
+    }
+
     /// Apply an nftables ruleset inside the namespace.
     pub fn nft(&self, ruleset: &str) {
         let mut child = Command::new("ip")
