@@ -163,12 +163,6 @@ struct WatchEvent {
     object: serde_json::Value,
 }
 
-#[derive(Deserialize)]
-struct ObjectVersion {
-    #[serde(default, rename = "resourceVersion")]
-    resource_version: String,
-}
-
 #[derive(Debug, PartialEq)]
 pub enum Applied {
     Version(String),
@@ -191,16 +185,12 @@ fn apply(event: WatchEvent, names: &Shared) -> Result<Applied> {
         }
         bail!("watch error: {}", event.object);
     }
-    let version: ObjectVersion = serde_json::from_value(
-        event
-            .object
-            .get("metadata")
-            .cloned()
-            .unwrap_or(serde_json::Value::Null),
-    )
-    .unwrap_or(ObjectVersion {
-        resource_version: String::new(),
-    });
+    let version = event
+        .object
+        .pointer("/metadata/resourceVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
     let now = Instant::now();
     let mut names = lock(names);
     match event.kind.as_str() {
@@ -216,7 +206,7 @@ fn apply(event: WatchEvent, names: &Shared) -> Result<Applied> {
         other => log::debug!("kubernetes api: watch event {other} ignored"),
     }
     names.purge(now);
-    Ok(Applied::Version(version.resource_version))
+    Ok(Applied::Version(version))
 }
 
 fn lock(names: &Shared) -> std::sync::RwLockWriteGuard<'_, pod_names::Names> {

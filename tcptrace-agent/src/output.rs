@@ -152,7 +152,6 @@ pub fn human_duration(ns: u64) -> String {
     }
 }
 
-/// One JSON object per event. Field names are part of the interface (see README).
 /// A value serialized as the JSON string of its `Display`, written in place: no
 /// intermediate `String` per field per event.
 pub struct Shown<T>(pub T);
@@ -172,6 +171,7 @@ impl std::fmt::Display for Hex {
     }
 }
 
+/// One JSON object per event. Field names are part of the interface (see README).
 #[derive(Serialize)]
 pub struct JsonEvent<'a> {
     pub time: Shown<Rfc3339>,

@@ -84,18 +84,23 @@ pub fn submit(event: &Event) {
 /// counted as filtered, as `submit` would have.
 #[inline(always)]
 pub fn wanted(kind: EventKind) -> bool {
-    let kinds = conf!(filter.kinds);
-    if kinds == 0 || kinds & kind.bit() != 0 {
+    if kind_selected(kind as u8) {
         return true;
     }
     bump(Stat::EventsFiltered);
     false
 }
 
+/// Is this kind (an `EventKind` value) among those the reader asked for?
+#[inline(always)]
+fn kind_selected(kind: u8) -> bool {
+    let kinds = conf!(filter.kinds);
+    kinds == 0 || kinds & (1u32 << kind) != 0
+}
+
 #[inline(always)]
 fn passes_filter(e: &Event) -> bool {
-    let kinds = conf!(filter.kinds);
-    if kinds != 0 && kinds & (1u32 << e.kind) == 0 {
+    if !kind_selected(e.kind) {
         return false;
     }
     let pid = conf!(filter.pid);

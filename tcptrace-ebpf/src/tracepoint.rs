@@ -79,13 +79,6 @@ macro_rules! integer_field {
 }
 integer_field!(u16, u32, u64, i32, i64);
 
-impl Field for [u8; 4] {
-    #[inline(always)]
-    unsafe fn load(base: *const u8, off: usize) -> [u8; 4] {
-        u32::load(base, off).to_ne_bytes()
-    }
-}
-
 impl Field for [u8; 16] {
     #[inline(always)]
     unsafe fn load(base: *const u8, off: usize) -> [u8; 16] {
@@ -93,8 +86,8 @@ impl Field for [u8; 16] {
     }
 }
 
-/// Sixteen bytes (an address, a name) from two words in memory order, built without a byte loop (a
-/// `[0u8; 16]` becomes a call to a byte-at-a-time memset on this target).
+/// Sixteen bytes (an address, a name) from two words in memory order, built without a
+/// byte loop (a `[0u8; 16]` becomes a call to a byte-at-a-time memset on this target).
 #[inline(always)]
 pub fn bytes16(first: u64, second: u64) -> [u8; 16] {
     // SAFETY: two u64 are sixteen bytes, in memory order.
