@@ -7,7 +7,7 @@ mod common;
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -16,6 +16,28 @@ use std::{
 };
 
 use common::*;
+
+/// Accept connections on `listener` and hand each to `handle` (with the stop flag, for
+/// answers that stay open) on a thread of its own, until the returned flag is set.
+fn serve_until_stopped(
+    listener: TcpListener,
+    mut handle: impl FnMut(TcpStream, &AtomicBool) + Send + 'static,
+) -> Arc<AtomicBool> {
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) {
+            let Ok((conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            conn.set_nonblocking(false).unwrap();
+            handle(conn, &stopped);
+        }
+    });
+    stop
+}
 
 /// Serve `body` as the kubelet's `/pods` until dropped.
 struct FakeKubelet {
@@ -26,25 +48,15 @@ struct FakeKubelet {
 impl FakeKubelet {
     fn serve(body: String) -> FakeKubelet {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}/pods", listener.local_addr().unwrap());
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                let Ok((mut conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                conn.set_nonblocking(false).unwrap();
-                let mut request = [0u8; 1024];
-                let _ = conn.read(&mut request);
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-            }
+        let stop = serve_until_stopped(listener, move |mut conn, _| {
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
         });
         FakeKubelet { url, stop }
     }
@@ -90,44 +102,35 @@ impl FakeApiServer {
             .unwrap(),
         );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
-        let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (stopped, recorded) = (stop.clone(), requests.clone());
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                let Ok((conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                conn.set_nonblocking(false).unwrap();
-                let tls = rustls::ServerConnection::new(config.clone()).unwrap();
-                let mut stream = rustls::StreamOwned::new(tls, conn);
-                let Some((line, auth)) = read_request(&mut stream) else {
-                    continue;
-                };
-                recorded.lock().unwrap().push((line.clone(), auth));
-                if line.contains("watch=1") {
-                    let mut answer =
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
-                    for event in &watch {
-                        answer.push_str(&format!("{:x}\r\n{event}\n\r\n", event.len() + 1));
-                    }
-                    let _ = stream.write_all(answer.as_bytes());
-                    let _ = stream.flush();
-                    // Hold the watch open, as the API server does, until the test ends.
-                    while !stopped.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                } else {
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{list}",
-                        list.len()
-                    );
-                    let _ = stream.flush();
+        let recorded = requests.clone();
+        let stop = serve_until_stopped(listener, move |conn, stopped| {
+            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut stream = rustls::StreamOwned::new(tls, conn);
+            let Some((line, auth)) = read_request(&mut stream) else {
+                return;
+            };
+            recorded.lock().unwrap().push((line.clone(), auth));
+            if line.contains("watch=1") {
+                let mut answer =
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+                for event in &watch {
+                    answer.push_str(&format!("{:x}\r\n{event}\n\r\n", event.len() + 1));
                 }
+                let _ = stream.write_all(answer.as_bytes());
+                let _ = stream.flush();
+                // Hold the watch open, as the API server does, until the test ends.
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            } else {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{list}",
+                    list.len()
+                );
+                let _ = stream.flush();
             }
         });
         FakeApiServer {
