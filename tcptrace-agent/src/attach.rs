@@ -6,8 +6,9 @@ use anyhow::{Context as _, Result};
 use aya::{
     programs::{
         fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, FEntry, FExit, KProbe,
-        Program, RawTracePoint, TracePoint,
+        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe, Program,
+        RawTracePoint, TracePoint,
     },
     Btf, Ebpf,
 };
@@ -23,6 +24,12 @@ pub enum Attach {
     },
     /// A raw tracepoint: the kernel's arguments, no record.
     RawTracepoint {
+        program: &'static str,
+        event: &'static str,
+    },
+    /// A BTF-typed tracepoint (`tp_btf`): the kernel's arguments with their types, so
+    /// the program may hand the socket to helpers such as socket storage.
+    BtfTracepoint {
         program: &'static str,
         event: &'static str,
     },
@@ -46,6 +53,7 @@ impl Attach {
         match *self {
             Attach::Tracepoint { program, .. }
             | Attach::RawTracepoint { program, .. }
+            | Attach::BtfTracepoint { program, .. }
             | Attach::Fentry { program, .. }
             | Attach::Fexit { program, .. }
             | Attach::Kprobe { program, .. } => program,
@@ -58,7 +66,9 @@ impl Attach {
             Attach::Fentry { function, .. }
             | Attach::Fexit { function, .. }
             | Attach::Kprobe { function, .. } => Some(function),
-            Attach::Tracepoint { .. } | Attach::RawTracepoint { .. } => None,
+            Attach::Tracepoint { .. }
+            | Attach::RawTracepoint { .. }
+            | Attach::BtfTracepoint { .. } => None,
         }
     }
 }
@@ -67,6 +77,7 @@ impl Attach {
 pub enum Link {
     Tracepoint(&'static str, TracePointLinkId),
     RawTracepoint(&'static str, RawTracePointLinkId),
+    BtfTracepoint(&'static str, BtfTracePointLinkId),
     Fentry(&'static str, FEntryLinkId),
     Fexit(&'static str, FExitLinkId),
     Kprobe(&'static str, KProbeLinkId),
@@ -109,11 +120,18 @@ pub fn load(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<()> {
         return Ok(());
     }
     let name = a.program();
-    let needs_btf =
-        || btf.context("no kernel BTF (/sys/kernel/btf/vmlinux), which fentry/fexit need");
+    let needs_btf = || {
+        btf.context(
+            "no kernel BTF (/sys/kernel/btf/vmlinux), which fentry/fexit and BTF-typed \
+             tracepoints need",
+        )
+    };
     match (a, prog) {
         (Attach::Tracepoint { .. }, Program::TracePoint(p)) => p.load()?,
         (Attach::RawTracepoint { .. }, Program::RawTracePoint(p)) => p.load()?,
+        (Attach::BtfTracepoint { event, .. }, Program::BtfTracePoint(p)) => {
+            p.load(event, needs_btf()?)?
+        }
         (Attach::Fentry { function, .. }, Program::FEntry(p)) => p.load(function, needs_btf()?)?,
         (Attach::Fexit { function, .. }, Program::FExit(p)) => p.load(function, needs_btf()?)?,
         (Attach::Kprobe { .. }, Program::KProbe(p)) => p.load()?,
@@ -153,6 +171,12 @@ pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<(Link, i
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| at(e.into()))?;
             Link::RawTracepoint(program, p.attach(event).map_err(|e| at(e.into()))?)
+        }
+        Attach::BtfTracepoint { program, .. } => {
+            let p: &mut BtfTracePoint = prog
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| at(e.into()))?;
+            Link::BtfTracepoint(program, p.attach().map_err(|e| at(e.into()))?)
         }
         Attach::Fentry { program, .. } => {
             let p: &mut FEntry = prog
@@ -195,6 +219,9 @@ pub fn detach(ebpf: &mut Ebpf, link: Link) {
         Link::Tracepoint(name, id) => detach_as::<TracePoint, _>(ebpf, name, |p| p.detach(id)),
         Link::RawTracepoint(name, id) => {
             detach_as::<RawTracePoint, _>(ebpf, name, |p| p.detach(id))
+        }
+        Link::BtfTracepoint(name, id) => {
+            detach_as::<BtfTracePoint, _>(ebpf, name, |p| p.detach(id))
         }
         Link::Fentry(name, id) => detach_as::<FEntry, _>(ebpf, name, |p| p.detach(id)),
         Link::Fexit(name, id) => detach_as::<FExit, _>(ebpf, name, |p| p.detach(id)),

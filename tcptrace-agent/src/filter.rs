@@ -58,6 +58,34 @@ pub fn parse_comm(s: &str) -> Result<([u8; 16], u8)> {
     Ok((comm, s.len() as u8))
 }
 
+/// `--netns`: a namespace inode (as `ls -iL /proc/PID/ns/net` prints it), or a file
+/// that is a network namespace (`/var/run/netns/NAME`, `/proc/PID/ns/net`).
+pub fn parse_netns(s: &str) -> Result<u32> {
+    if let Ok(inode) = s.parse::<u32>() {
+        if inode == 0 {
+            bail!(
+                "--netns 0 matches nothing: pass an inode, /var/run/netns/NAME or /proc/PID/ns/net"
+            );
+        }
+        return Ok(inode);
+    }
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+    let file = std::fs::File::open(s).with_context(|| {
+        format!("--netns {s}: not a namespace inode, and the file cannot be opened")
+    })?;
+    // NS_GET_NSTYPE (Linux 4.11+): what kind of namespace a nsfs file is.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl without arguments on a file we own.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind != libc::CLONE_NEWNET {
+        bail!(
+            "--netns {s} is not a network namespace (try /var/run/netns/NAME or /proc/PID/ns/net)"
+        );
+    }
+    let inode = file.metadata()?.ino();
+    u32::try_from(inode).with_context(|| format!("--netns {s}: inode {inode} out of range"))
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct FilterArgs {
     pub pid: Option<u32>,
@@ -66,6 +94,7 @@ pub struct FilterArgs {
     pub addr: Option<String>,
     pub ipv4_only: bool,
     pub ipv6_only: bool,
+    pub netns: Option<String>,
     pub events: Option<String>,
 }
 
@@ -109,6 +138,9 @@ pub fn build(args: &FilterArgs) -> Result<Filter> {
             bail!("--addr {cidr} is of the other address family than -4/-6 selects");
         }
     }
+    if let Some(netns) = &args.netns {
+        f.netns = parse_netns(netns)?;
+    }
     if let Some(events) = &args.events {
         f.kinds = parse_kinds(events)?;
     }
@@ -128,6 +160,22 @@ mod tests {
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("nonsense").is_err());
         assert!(parse_cidr("10.0.0.0/x").is_err());
+    }
+
+    #[test]
+    fn netns_by_inode_or_file() {
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(parse_netns("4026531840").unwrap(), 4026531840);
+        assert!(parse_netns("0").is_err());
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        assert_eq!(parse_netns("/proc/self/ns/net").unwrap(), own);
+        let msg = format!("{:#}", parse_netns("/proc/self/ns/uts").unwrap_err());
+        assert!(msg.contains("is not a network namespace"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            parse_netns("/var/run/netns/no-such-ns").unwrap_err()
+        );
+        assert!(msg.contains("cannot be opened"), "{msg}");
     }
 
     #[test]

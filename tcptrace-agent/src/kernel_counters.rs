@@ -27,6 +27,8 @@ pub struct Histogram {
     /// `buckets[b]`: handshakes that took less than 2^b microseconds (not cumulative).
     pub buckets: Vec<u64>,
     pub sum_ns: u64,
+    /// Handshakes completed on sockets whose start was not seen: no duration.
+    pub untimed: u64,
 }
 
 impl Histogram {
@@ -105,6 +107,7 @@ impl KernelCounters {
                 .map(|b| sum_slot(&self.handshakes, counters::handshake_bucket_index(side, b)))
                 .collect(),
             sum_ns: sum_slot(&self.handshakes, counters::handshake_sum_index(side)),
+            untimed: sum_slot(&self.handshakes, counters::handshake_untimed_index(side)),
         };
         Snapshot {
             transitions: (0..counters::TRANSITION_SLOTS)

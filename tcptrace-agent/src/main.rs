@@ -48,6 +48,7 @@ enum Command {
     /// Examples:
     ///   tcptrace trace --port 443
     ///   tcptrace trace --events handshakes,retransmits --addr 10.0.0.0/8
+    ///   tcptrace trace --netns /var/run/netns/blue --port 8080
     ///   tcptrace trace --json --duration 10 > events.jsonl
     #[command(verbatim_doc_comment)]
     Trace(TraceArgs),
@@ -202,6 +203,11 @@ struct TraceArgs {
     /// Only connections whose local or remote address is in this CIDR (or equals this address).
     #[arg(long, value_name = "CIDR")]
     addr: Option<String>,
+    /// Only sockets of this network namespace: its inode (`ls -iL /proc/PID/ns/net`),
+    /// /var/run/netns/NAME (`ip netns`), or /proc/PID/ns/net (a container's process).
+    /// Needs kernel BTF.
+    #[arg(long, value_name = "INODE|PATH")]
+    netns: Option<String>,
     /// Only IPv4.
     #[arg(short = '4', long = "ipv4")]
     ipv4: bool,
@@ -269,6 +275,7 @@ impl TraceArgs {
             addr: self.addr.clone(),
             ipv4_only: self.ipv4,
             ipv6_only: self.ipv6,
+            netns: self.netns.clone(),
             events: Some(self.events.clone()),
         })?;
         Ok(trace::TraceOptions {

@@ -218,6 +218,15 @@ pub fn kernel_families(s: &Snapshot) -> Vec<Family> {
                 .collect(),
         ),
         counter(
+            "tcptrace_handshakes_untimed_total",
+            "Completed handshakes whose start tcptrace did not see (the fallback socket map was full, or they began before it attached): counted here, with no latency.",
+            &["side"],
+            [HandshakeSide::Client, HandshakeSide::Server]
+                .iter()
+                .map(|side| (vec![side.name()], s.handshakes[*side as usize].untimed as f64))
+                .collect(),
+        ),
+        counter(
             "tcptrace_connect_failures_total",
             "Client handshakes that failed, by reason (from the socket error: ECONNREFUSED, ETIMEDOUT, ...).",
             &["reason"],
@@ -388,6 +397,7 @@ mod tests {
         let mut h = Histogram {
             buckets: vec![0; HANDSHAKE_BUCKETS as usize],
             sum_ns: 3_000_000,
+            untimed: 0,
         };
         h.buckets[2] = 1; // < 4 us: folded into the first exported bucket
         h.buckets[7] = 2; // < 128 us

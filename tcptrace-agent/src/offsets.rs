@@ -14,8 +14,11 @@ pub enum Reads {
     Nothing,
     /// `sock_common` endpoints and state, `TCP_SKB_CB(skb)->tcp_flags`.
     SockAndSkbFlags,
-    /// `sock_common` endpoints and state, `sock.sk_protocol`.
-    SockAndProtocol,
+    /// A full socket: `sock_common` endpoints and state, `sock.sk_protocol`,
+    /// `inet_sock.inet_sport`.
+    Sock,
+    /// `Sock` and `sock.sk_err`.
+    SockAndError,
 }
 
 impl Reads {
@@ -23,8 +26,9 @@ impl Reads {
         match self {
             Reads::Nothing => "nothing",
             Reads::SockAndSkbFlags => "struct sock_common and TCP_SKB_CB(skb)->tcp_flags",
-            Reads::SockAndProtocol => {
-                "struct sock_common, sock.sk_protocol and inet_sock.inet_sport"
+            Reads::Sock => "struct sock_common, sock.sk_protocol and inet_sock.inet_sport",
+            Reads::SockAndError => {
+                "struct sock_common, sock.sk_protocol, inet_sock.inet_sport and sock.sk_err"
             }
         }
     }
@@ -45,6 +49,12 @@ pub struct KernelOffsets {
     pub sk_protocol: Option<u32>,
     /// `struct inet_sock.inet_sport` (the local port while a socket closes).
     pub inet_sport: Option<u32>,
+    /// `struct sock_common.skc_net` and `struct net` -> `ns.inum`: the network namespace
+    /// of a socket, which tells apart sockets with the same endpoints in two pods.
+    pub netns: Option<(u32, u32)>,
+    /// `struct tcp_sock.total_retrans`: what the kernel added to TcpRetransSegs for a
+    /// socket, so a retransmit's count never depends on guessing from its error.
+    pub total_retrans: Option<u32>,
 }
 
 impl KernelOffsets {
@@ -61,6 +71,8 @@ impl KernelOffsets {
                     sock: None,
                     sk_protocol: None,
                     inet_sport: None,
+                    netns: None,
+                    total_retrans: None,
                 }
             }
         }
@@ -81,6 +93,8 @@ impl KernelOffsets {
             sock: sock_layout(btf),
             sk_protocol: btf.member_offset("sock", "sk_protocol").ok(),
             inet_sport: btf.member_offset("inet_sock", "inet_sport").ok(),
+            netns: netns_offsets(btf),
+            total_retrans: btf.member_offset("tcp_sock", "total_retrans").ok(),
         }
     }
 
@@ -93,6 +107,9 @@ impl KernelOffsets {
         config.sock = self.sock.unwrap_or(TpLayout::ABSENT);
         config.sk_protocol_offset = or_unknown(self.sk_protocol);
         config.inet_sport_offset = or_unknown(self.inet_sport);
+        config.skc_net_offset = or_unknown(self.netns.map(|n| n.0));
+        config.net_inum_offset = or_unknown(self.netns.map(|n| n.1));
+        config.total_retrans_offset = or_unknown(self.total_retrans);
     }
 
     /// Can a program read what `reads` names?
@@ -100,9 +117,10 @@ impl KernelOffsets {
         match reads {
             Reads::Nothing => true,
             Reads::SockAndSkbFlags => self.sock.is_some() && self.skb_flags.is_some(),
-            Reads::SockAndProtocol => {
+            Reads::Sock => {
                 self.sock.is_some() && self.sk_protocol.is_some() && self.inet_sport.is_some()
             }
+            Reads::SockAndError => self.provide(Reads::Sock) && self.sk_err.is_some(),
         }
     }
 
@@ -115,11 +133,24 @@ impl KernelOffsets {
             Some(off) => info!("BTF: tcp_sock.srtt_us at {off}: server handshakes include the SYN-ACK round trip"),
             None => warn!("tcp_sock.srtt_us unknown: server handshake latency covers only the final-ACK processing"),
         }
+        match self.netns {
+            Some(_) => info!("BTF: sock_common.skc_net and net.ns.inum: sockets carry their network namespace"),
+            None => warn!("network namespace offsets unknown: events carry netns 0, --netns cannot filter, and listeners are told apart by address and port only"),
+        }
         match self.skb_segs {
             Some(off) => info!("BTF: tcp_gso_segs at sk_buff+{off}: retransmits count segments like TcpRetransSegs"),
             None => warn!("tcp_skb_cb unknown: retransmits count skbs, which under GSO is fewer than TcpRetransSegs"),
         }
     }
+}
+
+/// (`sock_common.skc_net`, `net.ns` + `ns_common.inum`): the first is a `possible_net_t`
+/// whose only member is the `struct net *`.
+fn netns_offsets(btf: &Btf) -> Option<(u32, u32)> {
+    let skc_net = btf.member_offset("sock_common", "skc_net").ok()?;
+    let inum =
+        btf.member_offset("net", "ns").ok()? + btf.member_offset("ns_common", "inum").ok()?;
+    Some((skc_net, inum))
 }
 
 /// `struct sock_common` as a record: the same slots the tracepoint layouts use, so the

@@ -13,7 +13,7 @@ use crate::{
     workload::Workload,
 };
 
-pub const TEXT_HEADER: &str = "TIME(UTC)       EVENT      PID     COMM             LOCAL                                  REMOTE                                 DETAIL";
+pub const TEXT_HEADER: &str = "TIME(UTC)       EVENT      PID     COMM             NETNS      LOCAL                                  REMOTE                                 DETAIL";
 
 pub fn text_line(e: &Event, clock: &Clock) -> String {
     let kind = EventKind::from_u8(e.kind);
@@ -23,12 +23,18 @@ pub fn text_line(e: &Event, clock: &Clock) -> String {
     } else {
         "-".to_string()
     };
+    let netns = if e.netns == 0 {
+        "-".to_string()
+    } else {
+        e.netns.to_string()
+    };
     format!(
-        "{} {:<10} {:<7} {:<16} {:<38} {:<38} {}",
+        "{} {:<10} {:<7} {:<16} {:<10} {:<38} {:<38} {}",
         clock.time_of_day(e.ts_ns),
         kind.map_or("unknown", kind_name),
         pid,
         name,
+        netns,
         endpoint(e, true),
         endpoint(e, false),
         detail(e)
@@ -186,6 +192,8 @@ pub struct JsonEvent<'a> {
     pub daddr: Shown<std::net::IpAddr>,
     pub dport: u16,
     pub skaddr: Shown<Hex>,
+    /// The socket's network namespace (inode); `null` when the kernel offsets are unknown.
+    pub netns: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,6 +273,7 @@ pub fn json_event<'a>(e: &'a Event, clock: &Clock) -> JsonEvent<'a> {
         daddr: Shown(events::ip(e.family, &e.daddr)),
         dport: e.dport,
         skaddr: Shown(Hex(e.skaddr)),
+        netns: (e.netns != 0).then_some(e.netns),
         old_state: None,
         new_state: None,
         duration_ns: None,
@@ -362,6 +371,7 @@ mod tests {
         e.sport = 40000;
         e.dport = 80;
         e.pid = 42;
+        e.netns = 4026531840;
         e.comm[..4].copy_from_slice(b"curl");
         e.old_state = TcpState::SynSent as u8;
         e.new_state = TcpState::Established as u8;
@@ -375,6 +385,7 @@ mod tests {
         assert!(line.contains("state"), "{line}");
         assert!(line.contains(" 42 "), "{line}");
         assert!(line.contains("curl"), "{line}");
+        assert!(line.contains(" 4026531840 "), "{line}");
         assert!(line.contains("127.0.0.1:40000"), "{line}");
         assert!(line.contains("127.0.0.1:80"), "{line}");
         assert!(
@@ -393,6 +404,7 @@ mod tests {
         assert_eq!(v["new_state"], "ESTABLISHED");
         assert_eq!(v["duration_ns"], 1_500_000);
         assert_eq!(v["family"], 4);
+        assert_eq!(v["netns"], 4026531840u32);
         assert!(v.get("retransmit").is_none());
     }
 

@@ -57,12 +57,12 @@ fn table(r: &Report) -> String {
         k.tracefs
     );
     s.push_str(&format!(
-        "{:<24} {:<11} {}\n",
+        "{:<24} {:<15} {}\n",
         "PROBE", "METHOD", "WHAT IT GIVES"
     ));
     for h in r.probes {
         let method = if h.attached { h.method } else { "NOT ATTACHED" };
-        s.push_str(&format!("{:<24} {:<11} {}\n", h.hook, method, h.purpose));
+        s.push_str(&format!("{:<24} {:<15} {}\n", h.hook, method, h.purpose));
         for skip in &h.skipped {
             s.push_str(&format!(
                 "{:<24}   skipped {} at {}: {}\n",

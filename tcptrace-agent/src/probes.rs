@@ -15,8 +15,11 @@ use aya::{maps::Array, Btf as AyaBtf, Ebpf, EbpfLoader};
 use log::{info, warn};
 use serde::Serialize;
 use tcptrace_common::{
-    config::{Source, SOURCE_CONNECT_V4, SOURCE_CONNECT_V6, SOURCE_DESTROY, SOURCE_SEGMENTS},
-    Config, Filter, TpLayout,
+    config::{
+        Source, SOURCE_CONNECT_V4, SOURCE_CONNECT_V6, SOURCE_DESTROY, SOURCE_SEGMENTS,
+        SOURCE_TRACKING, TRACKING_SOCKET_STORAGE,
+    },
+    Config, Filter, TpLayout, FIELD_ABSENT,
 };
 
 use crate::{
@@ -100,11 +103,13 @@ pub const TRACEPOINTS: [Tracepoint; 8] = [
 
 /// One way of providing a probe.
 pub struct Method {
-    /// `fentry`, `fexit`, `kprobe` or `tracepoint`.
+    /// `tp_btf`, `raw_tracepoint`, `tracepoint`, `fentry`, `fexit`, `kprobe`, or the name
+    /// of a method that attaches nothing of its own (derived, `socket_storage`, `hash`).
     pub name: &'static str,
     /// Programs to load and attach, all or nothing.
     pub attach: &'static [Attach],
-    /// Probes this method derives its information from; they must be attached.
+    /// Probes (`probe`, or `probe/method` for a particular method) this method needs
+    /// attached first: it derives its information from them or shares their state.
     pub derived_from: &'static [&'static str],
     /// Kernel struct fields read at offsets from BTF.
     pub reads: Reads,
@@ -120,27 +125,67 @@ pub struct Probe {
     pub source_slot: Option<u32>,
 }
 
-/// A probe that is one classic tracepoint with a program of the same name.
-macro_rules! tracepoint_probe {
-    ($category:literal, $event:literal, $purpose:literal) => {
-        tracepoint_probe!($category, $event, $purpose, None)
+/// The method of a probe on one tracepoint whose programs are named after it:
+/// `<event>_btf` (BTF-typed: the socket's own storage, a recursion guard per program),
+/// `<event>_raw` (raw: the fallback socket map, a guard per program) and `<event>`
+/// (classic: the fallback map, the guard that every classic tracepoint and kprobe on a
+/// CPU shares). A BTF-typed program keeps socket state where the state program does,
+/// so it needs the state program on its BTF-typed tracepoint too.
+macro_rules! btf_method {
+    ($event:literal, $reads:expr) => {
+        Method {
+            name: "tp_btf",
+            attach: &[Attach::BtfTracepoint {
+                program: concat!($event, "_btf"),
+                event: $event,
+            }],
+            derived_from: &["socket_tracking/socket_storage"],
+            reads: $reads,
+        }
     };
-    ($category:literal, $event:literal, $purpose:literal, $slot:expr) => {
+}
+macro_rules! raw_method {
+    ($event:literal, $reads:expr) => {
+        Method {
+            name: "raw_tracepoint",
+            attach: &[Attach::RawTracepoint {
+                program: concat!($event, "_raw"),
+                event: $event,
+            }],
+            derived_from: &[],
+            reads: $reads,
+        }
+    };
+}
+macro_rules! classic_method {
+    ($category:literal, $event:literal) => {
+        Method {
+            name: "tracepoint",
+            attach: &[Attach::Tracepoint {
+                program: $event,
+                category: $category,
+                event: $event,
+            }],
+            derived_from: &[],
+            reads: Reads::Nothing,
+        }
+    };
+}
+
+/// A probe on a tracepoint that passes the socket: BTF-typed, raw, classic, in that
+/// order.
+macro_rules! socket_probe {
+    ($category:literal, $event:literal, $reads:expr, $purpose:literal) => {
         Probe {
             name: $event,
             required: false,
             purpose: $purpose,
-            methods: &[Method {
-                name: "tracepoint",
-                attach: &[Attach::Tracepoint {
-                    program: $event,
-                    category: $category,
-                    event: $event,
-                }],
-                derived_from: &[],
-                reads: Reads::Nothing,
-            }],
-            source_slot: $slot,
+            methods: &[
+                btf_method!($event, $reads),
+                raw_method!($event, $reads),
+                classic_method!($category, $event),
+            ],
+            source_slot: None,
         }
     };
 }
@@ -148,7 +193,7 @@ macro_rules! tracepoint_probe {
 /// The connect-error probes: fexit, then kprobe + kretprobe, then the state tracepoint
 /// plus `sys_exit_connect` (CLOSE -> SYN_SENT runs inside connect()).
 macro_rules! connect_probe {
-    ($function:literal, $fexit:literal, $slot:expr) => {
+    ($function:literal, $slot:expr) => {
         Probe {
             name: $function,
             required: false,
@@ -157,7 +202,7 @@ macro_rules! connect_probe {
                 Method {
                     name: "fexit",
                     attach: &[Attach::Fexit {
-                        program: $fexit,
+                        program: concat!($function, "_fexit"),
                         function: $function,
                     }],
                     derived_from: &[],
@@ -194,58 +239,94 @@ macro_rules! connect_probe {
     };
 }
 
-pub const PROBES: [Probe; 10] = [
-    // The raw tracepoint is the fallback where the classic one's format is not understood.
+/// The pseudo-probe that says where per-socket state lives (owner, state timing, what
+/// was counted): socket-local storage where the state program runs on its BTF-typed
+/// tracepoint, else the fallback socket map (`--max-sockets`).
+pub const SOCKET_TRACKING: &str = "socket_tracking";
+
+pub const PROBES: [Probe; 11] = [
     Probe {
         name: "inet_sock_set_state",
         required: true,
         purpose: "state changes, handshakes, socket ownership",
         methods: &[
             Method {
-                name: "tracepoint",
-                attach: &[Attach::Tracepoint {
-                    program: "inet_sock_set_state",
-                    category: "sock",
-                    event: "inet_sock_set_state",
-                }],
                 derived_from: &[],
-                reads: Reads::Nothing,
+                ..btf_method!("inet_sock_set_state", Reads::Sock)
             },
-            Method {
-                name: "raw_tracepoint",
-                attach: &[Attach::RawTracepoint {
-                    program: "inet_sock_set_state_raw",
-                    event: "inet_sock_set_state",
-                }],
-                derived_from: &[],
-                reads: Reads::SockAndProtocol,
-            },
+            raw_method!("inet_sock_set_state", Reads::Sock),
+            classic_method!("sock", "inet_sock_set_state"),
         ],
         source_slot: None,
     },
-    tracepoint_probe!("tcp", "tcp_retransmit_skb", "data and SYN retransmits"),
-    tracepoint_probe!("tcp", "tcp_retransmit_synack", "SYN-ACK retransmits"),
-    tracepoint_probe!(
+    Probe {
+        name: SOCKET_TRACKING,
+        required: true,
+        purpose: "per-socket state: owner, time in state, what was counted",
+        methods: &[
+            // Lives and dies with the socket: no capacity, nothing to clean up.
+            Method {
+                name: "socket_storage",
+                attach: &[],
+                derived_from: &["inet_sock_set_state/tp_btf"],
+                reads: Reads::Nothing,
+            },
+            // Bounded by --max-sockets; sockets beyond it are counted, untracked.
+            Method {
+                name: "hash",
+                attach: &[],
+                derived_from: &[],
+                reads: Reads::Nothing,
+            },
+        ],
+        source_slot: Some(SOURCE_TRACKING),
+    },
+    socket_probe!(
+        "tcp",
+        "tcp_retransmit_skb",
+        Reads::Sock,
+        "data and SYN retransmits"
+    ),
+    socket_probe!(
+        "tcp",
+        "tcp_retransmit_synack",
+        Reads::Sock,
+        "SYN-ACK retransmits"
+    ),
+    socket_probe!(
         "tcp",
         "tcp_receive_reset",
+        Reads::Sock,
         "RSTs received; refused/reset handshakes when BTF is missing"
     ),
-    tracepoint_probe!("tcp", "tcp_send_reset", "RSTs sent"),
-    // Where it attaches, a socket stays tracked from CLOSE until the kernel frees it: an
-    // aborting close (SO_LINGER 0, unread data) sends its RST after CLOSE.
-    tracepoint_probe!(
-        "tcp",
-        "tcp_destroy_sock",
-        "ends socket tracking when the kernel frees a socket (RSTs after CLOSE keep their owner)",
-        Some(SOURCE_DESTROY)
-    ),
-    tracepoint_probe!(
+    socket_probe!("tcp", "tcp_send_reset", Reads::Sock, "RSTs sent"),
+    // Where sockets are tracked in the fallback map, a socket stays tracked from CLOSE
+    // until the kernel frees it: an aborting close (SO_LINGER 0, unread data) sends its
+    // RST after CLOSE. Socket storage is freed with the socket by the kernel itself.
+    Probe {
+        name: "tcp_destroy_sock",
+        required: false,
+        purpose: "ends socket tracking when the kernel frees a socket (RSTs after CLOSE keep their owner)",
+        methods: &[
+            Method {
+                name: "socket_storage",
+                attach: &[],
+                derived_from: &["socket_tracking/socket_storage"],
+                reads: Reads::Nothing,
+            },
+            raw_method!("tcp_destroy_sock", Reads::Nothing),
+            classic_method!("tcp", "tcp_destroy_sock"),
+        ],
+        source_slot: Some(SOURCE_DESTROY),
+    },
+    socket_probe!(
         "sock",
         "inet_sk_error_report",
+        Reads::SockAndError,
         "socket errors: ETIMEDOUT from keep-alive or retransmission timeouts, resets, ICMP"
     ),
-    connect_probe!("tcp_v4_connect", "tcp_v4_connect_fexit", SOURCE_CONNECT_V4),
-    connect_probe!("tcp_v6_connect", "tcp_v6_connect_fexit", SOURCE_CONNECT_V6),
+    connect_probe!("tcp_v4_connect", SOURCE_CONNECT_V4),
+    connect_probe!("tcp_v6_connect", SOURCE_CONNECT_V6),
     Probe {
         name: "tcp_rcv_state_process",
         required: false,
@@ -398,7 +479,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     // Batch wakeups: the reader is woken at a quarter full and polls every DRAIN_EVERY.
     config.wakeup_bytes = opts.ring_bytes / 4;
     let layout_errors = resolve_layouts(&tracefs_root, &mut config);
+    // Raw and BTF-typed programs read `err` as an argument where the record has it.
+    config.retransmit_err_arg = u32::from(config.retransmit_skb.err != FIELD_ABSENT);
     let offsets = KernelOffsets::from_btf();
+    if opts.filter.netns != 0 && offsets.netns.is_none() {
+        bail!("--netns needs the network namespace offsets from kernel BTF (/sys/kernel/btf/vmlinux), which this kernel does not provide");
+    }
     offsets.apply(&mut config);
     release_free_memory();
 
@@ -579,9 +665,17 @@ impl Planner<'_> {
             }
         }
         for needed in method.derived_from {
-            let attached = self.hooks.iter().any(|h| h.hook == *needed && h.attached);
-            if !attached {
-                bail!("derived from {needed}, which is not attached");
+            let (probe, wanted) = match needed.split_once('/') {
+                Some((probe, method)) => (probe, Some(method)),
+                None => (*needed, None),
+            };
+            let hook = self.hooks.iter().find(|h| h.hook == probe && h.attached);
+            match (hook, wanted) {
+                (None, _) => bail!("derived from {probe}, which is not attached"),
+                (Some(h), Some(m)) if h.method != m => {
+                    bail!("needs {probe} on {m}, and it is on {}", h.method)
+                }
+                _ => {}
             }
         }
         if !self.offsets.provide(method.reads) {
@@ -604,13 +698,15 @@ fn write_sources(ebpf: &mut Ebpf, hooks: &[HookStatus]) -> Result<()> {
         let Some(slot) = probe.source_slot else {
             continue;
         };
-        let source = match hooks.iter().find(|h| h.hook == probe.name) {
-            Some(h) if h.attached && h.method == "tracepoint" => Source::Tracepoint,
-            Some(h) if h.attached => Source::Function,
-            _ => Source::None,
+        let hook = hooks.iter().find(|h| h.hook == probe.name && h.attached);
+        let source = match hook.map(|h| h.method) {
+            Some("socket_storage") if slot == SOURCE_TRACKING => TRACKING_SOCKET_STORAGE,
+            Some("tracepoint") => Source::Tracepoint as u32,
+            Some(_) => Source::Function as u32,
+            None => Source::None as u32,
         };
         sources
-            .set(slot, source as u32, 0)
+            .set(slot, source, 0)
             .with_context(|| format!("writing the source of {}", probe.name))?;
     }
     Ok(())

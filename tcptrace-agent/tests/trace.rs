@@ -521,55 +521,6 @@ fn filters_run_in_the_kernel() {
 }
 
 #[test]
-fn a_full_socket_map_is_counted_and_reported_not_silent() {
-    require_root();
-    let _serial = serial();
-    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let port = free_port(ip);
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--max-sockets",
-        "64",
-        "--events",
-        "handshakes",
-    ]);
-    let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
-    // 100 connections open at once need 201 tracked sockets (both ends and the listener).
-    let held: Vec<(TcpStream, TcpStream)> = (0..100)
-        .map(|_| {
-            let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            (c, listener.accept().unwrap().0)
-        })
-        .collect();
-    drop(held);
-    drop(listener);
-    std::thread::sleep(Duration::from_millis(300));
-    let traced = tracer.stop();
-    assert!(
-        traced
-            .stderr
-            .contains("sockets untracked (socket map full)"),
-        "{}",
-        traced.stderr
-    );
-    // The kernel side said so through aya-log too.
-    assert!(
-        traced
-            .stderr
-            .contains("socket map full, 1 sockets untracked on this CPU"),
-        "{}",
-        traced.stderr
-    );
-    // Sockets that could not be tracked lose their timing, not their events.
-    assert!(
-        traced.events.len() < 200,
-        "untracked handshakes cannot be timed"
-    );
-    assert!(!traced.events.is_empty());
-}
-
-#[test]
 fn children_of_a_listener_older_than_the_tracer_are_timed_without_an_owner() {
     require_root();
     let _serial = serial();

@@ -73,6 +73,9 @@ pub struct Filter {
     pub cidr_prefix: u8,
     /// Length of `comm`; 0 = no command filter.
     pub comm_len: u8,
+    /// Network namespace inode (`ls -L -i /proc/PID/ns/net`); 0 = any.
+    pub netns: u32,
+    pub _pad: u32,
     pub cidr_addr: [u8; 16],
     /// Exact owner command name (as the kernel truncates it, up to 15 bytes).
     pub comm: [u8; 16],
@@ -90,6 +93,8 @@ impl Filter {
         cidr_family: 0,
         cidr_prefix: 0,
         comm_len: 0,
+        netns: 0,
+        _pad: 0,
         cidr_addr: [0; 16],
         comm: [0; 16],
     };
@@ -130,9 +135,21 @@ pub struct Config {
     /// `offsetof(struct inet_sock, inet_sport)`: the local port as the state tracepoint
     /// reports it (`skc_num` is already 0 when a closing socket's state changes).
     pub inet_sport_offset: u32,
+    /// `offsetof(struct sock_common, skc_net)`: the socket's `struct net *`.
+    pub skc_net_offset: u32,
+    /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`: the network
+    /// namespace's inode number, what `/proc/PID/ns/net` links to.
+    pub net_inum_offset: u32,
+    /// `offsetof(struct tcp_sock, total_retrans)`: segments this socket retransmitted,
+    /// added by the kernel together with TcpRetransSegs.
+    pub total_retrans_offset: u32,
+    /// 1 where `tcp_retransmit_skb` passes `err` as its third argument (raw and
+    /// BTF-typed tracepoints read it there), 0 before that (Linux 6.17).
+    pub retransmit_err_arg: u32,
     /// Wake the reader once this many bytes wait in the ring buffer; below it events
     /// are batched and the reader polls on a short timer (fewer wakeups under load).
     pub wakeup_bytes: u32,
+    pub _pad: u32,
     pub filter: Filter,
 }
 
@@ -153,7 +170,12 @@ impl Config {
         skb_flags_offset: OFFSET_UNKNOWN,
         sk_protocol_offset: OFFSET_UNKNOWN,
         inet_sport_offset: OFFSET_UNKNOWN,
+        skc_net_offset: OFFSET_UNKNOWN,
+        net_inum_offset: OFFSET_UNKNOWN,
+        total_retrans_offset: OFFSET_UNKNOWN,
+        retransmit_err_arg: 0,
         wakeup_bytes: 0,
+        _pad: 0,
         filter: Filter::ANY,
     };
 }
@@ -190,13 +212,18 @@ impl Source {
     }
 }
 
-/// `SOURCES` slots: connect() errors per family, handshake-state segment flags, and
-/// whether `tcp_destroy_sock` ends socket tracking (then CLOSE does not).
+/// `SOURCES` slots: connect() errors per family, handshake-state segment flags,
+/// whether `tcp_destroy_sock` ends socket tracking (then CLOSE does not), and where
+/// sockets are tracked.
 pub const SOURCE_CONNECT_V4: u32 = 0;
 pub const SOURCE_CONNECT_V6: u32 = 1;
 pub const SOURCE_SEGMENTS: u32 = 2;
 pub const SOURCE_DESTROY: u32 = 3;
-pub const SOURCE_SLOTS: u32 = 4;
+/// Where the state program keeps per-socket state: `TRACKING_SOCKET_STORAGE`, or 0 for
+/// the fallback socket map. Programs that can reach both (fentry) read it from there.
+pub const SOURCE_TRACKING: u32 = 4;
+pub const SOURCE_SLOTS: u32 = 5;
+pub const TRACKING_SOCKET_STORAGE: u32 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -206,7 +233,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<TpLayout>(), 28);
-        assert_eq!(size_of::<Filter>(), 48);
-        assert_eq!(size_of::<Config>(), 9 * 28 + 7 * 4 + 48);
+        assert_eq!(size_of::<Filter>(), 56);
+        assert_eq!(size_of::<Config>(), 9 * 28 + 12 * 4 + 56);
     }
 }

@@ -30,8 +30,10 @@ pub fn retransmit_from_key(key: u32) -> (u8, u8, bool) {
 
 /// Handshake latency histogram: bucket `b` holds durations below 2^b microseconds.
 pub const HANDSHAKE_BUCKETS: u32 = 32;
-/// Per side: the buckets, then the sum of durations in nanoseconds.
-pub const HANDSHAKE_SLOTS_PER_SIDE: u32 = HANDSHAKE_BUCKETS + 1;
+/// Per side: the buckets, the sum of durations in nanoseconds, then the handshakes that
+/// completed on sockets whose start was not seen (the fallback socket map was full):
+/// counted, but with no duration to put in a bucket.
+pub const HANDSHAKE_SLOTS_PER_SIDE: u32 = HANDSHAKE_BUCKETS + 2;
 pub const HANDSHAKE_SLOTS: u32 = 2 * HANDSHAKE_SLOTS_PER_SIDE;
 
 #[inline(always)]
@@ -53,6 +55,11 @@ pub fn handshake_bucket_index(side: u8, bucket: u32) -> u32 {
 #[inline(always)]
 pub fn handshake_sum_index(side: u8) -> u32 {
     (side as u32 & 1) * HANDSHAKE_SLOTS_PER_SIDE + HANDSHAKE_BUCKETS
+}
+
+#[inline(always)]
+pub fn handshake_untimed_index(side: u8) -> u32 {
+    (side as u32 & 1) * HANDSHAKE_SLOTS_PER_SIDE + HANDSHAKE_BUCKETS + 1
 }
 
 /// Upper bound of bucket `b` in seconds (2^b microseconds).
@@ -180,6 +187,7 @@ mod tests {
             let b = handshake_bucket(ns);
             assert!((ns as f64 / 1e9) < handshake_bucket_upper_seconds(b));
         }
-        assert_eq!(handshake_sum_index(1), HANDSHAKE_SLOTS - 1);
+        assert_eq!(handshake_sum_index(1), HANDSHAKE_SLOTS - 2);
+        assert_eq!(handshake_untimed_index(1), HANDSHAKE_SLOTS - 1);
     }
 }

@@ -139,10 +139,16 @@ pub struct SockInfo {
     /// Entry into SYN_SENT / SYN_RECV; 0 once the handshake is over.
     pub handshake_start_ns: u64,
     pub flags: u32,
+    /// `tcp_sock.total_retrans` when a retransmit of this socket was last counted: the
+    /// next one counts what the kernel added since (`RETRANS_SEEN_UNKNOWN`: not yet).
+    pub retrans_seen: u32,
     /// The socket's TCP state since its last transition (`TcpState` value).
     pub state: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
+
+/// [`SockInfo::retrans_seen`] before the socket's first retransmit was read.
+pub const RETRANS_SEEN_UNKNOWN: u32 = u32::MAX;
 
 /// Key of the listener table: children of a listener inherit its owner. Aligned to 8 so
 /// that the eBPF side builds and copies the address as two words.
@@ -153,7 +159,9 @@ pub struct ListenKey {
     pub addr: [u8; 16],
     pub family: u16,
     pub port: u16,
-    pub _pad: u32,
+    /// The listener's network namespace (inode; 0 without kernel BTF): every pod may
+    /// listen on the same address and port in its own namespace.
+    pub netns: u32,
 }
 
 /// One ring-buffer record. Addresses are 16 bytes; IPv4 uses the first four.
@@ -191,7 +199,10 @@ pub struct Event {
     /// Retransmit: segments in the retransmitted skb (GSO), as the kernel's
     /// TcpRetransSegs counts them; 0 when the kernel offset is unknown.
     pub segs: u16,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
+    /// The socket's network namespace (inode of `/proc/PID/ns/net`); 0 when unknown.
+    pub netns: u32,
+    pub _pad2: u32,
     pub comm: [u8; 16],
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -216,7 +227,9 @@ impl Event {
             outcome: 0,
             flags: 0,
             segs: 0,
-            _pad: [0; 2],
+            _pad: 0,
+            netns: 0,
+            _pad2: 0,
             comm: [0; 16],
             saddr: [0; 16],
             daddr: [0; 16],
@@ -232,12 +245,13 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Owner>(), 32);
-        assert_eq!(size_of::<SockInfo>(), 56);
+        assert_eq!(size_of::<SockInfo>(), 64);
         assert_eq!(size_of::<ListenKey>(), 24);
-        assert_eq!(size_of::<Event>(), 104);
+        assert_eq!(size_of::<Event>(), 112);
         assert_eq!(align_of::<Event>(), 8);
-        assert_eq!(offset_of!(Event, comm), 56);
-        assert_eq!(offset_of!(Event, daddr), 88);
+        assert_eq!(offset_of!(Event, netns), 56);
+        assert_eq!(offset_of!(Event, comm), 64);
+        assert_eq!(offset_of!(Event, daddr), 96);
     }
 
     #[test]

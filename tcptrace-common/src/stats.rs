@@ -19,12 +19,15 @@ pub enum Stat {
     /// Events that passed the filters and were offered to the ring buffer, counted
     /// before the attempt: produced = submitted + lost, checked by the tests.
     EventsProduced = 6,
+    /// A program found every per-CPU scratch frame taken (deeper nesting of programs
+    /// on one CPU than task, softirq, hardirq and NMI give): that run did nothing.
+    NestingTooDeep = 7,
 }
 
 pub const STAT_SLOTS: u32 = 8;
 
 impl Stat {
-    pub const ALL: [Stat; 7] = [
+    pub const ALL: [Stat; 8] = [
         Stat::EventsSubmitted,
         Stat::EventsLost,
         Stat::SocketMapFull,
@@ -32,6 +35,7 @@ impl Stat {
         Stat::EventsFiltered,
         Stat::CounterUpdateFailed,
         Stat::EventsProduced,
+        Stat::NestingTooDeep,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Stat {
             Stat::EventsFiltered => "events_filtered",
             Stat::CounterUpdateFailed => "counter_update_failed",
             Stat::EventsProduced => "events_produced",
+            Stat::NestingTooDeep => "nesting_too_deep",
         }
     }
 }

@@ -6,10 +6,7 @@
 //! state tracepoint notices a socket that left SYN_SENT before getting a local port and
 //! `sys_exit_connect` supplies connect()'s return code. Errors raised before the socket
 //! enters SYN_SENT (routing) are visible only to the function hook.
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    maps::PerCpuArray,
-};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use tcptrace_common::{
     config::{Source, SOURCE_CONNECT_V4, SOURCE_CONNECT_V6},
     counters::CONNECT_ERROR_SLOTS,
@@ -17,7 +14,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    emit::{add_key, base_event_in, submit},
+    emit::{add_key, base_event, submit},
     maps::{source, PendingConnect, CONNECTING, CONNECT_ERRORS},
     sockets::current_owner,
     tracepoint::{bytes16, Endpoints},
@@ -70,7 +67,7 @@ pub fn note_close(ep: &Endpoints) {
 
 /// `sys_exit_connect`: report the return code of a call that failed early.
 #[inline(always)]
-pub fn syscall_returned(ret: i64, scratch: &PerCpuArray<Event>) {
+pub fn syscall_returned(ret: i64, event: &mut Event) {
     let tid = current_tid();
     let Some(pending) = (unsafe { CONNECTING.get(tid) }).copied() else {
         return;
@@ -87,21 +84,20 @@ pub fn syscall_returned(ret: i64, scratch: &PerCpuArray<Event>) {
         saddr: bytes16(0, 0),
         daddr: pending.daddr,
     };
-    report(&dest, (-ret) as i32, Source::Tracepoint, scratch);
+    report(&dest, (-ret) as i32, Source::Tracepoint, event);
 }
 
-/// Count the error and emit a `ConnectError` event owned by the calling process.
+/// Count the error and emit a `ConnectError` event owned by the calling process, built
+/// in `event` (the run's frame).
 #[inline(always)]
-pub fn report(dest: &Endpoints, errno: i32, source: Source, scratch: &PerCpuArray<Event>) {
+pub fn report(dest: &Endpoints, errno: i32, source: Source, event: &mut Event) {
     if errno <= 0 || errno as u32 >= CONNECT_ERROR_SLOTS {
         return;
     }
     add_key(&CONNECT_ERRORS, errno as u32, 1);
     let owner = current_owner();
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(event) = base_event_in(scratch, dest, &owner, now, 0) else {
-        return;
-    };
+    let event = base_event(event, dest, &owner, now, 0);
     event.kind = EventKind::ConnectError as u8;
     event.err = errno;
     event.detail = source as u8;

@@ -16,7 +16,8 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 
 use crate::{
     conf,
-    maps::{EVENTS, SCRATCH, STATS},
+    maps::{EVENTS, STATS},
+    sockets::Store,
     tracepoint::Endpoints,
 };
 
@@ -115,6 +116,10 @@ fn passes_filter(e: &Event) -> bool {
     if family != 0 && family != e.family {
         return false;
     }
+    let netns = conf!(filter.netns);
+    if netns != 0 && netns != e.netns {
+        return false;
+    }
     comm_matches(e) && cidr_matches(e)
 }
 
@@ -173,48 +178,37 @@ fn in_prefix(ip: &[u8; 16], net: &[u8; 16], prefix: u32, family: u16) -> bool {
     true
 }
 
-/// An event for this socket and owner, with everything but the kind-specific fields,
-/// built in this CPU's scratch slot.
+/// The event for this socket and owner, with everything but the kind-specific fields,
+/// built in the run's frame.
 #[inline(always)]
-pub fn base_event(
+pub fn base_event<'a>(
+    event: &'a mut Event,
     ep: &Endpoints,
     owner: &Owner,
     now: u64,
     flags: u8,
-) -> Option<&'static mut Event> {
-    base_event_in(&SCRATCH, ep, owner, now, flags)
-}
-
-/// `base_event` in a given scratch map (the function hooks have their own).
-#[inline(always)]
-pub fn base_event_in(
-    scratch: &PerCpuArray<Event>,
-    ep: &Endpoints,
-    owner: &Owner,
-    now: u64,
-    flags: u8,
-) -> Option<&'static mut Event> {
-    let e = unsafe { &mut *scratch.get_ptr_mut(0)? };
-    *e = Event::zeroed();
-    e.ts_ns = now;
-    e.skaddr = ep.skaddr;
-    e.family = ep.family;
-    e.sport = ep.sport;
-    e.dport = ep.dport;
-    e.saddr = ep.saddr;
-    e.daddr = ep.daddr;
-    e.pid = owner.pid;
-    e.cgroup_id = owner.cgroup_id;
-    e.comm = owner.comm;
-    e.flags = flags & (FLAG_OWNER_UNKNOWN | FLAG_RST_RECEIVED);
-    Some(e)
+) -> &'a mut Event {
+    *event = Event::zeroed();
+    event.ts_ns = now;
+    event.skaddr = ep.skaddr;
+    event.family = ep.family;
+    event.sport = ep.sport;
+    event.dport = ep.dport;
+    event.saddr = ep.saddr;
+    event.daddr = ep.daddr;
+    event.netns = crate::sock::netns(ep.skaddr);
+    event.pid = owner.pid;
+    event.cgroup_id = owner.cgroup_id;
+    event.comm = owner.comm;
+    event.flags = flags & (FLAG_OWNER_UNKNOWN | FLAG_RST_RECEIVED);
+    event
 }
 
 /// The owner and flags recorded for a socket, or "unknown" when it is not tracked.
 #[inline(always)]
-pub fn owner_of(skaddr: u64) -> (Owner, u8) {
-    match crate::sockets::lookup(skaddr) {
-        Some(info) => unsafe { ((*info).owner, (*info).flags as u8) },
+pub fn owner_of(store: &impl Store) -> (Owner, u8) {
+    match store.entry() {
+        Some(info) => (info.owner, info.flags as u8),
         None => (Owner::default(), FLAG_OWNER_UNKNOWN),
     }
 }

@@ -1,17 +1,18 @@
 //! Every map of the object. Sizes here are defaults; the agent overrides them at load
 //! time (`--ring-bytes`, `--max-sockets`), so they stay bounded and configurable.
 use aya_ebpf::{
+    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_CLONE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
-    config::{RECORD_MAX, SOURCE_SLOTS},
+    config::SOURCE_SLOTS,
     counters::{
         CONNECT_ERROR_SLOTS, HANDSHAKE_SLOTS, RESET_SLOTS, SEGMENT_SLOTS, TRANSITION_SLOTS,
     },
     event::{ListenKey, SockInfo},
     stats::STAT_SLOTS,
-    Config, Event, Owner,
+    Config, Owner,
 };
 
 /// Load-time configuration (tracepoint layouts, kernel offsets, trace filters).
@@ -27,15 +28,42 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
-/// Tracking state of every socket seen since attach, keyed by kernel socket address.
-/// Entries go when their socket closes or is destroyed. A plain hash, not an LRU: when
-/// it is full, new sockets go untracked and that is counted, where an LRU would evict
-/// live entries silently. The only way an entry outlives its socket is the kernel
-/// skipping both cleanups (recursion protection), which the kernel counts as missed.
+/// The fallback socket store (`sockets::HashStore`), where socket-local storage is not
+/// available: tracking state of every socket seen since attach, keyed by kernel socket
+/// address. Entries go when their socket closes or is destroyed. A plain hash, not an
+/// LRU: when it is full, new sockets go untracked and that is counted, where an LRU
+/// would evict live entries silently. The only way an entry outlives its socket is the
+/// kernel skipping both cleanups (recursion protection), which it counts as missed.
 #[map]
 pub static SOCKETS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
 
-/// Owner of every listening socket, so accepted children inherit it.
+/// The main socket store (`sockets::SkStore`): socket-local storage, one `SockInfo`
+/// per socket, freed with the socket, copied from a listener to its children. A BTF-defined map (aya's own `SkStorage`
+/// has no `BPF_F_CLONE` and takes only a sock_addr context).
+#[repr(C)]
+pub struct SockStorageMap {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockInfo,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+}
+
+// SAFETY: the fields are placeholders the loader reads from BTF; never dereferenced.
+unsafe impl Sync for SockStorageMap {}
+
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "SOCK_STORAGE")]
+pub static SOCK_STORAGE: SockStorageMap = SockStorageMap {
+    r#type: core::ptr::null(),
+    key: core::ptr::null(),
+    value: core::ptr::null(),
+    max_entries: core::ptr::null(),
+    map_flags: core::ptr::null(),
+};
+
+/// Owner of every listening socket, so accepted children inherit it (fallback store;
+/// socket-local storage copies it into each child).
 #[map]
 pub static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);
 
@@ -77,33 +105,10 @@ pub static SOURCES: Array<u32> = Array::with_max_entries(SOURCE_SLOTS, 0);
 #[map]
 pub static CONNECTING: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(16384, 0);
 
-/// kprobe fallback: the sockaddr each thread passed to tcp_v4/v6_connect, read back at
-/// the kretprobe (the arguments are gone by then).
+/// kprobe fallback: the socket and sockaddr each thread passed to tcp_v4/v6_connect,
+/// read back at the kretprobe (the arguments are gone by then).
 #[map]
-pub static CONNECT_ARGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
-
-/// Per-CPU copy of the tracepoint record being handled (`tracepoint::Record`).
-#[map]
-pub static RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per-CPU scratch space where an event is built: an `Event` does not fit the 512-byte
-/// BPF stack next to everything else a handler keeps there.
-#[map]
-pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
-
-/// The same two buffers for the function hooks (fentry/kprobe): a softirq may interrupt
-/// them and run the tracepoint programs on this CPU, so they must not share buffers.
-#[map]
-pub static FN_RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-pub static FN_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
-
-/// And for the raw-tracepoint state program: raw tracepoints guard only against
-/// re-entering the same program, so it can interrupt, or be interrupted by, the others.
-#[map]
-pub static RAW_RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-pub static RAW_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+pub static CONNECT_ARGS: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
 
 /// A connect() that entered SYN_SENT, as the derived fallback remembers it.
 #[repr(C)]

@@ -1,13 +1,12 @@
 //! Reading kernel structs directly at offsets the agent resolved from BTF: single fields
 //! (`read_at`), and a `struct sock`'s endpoints, whose `sock_common` offsets come as a
 //! record layout (`Config::sock`) so one helper call copies everything an event needs.
-use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::PerCpuArray};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tcptrace_common::config::{OFFSET_UNKNOWN, RECORD_MAX};
 
 use crate::{
     conf,
-    maps::FN_RECORD,
-    tracepoint::{endpoints, Endpoints, Record},
+    tracepoint::{endpoints as record_endpoints, Endpoints, Record},
 };
 
 /// The `T` at `base + offset`; `None` when the offset is unknown (no BTF), the base is
@@ -30,22 +29,23 @@ pub fn state(sk: u64) -> Option<u8> {
     read_at(sk, offset as u32)
 }
 
-/// Family, ports and addresses of a socket. `dport` comes back in host order.
+/// Family, ports and addresses of a socket (or of a request socket, which starts with
+/// the same `sock_common`), copied through `buf`. `dport` comes back in host order.
 #[inline(always)]
-pub fn sock_endpoints(sk: u64) -> Option<Endpoints> {
-    sock_endpoints_in(&FN_RECORD, sk)
-}
-
-/// `sock_endpoints`, copying through the given per-CPU buffer.
-#[inline(always)]
-pub fn sock_endpoints_in(buf: &PerCpuArray<[u8; RECORD_MAX]>, sk: u64) -> Option<Endpoints> {
+pub fn endpoints(buf: &mut [u8; RECORD_MAX], sk: u64) -> Option<Endpoints> {
     let layout = &conf!(sock);
     let rec = Record::copy(buf, sk as *const u8, layout)?;
-    let mut ep = endpoints(&rec, layout)?;
+    let mut ep = record_endpoints(&rec, layout)?;
     ep.skaddr = sk;
     ep.dport = u16::from_be(ep.dport);
-    // Like the classic tracepoint, report inet_sport: a closing socket has released its
-    // port (skc_num = 0) before its state changes, but still has inet_sport.
+    Some(ep)
+}
+
+/// `endpoints` of a full socket, with the local port as the state tracepoint reports it:
+/// `inet_sport`, which a closing socket keeps after releasing its port (`skc_num` = 0).
+#[inline(always)]
+pub fn full_endpoints(buf: &mut [u8; RECORD_MAX], sk: u64) -> Option<Endpoints> {
+    let mut ep = endpoints(buf, sk)?;
     if let Some(sport) = read_at::<u16>(sk, conf!(inet_sport_offset)) {
         ep.sport = u16::from_be(sport);
     }
@@ -56,4 +56,26 @@ pub fn sock_endpoints_in(buf: &PerCpuArray<[u8; RECORD_MAX]>, sk: u64) -> Option
 #[inline(always)]
 pub fn protocol(sk: u64) -> Option<u16> {
     read_at(sk, conf!(sk_protocol_offset))
+}
+
+/// The inode of the socket's network namespace (`sk->__sk_common.skc_net->ns.inum`), as
+/// `/proc/PID/ns/net` names it; 0 without BTF.
+#[inline(always)]
+pub fn netns(sk: u64) -> u32 {
+    read_at::<u64>(sk, conf!(skc_net_offset))
+        .and_then(|net| read_at::<u32>(net, conf!(net_inum_offset)))
+        .unwrap_or(0)
+}
+
+/// The socket's pending error (`sk->sk_err`: ECONNREFUSED, ETIMEDOUT, ...).
+#[inline(always)]
+pub fn error(sk: u64) -> Option<i32> {
+    read_at(sk, conf!(sk_err_offset))
+}
+
+/// `tcp_sock.total_retrans`: segments the socket retransmitted, which the kernel adds to
+/// TcpRetransSegs at the same time.
+#[inline(always)]
+pub fn total_retrans(sk: u64) -> Option<u32> {
+    read_at(sk, conf!(total_retrans_offset))
 }

@@ -1,23 +1,184 @@
-//! Per-socket tracking: who owns a socket and since when it is in its state.
+//! Per-socket tracking: who owns a socket, since when it is in its state, what of it
+//! was already counted.
 //!
 //! Most TCP state changes run in softirq context, where the current task is whatever
 //! the CPU happened to interrupt. The owner is therefore captured only where a process
 //! really acts on the socket (connect -> SYN_SENT, listen -> LISTEN), inherited by the
-//! children of a listener, and carried in `SOCKETS` until the socket goes away.
+//! children of a listener, and kept with the socket until it goes away.
+//!
+//! Two stores keep it. Socket-local storage (`SkStore`, BTF-typed tracepoints on Linux
+//! 5.11+) lives and dies with the socket: no capacity, no cleanup, and a listener's
+//! entry is copied into each child it accepts (`BPF_F_CLONE`), which is exactly the
+//! inheritance wanted. The fallback (`HashStore`) is a hash keyed by socket address,
+//! bounded by `--max-sockets`, with a listener table keyed by address, port *and*
+//! network namespace; what it cannot hold is counted.
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::bpf_sk_storage_get,
+    },
     EbpfContext,
 };
 use tcptrace_common::{
-    event::{ListenKey, SockInfo},
+    event::{ListenKey, SockInfo, RETRANS_SEEN_UNKNOWN},
     Owner, Stat, AF_INET6,
 };
 
 use crate::{
     emit::bump,
-    maps::{LISTENERS, SOCKETS},
-    tracepoint::bytes16,
+    maps::{SockStorageMap, LISTENERS, SOCKETS, SOCK_STORAGE},
+    tracepoint::{bytes16, Endpoints},
 };
+
+/// Where a program finds the tracking entry of the socket it handles.
+pub trait Store {
+    /// The socket's entry, if it has one.
+    fn entry(&self) -> Option<&'static mut SockInfo>;
+    /// Start tracking the socket with `info`, replacing what it had. A full fallback
+    /// map is counted (and logged) and the socket stays untracked.
+    fn start<C: EbpfContext>(&self, ctx: &C, info: &SockInfo);
+    /// The socket is gone or starts over: drop its entry (socket storage drops itself).
+    fn forget(&self);
+    /// The owner of the listener whose child this socket (just created, in SYN_RECV) is.
+    fn listener_owner(&self, ep: &Endpoints, netns: u32) -> Option<Owner>;
+    /// A listener opened (`Some(owner)`) or closed (`None`): children look it up.
+    fn set_listener(&self, ep: &Endpoints, netns: u32, owner: Option<&Owner>);
+}
+
+/// The fallback: `SOCKETS` keyed by socket address, `LISTENERS` by endpoint and netns.
+pub struct HashStore {
+    pub skaddr: u64,
+}
+
+impl Store for HashStore {
+    #[inline(always)]
+    fn entry(&self) -> Option<&'static mut SockInfo> {
+        SOCKETS.get_ptr_mut(self.skaddr).map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn start<C: EbpfContext>(&self, ctx: &C, info: &SockInfo) {
+        if SOCKETS.insert(self.skaddr, info, 0).is_err() {
+            untracked(ctx);
+        }
+    }
+
+    #[inline(always)]
+    fn forget(&self) {
+        let _ = SOCKETS.remove(self.skaddr);
+    }
+
+    /// A listener bound to exactly this address first, then a wildcard one of the same
+    /// family, then an IPv6 wildcard (dual-stack listeners accept IPv4 children); each
+    /// in the child's own network namespace.
+    #[inline(always)]
+    fn listener_owner(&self, ep: &Endpoints, netns: u32) -> Option<Owner> {
+        let exact = listen_key(ep.family, ep.sport, &ep.saddr, netns);
+        if let Some(o) = unsafe { LISTENERS.get(&exact) } {
+            return Some(*o);
+        }
+        let any = listen_key(ep.family, ep.sport, &bytes16(0, 0), netns);
+        if let Some(o) = unsafe { LISTENERS.get(&any) } {
+            return Some(*o);
+        }
+        let any6 = listen_key(AF_INET6, ep.sport, &bytes16(0, 0), netns);
+        unsafe { LISTENERS.get(&any6) }.copied()
+    }
+
+    #[inline(always)]
+    fn set_listener(&self, ep: &Endpoints, netns: u32, owner: Option<&Owner>) {
+        let key = listen_key(ep.family, ep.sport, &ep.saddr, netns);
+        match owner {
+            Some(owner) => {
+                if LISTENERS.insert(&key, owner, 0).is_err() {
+                    bump(Stat::ListenerMapFull);
+                }
+            }
+            None => {
+                let _ = LISTENERS.remove(&key);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn listen_key(family: u16, port: u16, addr: &[u8; 16], netns: u32) -> ListenKey {
+    ListenKey {
+        addr: *addr,
+        family,
+        port,
+        netns,
+    }
+}
+
+const BPF_SK_STORAGE_GET_F_CREATE: u64 = 1;
+
+/// Socket-local storage, for programs on BTF-typed tracepoints: `sk` must be the
+/// tracepoint's own `struct sock *` argument, which the verifier knows the type of.
+pub struct SkStore {
+    pub sk: u64,
+}
+
+impl SkStore {
+    #[inline(always)]
+    fn get(&self, init: *mut SockInfo, flags: u64) -> Option<&'static mut SockInfo> {
+        let map = &SOCK_STORAGE as *const SockStorageMap as *mut core::ffi::c_void;
+        // SAFETY: the helper checks its arguments; it returns null or a value pointer.
+        let p = unsafe { bpf_sk_storage_get(map, self.sk as *mut _, init.cast(), flags) };
+        if p.is_null() {
+            None
+        } else {
+            Some(unsafe { &mut *(p as *mut SockInfo) })
+        }
+    }
+}
+
+impl Store for SkStore {
+    #[inline(always)]
+    fn entry(&self) -> Option<&'static mut SockInfo> {
+        self.get(core::ptr::null_mut(), 0)
+    }
+
+    #[inline(always)]
+    fn start<C: EbpfContext>(&self, ctx: &C, info: &SockInfo) {
+        let mut init = *info;
+        // Created with `init`, or an existing entry (a previous life, a listener's copy)
+        // overwritten: either way it holds `info` after this. It fails only when the
+        // kernel cannot allocate the storage.
+        match self.get(&mut init, BPF_SK_STORAGE_GET_F_CREATE) {
+            Some(entry) => *entry = *info,
+            None => untracked(ctx),
+        }
+    }
+
+    #[inline(always)]
+    fn forget(&self) {}
+
+    /// The child's storage is a copy of its listener's, made by the kernel when it
+    /// cloned the listener (`BPF_F_CLONE`), before this state change.
+    #[inline(always)]
+    fn listener_owner(&self, _ep: &Endpoints, _netns: u32) -> Option<Owner> {
+        self.entry().map(|e| e.owner)
+    }
+
+    /// The listener's own storage is its entry.
+    #[inline(always)]
+    fn set_listener(&self, _ep: &Endpoints, _netns: u32, _owner: Option<&Owner>) {}
+}
+
+/// A socket whose tracking entry could not be stored: counted, and logged at powers of
+/// two so the agent's log says it without flooding.
+#[inline(always)]
+fn untracked<C: EbpfContext>(ctx: &C) {
+    let n = bump(Stat::SocketMapFull);
+    if n.is_power_of_two() {
+        aya_log_ebpf::warn!(
+            ctx,
+            "tcptrace: socket map full, {} sockets untracked on this CPU",
+            n
+        );
+    }
+}
 
 /// The process running right now. Only meaningful in process context.
 #[inline(always)]
@@ -31,84 +192,14 @@ pub fn current_owner() -> Owner {
 }
 
 #[inline(always)]
-pub fn lookup(skaddr: u64) -> Option<*mut SockInfo> {
-    SOCKETS.get_ptr_mut(skaddr)
-}
-
-/// Start tracking a socket. A full map is counted and reported (rate-limited).
-#[inline(always)]
-pub fn track<C: EbpfContext>(ctx: &C, skaddr: u64, info: &SockInfo) {
-    if SOCKETS.insert(skaddr, info, 0).is_err() {
-        let n = bump(Stat::SocketMapFull);
-        if n.is_power_of_two() {
-            aya_log_ebpf::warn!(
-                ctx,
-                "tcptrace: socket map full, {} sockets untracked on this CPU",
-                n
-            );
-        }
-    }
-}
-
-#[inline(always)]
-pub fn forget(skaddr: u64) {
-    let _ = SOCKETS.remove(skaddr);
-}
-
-#[inline(always)]
-pub fn listen_key(family: u16, port: u16, addr: &[u8; 16]) -> ListenKey {
-    ListenKey {
-        addr: *addr,
-        family,
-        port,
-        _pad: 0,
-    }
-}
-
-#[inline(always)]
-pub fn add_listener<C: EbpfContext>(ctx: &C, key: &ListenKey, owner: &Owner) {
-    if LISTENERS.insert(key, owner, 0).is_err() {
-        let n = bump(Stat::ListenerMapFull);
-        if n.is_power_of_two() {
-            aya_log_ebpf::warn!(
-                ctx,
-                "tcptrace: listener map full, {} listeners untracked on this CPU",
-                n
-            );
-        }
-    }
-}
-
-#[inline(always)]
-pub fn remove_listener(key: &ListenKey) {
-    let _ = LISTENERS.remove(key);
-}
-
-/// The owner of the listener that accepted a child with this local endpoint: a listener
-/// bound to exactly this address first, then a wildcard one of the same family, then an
-/// IPv6 wildcard (dual-stack listeners accept IPv4 children).
-#[inline(always)]
-pub fn listener_owner(family: u16, port: u16, local: &[u8; 16]) -> Option<Owner> {
-    let exact = listen_key(family, port, local);
-    if let Some(o) = unsafe { LISTENERS.get(&exact) } {
-        return Some(*o);
-    }
-    let any = listen_key(family, port, &bytes16(0, 0));
-    if let Some(o) = unsafe { LISTENERS.get(&any) } {
-        return Some(*o);
-    }
-    let any6 = listen_key(AF_INET6, port, &bytes16(0, 0));
-    unsafe { LISTENERS.get(&any6) }.copied()
-}
-
-#[inline(always)]
 pub fn new_info(owner: Owner, state: u8, now: u64, handshake_start_ns: u64) -> SockInfo {
     SockInfo {
         owner,
         state_since_ns: now,
         handshake_start_ns,
         flags: 0,
+        retrans_seen: RETRANS_SEEN_UNKNOWN,
         state,
-        _pad: [0; 3],
+        _pad: [0; 7],
     }
 }

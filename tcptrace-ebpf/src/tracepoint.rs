@@ -1,34 +1,33 @@
 //! Reading tracepoint records through the layout the agent parsed from tracefs.
 //!
-//! Each event copies the part of its record tcptrace needs into a per-CPU buffer with a
-//! single helper call; fields are then plain loads at the offsets from the layout.
-use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_buf, maps::PerCpuArray, programs::TracePointContext, EbpfContext,
-};
+//! Each event copies the part of its record tcptrace needs into its frame's buffer with
+//! a single helper call; fields are then plain loads at the offsets from the layout.
+use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, programs::TracePointContext, EbpfContext};
 use tcptrace_common::{config::RECORD_MAX, TpLayout, AF_INET, AF_INET6, FIELD_ABSENT};
 
-use crate::maps::RECORD;
-
 /// A copy of the first `layout.len` bytes of this event's record.
-pub struct Record {
-    buf: &'static [u8; RECORD_MAX],
+pub struct Record<'a> {
+    buf: &'a [u8; RECORD_MAX],
 }
 
-impl Record {
+impl<'a> Record<'a> {
     #[inline(always)]
-    pub fn load(ctx: &TracePointContext, layout: &TpLayout) -> Option<Record> {
-        Record::copy(&RECORD, ctx.as_ptr() as *const u8, layout)
+    pub fn load(
+        buf: &'a mut [u8; RECORD_MAX],
+        ctx: &TracePointContext,
+        layout: &TpLayout,
+    ) -> Option<Record<'a>> {
+        Record::copy(buf, ctx.as_ptr() as *const u8, layout)
     }
 
     /// Copy `layout.len` bytes from `src` (a tracepoint record, or a kernel struct whose
-    /// layout came from BTF) into this CPU's slot of `buf`.
+    /// layout came from BTF) into `buf`.
     #[inline(always)]
     pub fn copy(
-        buf: &PerCpuArray<[u8; RECORD_MAX]>,
+        buf: &'a mut [u8; RECORD_MAX],
         src: *const u8,
         layout: &TpLayout,
-    ) -> Option<Record> {
-        let buf = unsafe { &mut *buf.get_ptr_mut(0)? };
+    ) -> Option<Record<'a>> {
         let len = layout.len as usize;
         if len == 0 || len > RECORD_MAX {
             return None;

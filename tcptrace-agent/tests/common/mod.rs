@@ -117,6 +117,23 @@ impl Tracer {
         );
     }
 
+    /// The JSON events printed so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Wait until the events printed so far satisfy `done` (10 s at most).
+    pub fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) {
+        wait_until(Duration::from_secs(10), what, || {
+            done(&self.events()).then_some(())
+        });
+    }
+
     /// SIGINT, wait for exit, and return every JSON event it printed.
     pub fn stop(mut self) -> Traced {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -158,6 +175,19 @@ impl Traced {
             .expect("no summary line");
         let before = summary.split(" lost").next().unwrap();
         before.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+}
+
+/// Poll `check` every 20 ms until it gives a value; panic naming `what` after `timeout`.
+/// Tests wait for a condition, never for a fixed time.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited {timeout:?} for {what}");
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -282,6 +312,42 @@ pub fn sh(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `f` (a scrape) taken between two readings of the kernel's counters in which the
+/// `stable` ones agree, so both sides saw the same segments: a FIN lost just before a
+/// loss rule went may still be retransmitted a second later. Returns the reading taken
+/// before `f`. Gives up after 10 s of counters that keep moving.
+pub fn bracketed<T>(
+    kernel: impl Fn() -> HashMap<String, u64>,
+    stable: &[&str],
+    mut f: impl FnMut() -> T,
+) -> (HashMap<String, u64>, T) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let same = |a: &HashMap<String, u64>, b: &HashMap<String, u64>| {
+        stable.iter().all(|k| a.get(*k) == b.get(*k))
+    };
+    loop {
+        let before = kernel();
+        let ours = f();
+        if same(&kernel(), &before) {
+            return (before, ours);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kernel's counters kept moving for 10 s"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The host's counters plus a namespace's, as one reading.
+pub fn host_and(ns: &Netns) -> HashMap<String, u64> {
+    let mut all = parse_nstat(&sh(&["nstat", "-asz"]));
+    for (k, v) in ns.nstat() {
+        *all.entry(k).or_insert(0) += v;
+    }
+    all
 }
 
 /// Counter growth between two nstat readings.
@@ -437,7 +503,12 @@ pub fn churn(listener: &TcpListener, n: usize) -> Vec<(SocketAddr, SocketAddr)> 
 /// A loopback listener with a deep accept queue: std's backlog of 128 overflows under a
 /// connect burst, and clients whose SYN was dropped stall for the 1 s SYN timeout.
 pub fn deep_listener() -> TcpListener {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    deep_listener_on(0)
+}
+
+/// `deep_listener` on a given port of 127.0.0.1.
+pub fn deep_listener_on(port: u16) -> TcpListener {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
     assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4096) }, 0);
     listener
@@ -468,15 +539,7 @@ pub fn in_private_netns<T: Send + 'static>(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let worker = thread::spawn(move || {
-        // SAFETY: plain syscall; affects only this thread.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        set_loopback_up();
+        enter_new_netns();
         for (key, value) in &sysctls {
             let path = format!("/proc/sys/{}", key.replace('.', "/"));
             std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -487,6 +550,19 @@ pub fn in_private_netns<T: Send + 'static>(
         Ok(v) => v,
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Move the calling thread into a new network namespace of its own, loopback up.
+pub fn enter_new_netns() {
+    // SAFETY: plain syscall; affects only this thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    set_loopback_up();
 }
 
 fn set_loopback_up() {

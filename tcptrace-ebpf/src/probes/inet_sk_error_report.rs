@@ -1,39 +1,89 @@
 //! `sock:inet_sk_error_report` (Linux 5.14+): the kernel reports an error on an inet
 //! socket, e.g. ETIMEDOUT when keep-alive probes or retransmissions gave up on a peer,
-//! ECONNRESET, EHOSTUNREACH from ICMP. Counted by errno for TCP; the record carries no
-//! socket address, so the event has endpoints but no owner.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+//! ECONNRESET, EHOSTUNREACH from ICMP. Counted by errno for TCP. Raw and BTF-typed
+//! tracepoints pass the socket, so their events carry its owner; the classic record
+//! carries no socket address, so its events have endpoints but no owner.
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
 use tcptrace_common::{event::FLAG_OWNER_UNKNOWN, EventKind, Owner, IPPROTO_TCP};
 
 use crate::{
     conf,
-    emit::{add_key, base_event, submit},
+    emit::{add_key, base_event, owner_of, submit},
+    frame::{Frame, Scratch},
     maps::SOCKET_ERRORS,
-    tracepoint::{endpoints, Record},
+    sock,
+    sockets::{HashStore, SkStore, Store},
+    tracepoint::{endpoints, Endpoints, Record},
 };
 
 /// Errnos are below 256; anything else is counted under 0.
 const ERRNO_LIMIT: i32 = 256;
 
-pub fn handle(ctx: &TracePointContext) -> Option<()> {
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    from_socket(&SkStore { sk }, sk);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    from_socket(&HashStore { skaddr: sk }, sk);
+    0
+}
+
+#[tracepoint]
+pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    from_record(&ctx);
+    0
+}
+
+#[inline(always)]
+fn from_socket(store: &impl Store, sk: u64) -> Option<()> {
+    if sock::protocol(sk)? != IPPROTO_TCP {
+        return None;
+    }
+    let error = sock::error(sk)?;
+    let mut scratch = Scratch::enter()?;
+    let frame = scratch.frame();
+    let ep = sock::full_endpoints(&mut frame.sock, sk)?;
+    let (owner, flags) = owner_of(store);
+    reported(frame, &ep, &owner, flags, error);
+    Some(())
+}
+
+#[inline(always)]
+fn from_record(ctx: &TracePointContext) -> Option<()> {
     let layout = &conf!(error_report);
-    let rec = Record::load(ctx, layout)?;
+    let mut scratch = Scratch::enter()?;
+    let frame = scratch.frame();
+    let rec = Record::load(&mut frame.record, ctx, layout)?;
     let protocol: u16 = rec.get(layout.protocol)?;
     if protocol != IPPROTO_TCP {
         return None;
     }
     let error: i32 = rec.get(layout.err)?;
+    let ep = endpoints(&rec, layout)?;
+    reported(frame, &ep, &Owner::default(), FLAG_OWNER_UNKNOWN, error);
+    Some(())
+}
+
+#[inline(always)]
+fn reported(frame: &mut Frame, ep: &Endpoints, owner: &Owner, flags: u8, error: i32) {
     let errno = if (1..ERRNO_LIMIT).contains(&error) {
         error
     } else {
         0
     };
     add_key(&SOCKET_ERRORS, errno as u32, 1);
-    let ep = endpoints(&rec, layout)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    let event = base_event(&ep, &Owner::default(), now, FLAG_OWNER_UNKNOWN)?;
+    let event = base_event(&mut frame.event, ep, owner, now, flags);
     event.kind = EventKind::SocketError as u8;
     event.err = error;
     submit(event);
-    Some(())
 }

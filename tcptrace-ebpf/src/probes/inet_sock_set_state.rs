@@ -1,23 +1,33 @@
 //! `sock:inet_sock_set_state`: every TCP state transition. Drives socket tracking,
-//! state-change events and handshake timing.
+//! state-change events and handshake timing and counting.
+//!
+//! Three entry points, in the agent's order of preference: the BTF-typed tracepoint
+//! (the socket's own storage, a recursion guard of its own), the raw tracepoint (the
+//! fallback socket map, a guard of its own), the classic tracepoint (the fallback map,
+//! the guard every classic tracepoint and kprobe on a CPU shares).
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    maps::PerCpuArray,
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use tcptrace_common::{
     config::{Source, SOURCE_DESTROY},
     counters,
-    event::{SockInfo, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED, OUTCOME_FAILED},
+    event::{
+        SockInfo, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED, OUTCOME_FAILED,
+        RETRANS_SEEN_UNKNOWN,
+    },
     Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
 };
 
 use crate::{
     conf, connect_errors,
-    emit::{add_key, add_slot, base_event_in, submit, wanted},
-    maps::{source, FAILURES, HANDSHAKES, RAW_RECORD, RAW_SCRATCH, SCRATCH, TRANSITIONS},
-    sock, sockets,
+    emit::{add_key, add_slot, base_event, submit, wanted},
+    frame::{Frame, Scratch},
+    maps::{source, FAILURES, HANDSHAKES, TRANSITIONS},
+    sock,
+    sockets::{self, HashStore, SkStore, Store},
     tracepoint::{endpoints, Endpoints, Record},
 };
 
@@ -27,10 +37,51 @@ const SYN_SENT: u8 = TcpState::SynSent as u8;
 const SYN_RECV: u8 = TcpState::SynRecv as u8;
 const ESTABLISHED: u8 = TcpState::Established as u8;
 
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+    from_socket(&ctx, &SkStore { sk }, sk, old as u8, new as u8);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+    from_socket(&ctx, &HashStore { skaddr: sk }, sk, old as u8, new as u8);
+    0
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    from_record(&ctx);
+    0
+}
+
+/// Raw and BTF-typed tracepoints pass (sk, oldstate, newstate); the socket's fields are
+/// read at offsets from BTF.
+#[inline(always)]
+fn from_socket<C: EbpfContext>(ctx: &C, store: &impl Store, sk: u64, old: u8, new: u8) {
+    if sock::protocol(sk) != Some(IPPROTO_TCP) {
+        return;
+    }
+    let Some(mut scratch) = Scratch::enter() else {
+        return;
+    };
+    let frame = scratch.frame();
+    if let Some(ep) = sock::full_endpoints(&mut frame.sock, sk) {
+        transition(ctx, store, frame, &ep, old, new);
+    }
+}
+
 /// The classic tracepoint: everything comes from the record.
-pub fn handle(ctx: &TracePointContext) -> Option<()> {
+#[inline(always)]
+fn from_record(ctx: &TracePointContext) -> Option<()> {
     let layout = &conf!(set_state);
-    let rec = Record::load(ctx, layout)?;
+    let mut scratch = Scratch::enter()?;
+    let frame = scratch.frame();
+    let rec = Record::load(&mut frame.record, ctx, layout)?;
     let protocol: u16 = rec.get(layout.protocol)?;
     if protocol != IPPROTO_TCP {
         return None;
@@ -38,43 +89,37 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
     let old: i32 = rec.get(layout.oldstate)?;
     let new: i32 = rec.get(layout.newstate)?;
     let ep = endpoints(&rec, layout)?;
-    transition(ctx, &ep, old as u8, new as u8, &SCRATCH)
+    transition(
+        ctx,
+        &HashStore { skaddr: ep.skaddr },
+        frame,
+        &ep,
+        old as u8,
+        new as u8,
+    );
+    Some(())
 }
 
-/// The raw tracepoint: the kernel passes (sk, oldstate, newstate) without building a
-/// record; the socket's fields are read at offsets from BTF.
-pub fn handle_raw(ctx: &RawTracePointContext) -> Option<()> {
-    let sk: u64 = ctx.arg(0);
-    if sock::protocol(sk)? != IPPROTO_TCP {
-        return None;
-    }
-    let ep = sock::sock_endpoints_in(&RAW_RECORD, sk)?;
-    let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
-    transition(ctx, &ep, old as u8, new as u8, &RAW_SCRATCH)
-}
-
+#[inline(always)]
 fn transition<C: EbpfContext>(
     ctx: &C,
+    store: &impl Store,
+    frame: &mut Frame,
     ep: &Endpoints,
     old: u8,
     new: u8,
-    scratch: &PerCpuArray<Event>,
-) -> Option<()> {
-    let ep = *ep;
+) {
     let now = unsafe { bpf_ktime_get_ns() };
     add_slot(&TRANSITIONS, counters::transition_index(old, new), 1);
 
-    // One lookup serves the whole event: it gives the state before this transition and
-    // is updated in place afterwards. A socket leaving CLOSE starts afresh (connect or
-    // listen again): an entry left from its previous life does not count.
-    let existing = if old == CLOSE {
-        None
-    } else {
-        sockets::lookup(ep.skaddr)
-    };
-    let previous = match existing {
-        Some(info) => Some(unsafe { *info }),
-        None => begin_tracking(ctx, &ep, old, new, now),
+    // The entry as it was before this transition, updated in place afterwards. A socket
+    // leaving CLOSE starts afresh (connect or listen again), and a listener's child
+    // starts with its own entry: what the store holds for them does not count.
+    let starts = old == CLOSE || (old == LISTEN && new == SYN_RECV);
+    let existing = if starts { None } else { store.entry() };
+    let previous = match &existing {
+        Some(info) => Some(**info),
+        None => begin_tracking(ctx, store, ep, old, new, now),
     };
     let (owner, since, handshake_start, flags) = match previous {
         Some(info) => (
@@ -88,9 +133,14 @@ fn transition<C: EbpfContext>(
 
     // The event is built only when someone reads it: a state change the reader asked
     // for, or the end of a handshake (whose counters are computed from the event).
+    let handshake_side = match old {
+        SYN_SENT => Some(HandshakeSide::Client),
+        SYN_RECV => Some(HandshakeSide::Server),
+        _ => None,
+    };
     let report_state = wanted(EventKind::StateChange);
-    if report_state || handshake_start != 0 {
-        let event = base_event_in(scratch, &ep, &owner, now, flags)?;
+    if report_state || handshake_side.is_some() {
+        let event = base_event(&mut frame.event, ep, &owner, now, flags);
         event.kind = EventKind::StateChange as u8;
         event.old_state = old;
         event.new_state = new;
@@ -98,16 +148,30 @@ fn transition<C: EbpfContext>(
         if report_state {
             submit(event);
         }
-        if handshake_start != 0 {
-            finish_handshake(event, old, new, now - handshake_start);
+        if let Some(side) = handshake_side {
+            // A handshake whose start was not seen (the fallback map was full, or it
+            // began before tcptrace attached) still counts, with no duration.
+            let took = if handshake_start == 0 {
+                None
+            } else {
+                Some(now - handshake_start)
+            };
+            finish_handshake(event, side, new, took);
         }
     }
-    end_tracking(&ep, existing, old, new, now);
-    follow_connect(&ep, old, new);
-    Some(())
+    if old == LISTEN && new == CLOSE {
+        store.set_listener(ep, sock::netns(ep.skaddr), None);
+    }
+    match existing {
+        Some(info) => end_tracking(store, info, ep.skaddr, old, new, now),
+        None if new == CLOSE => store.forget(),
+        None => {}
+    }
+    follow_connect(ep, old, new);
 }
 
 /// Feed the tracepoint-derived connect-error fallback, where it is the source.
+#[inline(always)]
 fn follow_connect(ep: &Endpoints, old: u8, new: u8) {
     match (old, new) {
         (CLOSE, SYN_SENT) if connect_errors::derived_for(ep.family) => connect_errors::remember(ep),
@@ -118,11 +182,13 @@ fn follow_connect(ep: &Endpoints, old: u8, new: u8) {
     }
 }
 
-/// Start tracking a socket seen for the first time: record the owner where the
-/// transition runs in process context (connect, listen) or can be inherited (a
-/// listener's child). Returns its tracking state as it was before this transition.
+/// Start tracking a socket seen for the first time (or starting over): record the owner
+/// where the transition runs in process context (connect, listen) or can be inherited
+/// (a listener's child). Returns its tracking state as it was before this transition.
+#[inline(always)]
 fn begin_tracking<C: EbpfContext>(
     ctx: &C,
+    store: &impl Store,
     ep: &Endpoints,
     old: u8,
     new: u8,
@@ -132,7 +198,7 @@ fn begin_tracking<C: EbpfContext>(
         (CLOSE, SYN_SENT) | (CLOSE, LISTEN) => (sockets::current_owner(), 0),
         // A listener that predates tcptrace has no known owner; its children are still
         // tracked so their handshakes are timed.
-        (LISTEN, SYN_RECV) => match sockets::listener_owner(ep.family, ep.sport, &ep.saddr) {
+        (LISTEN, SYN_RECV) => match store.listener_owner(ep, sock::netns(ep.skaddr)) {
             Some(owner) => (owner, 0),
             None => (Owner::default(), FLAG_OWNER_UNKNOWN as u32),
         },
@@ -142,43 +208,45 @@ fn begin_tracking<C: EbpfContext>(
             if new != CLOSE {
                 let mut info = sockets::new_info(Owner::default(), new, now, 0);
                 info.flags = FLAG_OWNER_UNKNOWN as u32;
-                sockets::track(ctx, ep.skaddr, &info);
+                store.start(ctx, &info);
             }
             return None;
         }
     };
     if new == LISTEN {
-        sockets::add_listener(
-            ctx,
-            &sockets::listen_key(ep.family, ep.sport, &ep.saddr),
-            &owner,
-        );
+        store.set_listener(ep, sock::netns(ep.skaddr), Some(&owner));
     }
     let handshake_start = if new == LISTEN { 0 } else { now };
     let mut info = sockets::new_info(owner, new, now, handshake_start);
     info.flags = flags;
-    sockets::track(ctx, ep.skaddr, &info);
+    if new == SYN_SENT {
+        // What the socket retransmitted so far is not ours to count.
+        info.retrans_seen = sock::total_retrans(ep.skaddr).unwrap_or(RETRANS_SEEN_UNKNOWN);
+    }
+    store.start(ctx, &info);
     // The socket was not tracked before this transition: no time in the old state.
     info.state_since_ns = 0;
     Some(info)
 }
 
-/// Emit the handshake event when a SYN_SENT/SYN_RECV socket leaves that state.
-fn finish_handshake(event: &mut Event, old: u8, new: u8, duration_ns: u64) {
-    let side = match old {
-        SYN_SENT => HandshakeSide::Client,
-        SYN_RECV => HandshakeSide::Server,
-        _ => return,
-    };
+/// Count a handshake that ended (the socket left SYN_SENT or SYN_RECV) and report it.
+#[inline(always)]
+fn finish_handshake(event: &mut Event, side: HandshakeSide, new: u8, took: Option<u64>) {
     event.kind = EventKind::Handshake as u8;
     event.detail = side as u8;
-    event.duration_ns = duration_ns;
+    let side = side as u8;
     if new == ESTABLISHED {
         event.outcome = OUTCOME_ESTABLISHED;
-        if side == HandshakeSide::Server {
+        let Some(took) = took else {
+            add_slot(&HANDSHAKES, counters::handshake_untimed_index(side), 1);
+            event.duration_ns = 0;
+            submit(event);
+            return;
+        };
+        event.duration_ns = took;
+        if side == HandshakeSide::Server as u8 {
             event.duration_ns += synack_rtt_ns(event.skaddr);
         }
-        let side = side as u8;
         add_slot(
             &HANDSHAKES,
             counters::handshake_bucket_index(side, counters::handshake_bucket(event.duration_ns)),
@@ -191,10 +259,14 @@ fn finish_handshake(event: &mut Event, old: u8, new: u8, duration_ns: u64) {
         );
     } else if new == CLOSE {
         event.outcome = OUTCOME_FAILED;
-        read_socket_error(event);
+        event.duration_ns = took.unwrap_or(0);
+        if let Some(err) = sock::error(event.skaddr) {
+            event.err = err;
+            event.flags |= FLAG_SK_ERR_READ;
+        }
         add_key(
             &FAILURES,
-            counters::failure_key(side as u8, event.flags, event.err),
+            counters::failure_key(side, event.flags, event.err),
             1,
         );
     } else {
@@ -206,43 +278,33 @@ fn finish_handshake(event: &mut Event, old: u8, new: u8, duration_ns: u64) {
 /// The server's child socket only exists from the final ACK on, so SYN_RECV lasts
 /// microseconds. What the server waited for is the SYN-ACK's round trip, which the kernel
 /// has just stored as the first RTT sample (`srtt_us`, scaled by 8) before ESTABLISHED.
+#[inline(always)]
 fn synack_rtt_ns(skaddr: u64) -> u64 {
     sock::read_at::<u32>(skaddr, conf!(srtt_offset))
         .map_or(0, |srtt_us_x8| (srtt_us_x8 as u64 >> 3) * 1000)
 }
 
-/// The socket's pending error (ECONNREFUSED, ETIMEDOUT, ...) tells why a handshake
-/// failed; the kernel sets it before moving the socket to CLOSE.
-fn read_socket_error(event: &mut Event) {
-    if let Some(err) = sock::read_at::<i32>(event.skaddr, conf!(sk_err_offset)) {
-        event.err = err;
-        event.flags |= FLAG_SK_ERR_READ;
-    }
-}
-
-/// Update or drop the tracking state after the transition.
-/// `existing` is the entry the socket had before this transition; an entry created by
-/// this transition already holds its start time.
-fn end_tracking(ep: &Endpoints, existing: Option<*mut SockInfo>, old: u8, new: u8, now: u64) {
+/// Update or drop the tracking state after the transition. `info` is the entry the
+/// socket had before it; an entry created by this transition already holds its start.
+#[inline(always)]
+fn end_tracking(store: &impl Store, info: &mut SockInfo, skaddr: u64, old: u8, new: u8, now: u64) {
     if new == CLOSE {
-        if old == LISTEN {
-            sockets::remove_listener(&sockets::listen_key(ep.family, ep.sport, &ep.saddr));
-        }
         // With tcp_destroy_sock attached the entry stays until the socket is freed: an
         // aborting close sends its RST after this transition, and is reported with the
         // owner. Without it, nothing else would ever drop the entry.
         if source(SOURCE_DESTROY) == Source::None as u32 {
-            sockets::forget(ep.skaddr);
+            store.forget();
             return;
         }
     }
-    if let Some(info) = existing {
-        unsafe {
-            (*info).state_since_ns = now;
-            (*info).state = new;
-            if old == SYN_SENT || old == SYN_RECV {
-                (*info).handshake_start_ns = 0;
-            }
-        }
+    info.state_since_ns = now;
+    info.state = new;
+    if old == SYN_SENT || old == SYN_RECV {
+        info.handshake_start_ns = 0;
+    }
+    if old == SYN_RECV && new == ESTABLISHED {
+        // The child's count starts here: the kernel has just set it to the SYN-ACKs the
+        // request socket retransmitted, which tcp_retransmit_synack counted already.
+        info.retrans_seen = sock::total_retrans(skaddr).unwrap_or(RETRANS_SEEN_UNKNOWN);
     }
 }

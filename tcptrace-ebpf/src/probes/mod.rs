@@ -1,4 +1,5 @@
-//! One module per kernel hook.
+//! One module per kernel hook, each with its entry points (the program macros) beside
+//! the handler they share.
 pub mod inet_sk_error_report;
 pub mod inet_sock_set_state;
 pub mod sys_exit_connect;

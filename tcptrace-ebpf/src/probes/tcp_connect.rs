@@ -1,18 +1,62 @@
 //! `tcp_v4_connect` / `tcp_v6_connect` (fexit, or kprobe + kretprobe): the error these
 //! functions return before a SYN is sent. Where neither attaches, `sys_exit_connect`
 //! and the state tracepoint derive the same (see `connect_errors`).
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{fexit, kprobe, kretprobe},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
+};
 use tcptrace_common::{config::Source, AF_INET, AF_INET6};
 
 use crate::{
     connect_errors,
-    maps::{CONNECT_ARGS, FN_SCRATCH},
+    frame::Scratch,
+    maps::CONNECT_ARGS,
     tracepoint::{is_v4_mapped, Endpoints},
 };
 
+/// fexit arguments are followed by the return value: tcp_v4_connect(sk, uaddr, len).
+#[fexit(function = "tcp_v4_connect")]
+pub fn tcp_v4_connect_fexit(ctx: FExitContext) -> i32 {
+    returned(ctx.arg(0), ctx.arg(1), ctx.arg::<i64>(3) as i32);
+    0
+}
+
+#[fexit(function = "tcp_v6_connect")]
+pub fn tcp_v6_connect_fexit(ctx: FExitContext) -> i32 {
+    returned(ctx.arg(0), ctx.arg(1), ctx.arg::<i64>(3) as i32);
+    0
+}
+
+/// Attached to both tcp_v4_connect and tcp_v6_connect: keep the arguments for the
+/// kretprobe (they are gone by then).
+#[kprobe]
+pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = CONNECT_ARGS.insert(tid, [sk, uaddr], 0);
+    }
+    0
+}
+
+/// The inner tcp_v4_connect of a v4-mapped tcp_v6_connect returns first and takes the
+/// thread's entry, so the outer return finds none: one report per call.
+#[kretprobe]
+pub fn tcp_connect_kretprobe(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some([sk, uaddr]) = unsafe { CONNECT_ARGS.get(tid) }.copied() {
+        let _ = CONNECT_ARGS.remove(tid);
+        let ret = ctx.ret::<i64>() as i32;
+        if let (true, Some(dest)) = (ret < 0, destination(sk, uaddr)) {
+            report(&dest, -ret);
+        }
+    }
+    0
+}
+
 /// fexit: arguments and return value at once.
 #[inline(always)]
-pub fn returned(sk: u64, uaddr: u64, ret: i32) {
+fn returned(sk: u64, uaddr: u64, ret: i32) {
     if ret >= 0 {
         return;
     }
@@ -24,31 +68,14 @@ pub fn returned(sk: u64, uaddr: u64, ret: i32) {
     if dest.family == AF_INET6 && is_v4_mapped(&dest.daddr) {
         return;
     }
-    connect_errors::report(&dest, -ret, Source::Function, &FN_SCRATCH);
+    report(&dest, -ret);
 }
 
-/// kprobe: keep the sockaddr for the kretprobe.
 #[inline(always)]
-pub fn entered(uaddr: u64) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = CONNECT_ARGS.insert(tid, uaddr, 0);
-}
-
-/// kretprobe. The inner tcp_v4_connect of a v4-mapped tcp_v6_connect returns first and
-/// takes the thread's entry, so the outer return finds none: one report per call.
-#[inline(always)]
-pub fn kretprobe_returned(ret: i32) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(uaddr) = (unsafe { CONNECT_ARGS.get(tid) }).copied() else {
-        return;
-    };
-    let _ = CONNECT_ARGS.remove(tid);
-    if ret >= 0 {
-        return;
-    }
-    if let Some(dest) = destination(0, uaddr) {
-        connect_errors::report(&dest, -ret, Source::Function, &FN_SCRATCH);
-    }
+fn report(dest: &Endpoints, errno: i32) -> Option<()> {
+    let mut scratch = Scratch::enter()?;
+    connect_errors::report(dest, errno, Source::Function, &mut scratch.frame().event);
+    Some(())
 }
 
 /// The address connect() was given (a kernel copy of the caller's sockaddr): the

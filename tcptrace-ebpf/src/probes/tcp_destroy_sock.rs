@@ -1,13 +1,36 @@
-//! `tcp:tcp_destroy_sock`: the kernel frees a TCP socket. Drops its tracking entry even
-//! when the socket never passed through CLOSE on the state tracepoint, so the socket map
-//! cannot leak.
-use aya_ebpf::programs::TracePointContext;
+//! `tcp:tcp_destroy_sock`: the kernel frees a TCP socket. Drops its entry in the fallback
+//! socket map even when the socket never passed through CLOSE on the state tracepoint,
+//! so the map cannot leak. (Socket-local storage is freed with the socket: nothing to
+//! do there.)
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 
-use crate::{conf, sockets, tracepoint::Record};
+use crate::{
+    conf,
+    frame::Scratch,
+    sockets::{HashStore, Store},
+    tracepoint::Record,
+};
 
-pub fn handle(ctx: &TracePointContext) -> Option<()> {
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_raw(ctx: RawTracePointContext) -> i32 {
+    HashStore { skaddr: ctx.arg(0) }.forget();
+    0
+}
+
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    from_record(&ctx);
+    0
+}
+
+#[inline(always)]
+fn from_record(ctx: &TracePointContext) -> Option<()> {
     let layout = &conf!(destroy_sock);
-    let skaddr: u64 = Record::load(ctx, layout)?.get(layout.skaddr)?;
-    sockets::forget(skaddr);
+    let mut scratch = Scratch::enter()?;
+    let skaddr: u64 = Record::load(&mut scratch.frame().record, ctx, layout)?.get(layout.skaddr)?;
+    HashStore { skaddr }.forget();
     Some(())
 }

@@ -1,60 +1,180 @@
 //! `tcp:tcp_retransmit_skb`: a data segment, or the client's SYN, was retransmitted.
 //! One event per retransmitted skb; under GSO one skb carries several segments, so the
 //! event also carries the skb's segment count (the unit of the kernel's TcpRetransSegs).
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
-use tcptrace_common::{counters, EventKind, RetransmitKind, TcpState, AF_INET6};
+//!
+//! Entry points as for the state tracepoint: BTF-typed (socket storage), raw, classic.
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    EbpfContext,
+};
+use tcptrace_common::{
+    counters, event::RETRANS_SEEN_UNKNOWN, EventKind, RetransmitKind, TcpState, AF_INET6,
+};
 
 use crate::{
     conf,
-    emit::{add_key, base_event, owner_of, submit},
+    emit::{add_key, base_event, owner_of, submit, wanted},
+    frame::{Frame, Scratch},
     maps::RETRANSMITS,
     sock,
-    tracepoint::{endpoints, Record},
+    sockets::{HashStore, SkStore, Store},
+    tracepoint::{endpoints, Endpoints, Record},
 };
 
-pub fn handle(ctx: &TracePointContext) -> Option<()> {
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    from_socket(&ctx, &SkStore { sk }, sk);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    from_socket(&ctx, &HashStore { skaddr: sk }, sk);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    from_record(&ctx);
+    0
+}
+
+/// (sk, skb) and, since Linux 6.17, `err`: the arguments of raw and BTF-typed
+/// tracepoints alike.
+#[inline(always)]
+fn from_socket<C: EbpfContext>(ctx: &C, store: &impl Store, sk: u64) -> Option<()> {
+    let skb = arg(ctx, 1);
+    // Read only where the kernel passes it: a BTF-typed program may not even name an
+    // argument the tracepoint lacks (`retransmit_err_arg` is a load-time constant, so
+    // the verifier drops the branch).
+    let err = if conf!(retransmit_err_arg) != 0 {
+        arg(ctx, 2) as i32
+    } else {
+        0
+    };
+    let mut scratch = Scratch::enter()?;
+    let frame = scratch.frame();
+    let ep = sock::full_endpoints(&mut frame.sock, sk)?;
+    let state = sock::state(sk)?;
+    retransmitted(store, frame, &ep, state, skb, err);
+    Some(())
+}
+
+#[inline(always)]
+fn arg<C: EbpfContext>(ctx: &C, n: usize) -> u64 {
+    // SAFETY: raw and BTF-typed tracepoint contexts are arrays of u64 arguments.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(n)) }
+}
+
+#[inline(always)]
+fn from_record(ctx: &TracePointContext) -> Option<()> {
     let layout = &conf!(retransmit_skb);
-    let rec = Record::load(ctx, layout)?;
+    let mut scratch = Scratch::enter()?;
+    let frame = scratch.frame();
+    let rec = Record::load(&mut frame.record, ctx, layout)?;
     let ep = endpoints(&rec, layout)?;
     let state: i32 = rec.get(layout.oldstate)?;
-    // Kernels up to 6.12 at least have no `err`: there the tracepoint fires only for
-    // retransmits that were sent.
+    // Kernels up to 6.16 have no `err`: there the tracepoint fires only for retransmits
+    // that were sent.
     let err: i32 = rec.get(layout.err).unwrap_or(0);
-    let kind = if state as u8 == TcpState::SynSent as u8 {
+    let skb = rec.get(layout.skbaddr).unwrap_or(0);
+    retransmitted(
+        &HashStore { skaddr: ep.skaddr },
+        frame,
+        &ep,
+        state as u8,
+        skb,
+        err,
+    );
+    Some(())
+}
+
+#[inline(always)]
+fn retransmitted(
+    store: &impl Store,
+    frame: &mut Frame,
+    ep: &Endpoints,
+    state: u8,
+    skb: u64,
+    err: i32,
+) {
+    let kind = if state == TcpState::SynSent as u8 {
         RetransmitKind::Syn
     } else {
         RetransmitKind::Data
     };
-    let (owner, flags) = owner_of(ep.skaddr);
-    let event = base_event(&ep, &owner, unsafe { bpf_ktime_get_ns() }, flags)?;
+    let segs = segments(skb);
+    let counted = counted_segments(store, ep.skaddr, err, segs);
+    if counted > 0 {
+        let key = counters::retransmit_key(kind as u8, state, ep.family == AF_INET6);
+        add_key(&RETRANSMITS, key, counted);
+    }
+    if !wanted(EventKind::Retransmit) {
+        return;
+    }
+    let (owner, flags) = owner_of(store);
+    let event = base_event(
+        &mut frame.event,
+        ep,
+        &owner,
+        unsafe { bpf_ktime_get_ns() },
+        flags,
+    );
     event.kind = EventKind::Retransmit as u8;
     event.detail = kind as u8;
-    event.old_state = state as u8;
+    event.old_state = state;
     event.err = err;
-    event.segs = segments(rec.get(layout.skbaddr).unwrap_or(0));
-    if counted_by_kernel(err) {
-        let key = counters::retransmit_key(kind as u8, state as u8, ep.family == AF_INET6);
-        add_key(&RETRANSMITS, key, event.segs.max(1) as u64);
-    }
+    event.segs = segs;
     submit(event);
-    Some(())
 }
 
-/// Did the kernel add this retransmit to TcpRetransSegs? It does so just before handing
-/// the skb to the IP layer, so a retransmit that failed there (-ENOBUFS, -EPERM from a
-/// netfilter OUTPUT drop, ...) counts, while the early exits of __tcp_retransmit_skb
-/// do not: -EBUSY (the previous copy still in a host queue), -EAGAIN (no window),
-/// -ENOMEM (no memory to fragment), -EHOSTUNREACH (no route to rebuild the header).
-/// Kernels without `err` fire the tracepoint only for retransmits that were sent.
-fn counted_by_kernel(err: i32) -> bool {
+/// What the kernel just added to TcpRetransSegs for this socket. It adds the skb's
+/// segments to it and to the socket's own `total_retrans` at the same moment, after the
+/// early exits of __tcp_retransmit_skb and before handing the skb to the IP layer; since
+/// Linux 6.17 the tracepoint also fires for those early exits, with their error. So the
+/// socket's own counter is the exact answer: what it grew by since the last retransmit
+/// of this socket tcptrace counted (which also makes up for a run the kernel skipped).
+/// The first retransmit of a socket whose count was never read falls back to the error:
+/// an early exit (-EBUSY, -EAGAIN, -ENOMEM, -EHOSTUNREACH, -EINVAL) was not counted.
+#[inline(always)]
+fn counted_segments(store: &impl Store, sk: u64, err: i32, segs: u16) -> u64 {
+    let by_error = if sent_or_counted(err) {
+        segs.max(1) as u64
+    } else {
+        0
+    };
+    let (Some(total), Some(info)) = (sock::total_retrans(sk), store.entry()) else {
+        return by_error;
+    };
+    let seen = info.retrans_seen;
+    info.retrans_seen = total;
+    if seen == RETRANS_SEEN_UNKNOWN {
+        by_error
+    } else {
+        total.wrapping_sub(seen) as u64
+    }
+}
+
+/// Did the kernel count this retransmit, judging by its error alone? Failures after
+/// the count (-ENOBUFS, -EPERM from a netfilter drop) were counted; the early exits
+/// were not. Ambiguous for -EHOSTUNREACH and -ENOMEM, which the IP layer can also
+/// return after the count: `counted_segments` prefers the socket's own counter.
+#[inline(always)]
+fn sent_or_counted(err: i32) -> bool {
     const EAGAIN: i32 = 11;
     const ENOMEM: i32 = 12;
     const EBUSY: i32 = 16;
+    const EINVAL: i32 = 22;
     const EHOSTUNREACH: i32 = 113;
-    !matches!(-err, EAGAIN | ENOMEM | EBUSY | EHOSTUNREACH)
+    !matches!(-err, EAGAIN | ENOMEM | EBUSY | EINVAL | EHOSTUNREACH)
 }
 
-/// `tcp_skb_pcount(skb)`: what the kernel just added to TcpRetransSegs.
+/// `tcp_skb_pcount(skb)`: the segments the skb carries.
+#[inline(always)]
 fn segments(skbaddr: u64) -> u16 {
     sock::read_at::<u16>(skbaddr, conf!(skb_segs_offset)).unwrap_or(0)
 }

@@ -1,31 +1,94 @@
 //! `tcp:tcp_retransmit_synack`: the server re-sent a SYN-ACK for a pending request.
-//! `skaddr` is the listener, so the event carries the listener's owner.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
-use tcptrace_common::{counters, EventKind, RetransmitKind, TcpState, AF_INET6};
+//! The socket is the listener (or, with TCP Fast Open, the child), so the event carries
+//! the listener's owner; the endpoints are the request's. The kernel fires it only for
+//! a SYN-ACK it sent and counted in TcpRetransSegs: one segment each.
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+use tcptrace_common::{
+    counters, event::RETRANS_SEEN_UNKNOWN, EventKind, RetransmitKind, TcpState, AF_INET6,
+};
 
 use crate::{
     conf,
-    emit::{add_key, base_event, owner_of, submit},
+    emit::{add_key, base_event, owner_of, submit, wanted},
+    frame::{Frame, Scratch},
     maps::RETRANSMITS,
-    tracepoint::{endpoints, Record},
+    sock,
+    sockets::{HashStore, SkStore, Store},
+    tracepoint::{endpoints, Endpoints, Record},
 };
 
-pub fn handle(ctx: &TracePointContext) -> Option<()> {
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack_btf(ctx: BtfTracePointContext) -> i32 {
+    let (sk, req): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    from_socket(&SkStore { sk }, sk, req);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack_raw(ctx: RawTracePointContext) -> i32 {
+    let (sk, req): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    from_socket(&HashStore { skaddr: sk }, sk, req);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    from_record(&ctx);
+    0
+}
+
+/// The request socket starts with the same `sock_common` as a full one.
+#[inline(always)]
+fn from_socket(store: &impl Store, sk: u64, req: u64) -> Option<()> {
+    let mut scratch = Scratch::enter()?;
+    let frame = scratch.frame();
+    let mut ep = sock::endpoints(&mut frame.sock, req)?;
+    ep.skaddr = sk;
+    retransmitted(store, frame, &ep);
+    Some(())
+}
+
+#[inline(always)]
+fn from_record(ctx: &TracePointContext) -> Option<()> {
     let layout = &conf!(retransmit_synack);
-    let ep = endpoints(&Record::load(ctx, layout)?, layout)?;
-    let (owner, flags) = owner_of(ep.skaddr);
-    let event = base_event(&ep, &owner, unsafe { bpf_ktime_get_ns() }, flags)?;
+    let mut scratch = Scratch::enter()?;
+    let frame = scratch.frame();
+    let ep = endpoints(&Record::load(&mut frame.record, ctx, layout)?, layout)?;
+    retransmitted(&HashStore { skaddr: ep.skaddr }, frame, &ep);
+    Some(())
+}
+
+#[inline(always)]
+fn retransmitted(store: &impl Store, frame: &mut Frame, ep: &Endpoints) {
+    // The request socket is in NEW_SYN_RECV; users know the handshake state as SYN_RECV.
+    let state = TcpState::SynRecv as u8;
+    let key = counters::retransmit_key(RetransmitKind::SynAck as u8, state, ep.family == AF_INET6);
+    add_key(&RETRANSMITS, key, 1);
+    // A Fast Open child adds this SYN-ACK to its own total_retrans too: counted here, so
+    // not again by its next data retransmit.
+    if let Some(info) = store.entry() {
+        if info.retrans_seen != RETRANS_SEEN_UNKNOWN {
+            info.retrans_seen = info.retrans_seen.wrapping_add(1);
+        }
+    }
+    if !wanted(EventKind::Retransmit) {
+        return;
+    }
+    let (owner, flags) = owner_of(store);
+    let event = base_event(
+        &mut frame.event,
+        ep,
+        &owner,
+        unsafe { bpf_ktime_get_ns() },
+        flags,
+    );
     event.kind = EventKind::Retransmit as u8;
     event.detail = RetransmitKind::SynAck as u8;
-    // The request socket is in NEW_SYN_RECV; users know the handshake state as SYN_RECV.
-    event.old_state = TcpState::SynRecv as u8;
+    event.old_state = state;
     event.segs = 1;
-    let key = counters::retransmit_key(
-        RetransmitKind::SynAck as u8,
-        event.old_state,
-        ep.family == AF_INET6,
-    );
-    add_key(&RETRANSMITS, key, 1);
     submit(event);
-    Some(())
 }

@@ -1,31 +1,81 @@
 //! `tcp:tcp_send_reset`: this host sent a RST (to a closed port, an aborted connection,
-//! a bad segment). Counted always; for a socket tcptrace tracks, also reported with its
-//! owner (the endpoints read from the socket where BTF gives the offsets).
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+//! a bad segment). Counted always; for a full socket, also reported with its owner.
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
 use tcptrace_common::{counters::RESET_SENT, EventKind};
 
 use crate::{
     conf,
-    emit::{add_slot, base_event, submit, wanted},
-    maps::{RECORD, RESETS},
-    sock, sockets,
+    emit::{add_slot, base_event, owner_of, submit, wanted},
+    frame::Scratch,
+    maps::RESETS,
+    sock,
+    sockets::{HashStore, SkStore, Store},
     tracepoint::{bytes16, Endpoints, Record},
 };
 
-pub fn handle(ctx: &TracePointContext) -> Option<()> {
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
     add_slot(&RESETS, RESET_SENT, 1);
+    let sk: u64 = ctx.arg(0);
+    // A RST answering a segment for no socket at all has none.
+    if sk != 0 {
+        sent(&SkStore { sk }, sk);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset_raw(ctx: RawTracePointContext) -> i32 {
+    add_slot(&RESETS, RESET_SENT, 1);
+    let sk: u64 = ctx.arg(0);
+    if sk != 0 {
+        sent(&HashStore { skaddr: sk }, sk);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    add_slot(&RESETS, RESET_SENT, 1);
+    from_record(&ctx);
+    0
+}
+
+#[inline(always)]
+fn from_record(ctx: &TracePointContext) -> Option<()> {
     if !wanted(EventKind::Reset) {
         return None;
     }
     let layout = &conf!(send_reset);
-    let skaddr: u64 = Record::load(ctx, layout)?.get(layout.skaddr)?;
-    if skaddr == 0 {
+    let skaddr: u64 = {
+        let mut scratch = Scratch::enter()?;
+        Record::load(&mut scratch.frame().record, ctx, layout)?.get(layout.skaddr)?
+    };
+    if skaddr != 0 {
+        sent(&HashStore { skaddr }, skaddr);
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn sent(store: &impl Store, sk: u64) -> Option<()> {
+    if !wanted(EventKind::Reset) {
         return None;
     }
-    let info = unsafe { *sockets::lookup(skaddr)? };
-    // The record was consumed: its per-CPU buffer can hold the socket's fields now.
-    let ep = sock::sock_endpoints_in(&RECORD, skaddr).unwrap_or_else(|| Endpoints {
-        skaddr,
+    let mut scratch = Scratch::enter()?;
+    let frame = scratch.frame();
+    let (owner, flags) = owner_of(store);
+    // The state the socket is in as it sends the RST: the tracked one, else its own.
+    let state = match store.entry() {
+        Some(info) => info.state,
+        None => sock::state(sk)?,
+    };
+    let ep = sock::full_endpoints(&mut frame.sock, sk).unwrap_or(Endpoints {
+        skaddr: sk,
         family: 0,
         sport: 0,
         dport: 0,
@@ -33,14 +83,15 @@ pub fn handle(ctx: &TracePointContext) -> Option<()> {
         daddr: bytes16(0, 0),
     });
     let event = base_event(
+        &mut frame.event,
         &ep,
-        &info.owner,
+        &owner,
         unsafe { bpf_ktime_get_ns() },
-        info.flags as u8,
-    )?;
+        flags,
+    );
     event.kind = EventKind::Reset as u8;
     event.detail = RESET_SENT as u8;
-    event.old_state = info.state;
+    event.old_state = state;
     submit(event);
     Some(())
 }
