@@ -7,7 +7,7 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     Ebpf,
 };
-use tcptrace_common::{counters, Stat};
+use tcptrace_common::{counters, stats::GUARDED_SLOTS, Stat};
 
 pub struct KernelCounters {
     stats: PerCpuArray<MapData, u64>,
@@ -19,6 +19,7 @@ pub struct KernelCounters {
     connect_errors: PerCpuHashMap<MapData, u32, u64>,
     socket_errors: PerCpuHashMap<MapData, u32, u64>,
     segments: PerCpuArray<MapData, u64>,
+    recovered: PerCpuArray<MapData, u64>,
 }
 
 /// Latency histogram of one handshake side, straight from the kernel's log2 buckets.
@@ -93,12 +94,21 @@ impl KernelCounters {
             connect_errors: take_map(ebpf, "CONNECT_ERRORS")?,
             socket_errors: take_map(ebpf, "SOCKET_ERRORS")?,
             segments: take_map(ebpf, "SEGMENTS")?,
+            recovered: take_map(ebpf, "RECOVERED")?,
         })
     }
 
     /// A bookkeeping counter summed over all CPUs.
     pub fn stat(&self, stat: Stat) -> u64 {
         sum_slot(&self.stats, stat as u32)
+    }
+
+    /// Skipped runs of each guarded probe's main program that its backup handled,
+    /// indexed by `tcptrace_common::stats::Guarded`.
+    pub fn recovered(&self) -> Vec<u64> {
+        (0..GUARDED_SLOTS)
+            .map(|slot| sum_slot(&self.recovered, slot))
+            .collect()
     }
 
     pub fn snapshot(&self) -> Snapshot {

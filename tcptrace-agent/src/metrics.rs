@@ -142,7 +142,13 @@ impl Metrics {
                 "tcptrace_kernel_missed_runs_total",
                 "Hook runs the kernel skipped because another BPF program was running on the same CPU (recursion protection): their events and counts are missing.",
                 &["probe"],
-                probes::missed_by_hook(&self.hooks).into_iter().map(|(hook, n)| (vec![hook], n as f64)).collect(),
+                probes::missed_by_hook(&self.hooks, &counters.recovered()).into_iter().map(|(hook, n)| (vec![hook], n as f64)).collect(),
+            ),
+            counter(
+                "tcptrace_kernel_recovered_runs_total",
+                "Events the kernel skipped a probe's main program for (an interrupt fired the same tracepoint on that CPU while it ran) and its backup program handled: nothing missing.",
+                &["probe"],
+                recovered_by_probe(&self.hooks, &counters.recovered()),
             ),
             gauge(
                 "tcptrace_probe_attached",
@@ -158,6 +164,19 @@ impl Metrics {
             ),
         ]
     }
+}
+
+/// Recovered runs of the attached probes that pair a main program with a backup.
+fn recovered_by_probe(hooks: &[HookStatus], recovered: &[u64]) -> Vec<(Vec<&'static str>, f64)> {
+    probes::PROBES
+        .iter()
+        .filter_map(|p| Some((p.name, p.guarded?)))
+        .filter(|(name, _)| hooks.iter().any(|h| h.hook == *name && h.attached))
+        .map(|(name, slot)| {
+            let n = recovered.get(slot as usize).copied().unwrap_or(0);
+            (vec![name], n as f64)
+        })
+        .collect()
 }
 
 /// One series per method tried: 1 for the one in use, 0 for those skipped.

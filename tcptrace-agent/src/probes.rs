@@ -19,6 +19,7 @@ use tcptrace_common::{
         Source, SOURCE_CONNECT_V4, SOURCE_CONNECT_V6, SOURCE_DESTROY, SOURCE_SEGMENTS,
         SOURCE_TRACKING, TRACKING_SOCKET_STORAGE,
     },
+    stats::Guarded,
     Config, Filter, TpLayout, FIELD_ABSENT,
 };
 
@@ -123,6 +124,8 @@ pub struct Probe {
     pub methods: &'static [Method],
     /// The `SOURCES` slot telling the programs which method provides this probe.
     pub source_slot: Option<u32>,
+    /// Its `RUNNING`/`RECOVERED` slot where its methods pair a main program with a backup.
+    pub guarded: Option<Guarded>,
 }
 
 /// The method of a probe on one tracepoint whose programs are named after it:
@@ -130,15 +133,23 @@ pub struct Probe {
 /// `<event>_raw` (raw: the fallback socket map, a guard per program) and `<event>`
 /// (classic: the fallback map, the guard that every classic tracepoint and kprobe on a
 /// CPU shares). A BTF-typed program keeps socket state where the state program does,
-/// so it needs the state program on its BTF-typed tracepoint too.
+/// so it needs the state program on its BTF-typed tracepoint too. BTF-typed and raw
+/// methods attach a main program and its `_backup`, in that order (`guard.rs` in the
+/// eBPF crate: the backup takes the events the main one's own guard skipped).
 macro_rules! btf_method {
     ($event:literal, $reads:expr) => {
         Method {
             name: "tp_btf",
-            attach: &[Attach::BtfTracepoint {
-                program: concat!($event, "_btf"),
-                event: $event,
-            }],
+            attach: &[
+                Attach::BtfTracepoint {
+                    program: concat!($event, "_btf"),
+                    event: $event,
+                },
+                Attach::BtfTracepoint {
+                    program: concat!($event, "_btf_backup"),
+                    event: $event,
+                },
+            ],
             derived_from: &["socket_tracking/socket_storage"],
             reads: $reads,
         }
@@ -148,10 +159,16 @@ macro_rules! raw_method {
     ($event:literal, $reads:expr) => {
         Method {
             name: "raw_tracepoint",
-            attach: &[Attach::RawTracepoint {
-                program: concat!($event, "_raw"),
-                event: $event,
-            }],
+            attach: &[
+                Attach::RawTracepoint {
+                    program: concat!($event, "_raw"),
+                    event: $event,
+                },
+                Attach::RawTracepoint {
+                    program: concat!($event, "_raw_backup"),
+                    event: $event,
+                },
+            ],
             derived_from: &[],
             reads: $reads,
         }
@@ -175,7 +192,7 @@ macro_rules! classic_method {
 /// A probe on a tracepoint that passes the socket: BTF-typed, raw, classic, in that
 /// order.
 macro_rules! socket_probe {
-    ($category:literal, $event:literal, $reads:expr, $purpose:literal) => {
+    ($category:literal, $event:literal, $guarded:expr, $reads:expr, $purpose:literal) => {
         Probe {
             name: $event,
             required: false,
@@ -186,6 +203,7 @@ macro_rules! socket_probe {
                 classic_method!($category, $event),
             ],
             source_slot: None,
+            guarded: Some($guarded),
         }
     };
 }
@@ -235,6 +253,7 @@ macro_rules! connect_probe {
                 },
             ],
             source_slot: Some($slot),
+            guarded: None,
         }
     };
 }
@@ -258,6 +277,7 @@ pub const PROBES: [Probe; 11] = [
             classic_method!("sock", "inet_sock_set_state"),
         ],
         source_slot: None,
+        guarded: Some(Guarded::SetState),
     },
     Probe {
         name: SOCKET_TRACKING,
@@ -280,26 +300,36 @@ pub const PROBES: [Probe; 11] = [
             },
         ],
         source_slot: Some(SOURCE_TRACKING),
+        guarded: None,
     },
     socket_probe!(
         "tcp",
         "tcp_retransmit_skb",
+        Guarded::RetransmitSkb,
         Reads::Sock,
         "data and SYN retransmits"
     ),
     socket_probe!(
         "tcp",
         "tcp_retransmit_synack",
+        Guarded::RetransmitSynack,
         Reads::Sock,
         "SYN-ACK retransmits"
     ),
     socket_probe!(
         "tcp",
         "tcp_receive_reset",
+        Guarded::ReceiveReset,
         Reads::Sock,
         "RSTs received; refused/reset handshakes when BTF is missing"
     ),
-    socket_probe!("tcp", "tcp_send_reset", Reads::Sock, "RSTs sent"),
+    socket_probe!(
+        "tcp",
+        "tcp_send_reset",
+        Guarded::SendReset,
+        Reads::Sock,
+        "RSTs sent"
+    ),
     // Where sockets are tracked in the fallback map, a socket stays tracked from CLOSE
     // until the kernel frees it: an aborting close (SO_LINGER 0, unread data) sends its
     // RST after CLOSE. Socket storage is freed with the socket by the kernel itself.
@@ -314,14 +344,25 @@ pub const PROBES: [Probe; 11] = [
                 derived_from: &["socket_tracking/socket_storage"],
                 reads: Reads::Nothing,
             },
-            raw_method!("tcp_destroy_sock", Reads::Nothing),
+            // Counts nothing: no backup needed.
+            Method {
+                name: "raw_tracepoint",
+                attach: &[Attach::RawTracepoint {
+                    program: "tcp_destroy_sock_raw",
+                    event: "tcp_destroy_sock",
+                }],
+                derived_from: &[],
+                reads: Reads::Nothing,
+            },
             classic_method!("tcp", "tcp_destroy_sock"),
         ],
         source_slot: Some(SOURCE_DESTROY),
+        guarded: None,
     },
     socket_probe!(
         "sock",
         "inet_sk_error_report",
+        Guarded::ErrorReport,
         Reads::SockAndError,
         "socket errors: ETIMEDOUT from keep-alive or retransmission timeouts, resets, ICMP"
     ),
@@ -359,6 +400,7 @@ pub const PROBES: [Probe; 11] = [
             },
         ],
         source_slot: Some(SOURCE_SEGMENTS),
+        guarded: None,
     },
 ];
 
@@ -764,14 +806,32 @@ pub fn missed_runs(prog_fd: i32) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Missed runs of every attached probe (summed over its programs).
-pub fn missed_by_hook(hooks: &[HookStatus]) -> Vec<(&'static str, u64)> {
+/// Runs of every attached probe the kernel skipped and nothing handled: for a probe with
+/// a main and a backup program, the main program's skipped runs less those the backup
+/// recovered (the backup's own skips are of events the main program handled); for
+/// others, every skipped run of its programs. `recovered` is indexed by `Guarded`.
+pub fn missed_by_hook(hooks: &[HookStatus], recovered: &[u64]) -> Vec<(&'static str, u64)> {
     hooks
         .iter()
         .filter(|h| h.attached && !h.prog_fds.is_empty())
         .filter_map(|h| {
-            let runs: Option<Vec<u64>> = h.prog_fds.iter().map(|fd| missed_runs(*fd)).collect();
-            Some((h.hook, runs?.iter().sum()))
+            let guarded = PROBES
+                .iter()
+                .find(|p| p.name == h.hook)
+                .and_then(|p| p.guarded)
+                .filter(|_| h.method == "tp_btf" || h.method == "raw_tracepoint");
+            let missed = match guarded {
+                Some(slot) => {
+                    let main = missed_runs(h.prog_fds[0])?;
+                    main.saturating_sub(recovered.get(slot as usize).copied().unwrap_or(0))
+                }
+                None => {
+                    let runs: Option<Vec<u64>> =
+                        h.prog_fds.iter().map(|fd| missed_runs(*fd)).collect();
+                    runs?.iter().sum()
+                }
+            };
+            Some((h.hook, missed))
         })
         .collect()
 }

@@ -88,7 +88,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     }
     // Whatever the kernel produced before we stopped is still reported.
     drain(ring.get_mut(), &opts, &mut printer, &mut out, &mut tally);
-    let missed: u64 = probes::missed_by_hook(&loaded.hooks)
+    let missed: u64 = probes::missed_by_hook(&loaded.hooks, &stats.recovered())
         .iter()
         .map(|(_, n)| n)
         .sum();

@@ -52,6 +52,23 @@ impl Stat {
     }
 }
 
+/// Probes whose BTF-typed and raw programs come in pairs: a main program, and a backup
+/// on the same tracepoint that handles what the kernel skipped the main one for (an
+/// interrupt that fired the same tracepoint on the CPU while the main program ran
+/// there). Slots of the `RUNNING` and `RECOVERED` maps.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guarded {
+    SetState = 0,
+    RetransmitSkb = 1,
+    RetransmitSynack = 2,
+    ReceiveReset = 3,
+    SendReset = 4,
+    ErrorReport = 5,
+}
+
+pub const GUARDED_SLOTS: u32 = 6;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 mod connect_errors;
 mod emit;
 mod frame;
+mod guard;
 mod maps;
 mod probes;
 mod sock;

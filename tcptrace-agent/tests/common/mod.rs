@@ -314,28 +314,34 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `f` (a scrape) taken between two readings of the kernel's counters in which the
-/// `stable` ones agree, so both sides saw the same segments: a FIN lost just before a
-/// loss rule went may still be retransmitted a second later. Returns the reading taken
-/// before `f`. Gives up after 10 s of counters that keep moving.
-pub fn bracketed<T>(
+/// A scrape taken when the kernel and tcptrace have both stopped counting: the
+/// kernel's `kernel_keys` agree in readings before and after it, and tcptrace's
+/// `our_metrics` agree with a second scrape. A FIN lost just before a loss rule went may
+/// still be retransmitted a second later, and the kernel counts a retransmit a moment
+/// before its tracepoint fires. Returns the reading taken before the scrape. Gives up
+/// after 10 s of counters that keep moving.
+pub fn bracketed(
     kernel: impl Fn() -> HashMap<String, u64>,
-    stable: &[&str],
-    mut f: impl FnMut() -> T,
-) -> (HashMap<String, u64>, T) {
+    kernel_keys: &[&str],
+    our_metrics: &[&str],
+    mut scrape: impl FnMut() -> HashMap<String, f64>,
+) -> (HashMap<String, u64>, HashMap<String, f64>) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let same = |a: &HashMap<String, u64>, b: &HashMap<String, u64>| {
-        stable.iter().all(|k| a.get(*k) == b.get(*k))
+    let same_kernel = |a: &HashMap<String, u64>, b: &HashMap<String, u64>| {
+        kernel_keys.iter().all(|k| a.get(*k) == b.get(*k))
+    };
+    let same_ours = |a: &HashMap<String, f64>, b: &HashMap<String, f64>| {
+        our_metrics.iter().all(|m| total(a, m) == total(b, m))
     };
     loop {
         let before = kernel();
-        let ours = f();
-        if same(&kernel(), &before) {
+        let ours = scrape();
+        if same_kernel(&kernel(), &before) && same_ours(&scrape(), &ours) {
             return (before, ours);
         }
         assert!(
             Instant::now() < deadline,
-            "the kernel's counters kept moving for 10 s"
+            "the counters kept moving for 10 s"
         );
         thread::sleep(Duration::from_millis(300));
     }

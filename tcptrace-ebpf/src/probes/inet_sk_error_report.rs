@@ -3,19 +3,15 @@
 //! ECONNRESET, EHOSTUNREACH from ICMP. Counted by errno for TCP. Raw and BTF-typed
 //! tracepoints pass the socket, so their events carry its owner; the classic record
 //! carries no socket address, so its events have endpoints but no owner.
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
-};
-use tcptrace_common::{event::FLAG_OWNER_UNKNOWN, EventKind, Owner, IPPROTO_TCP};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tcptrace_common::{event::FLAG_OWNER_UNKNOWN, stats::Guarded, EventKind, Owner, IPPROTO_TCP};
 
 use crate::{
-    conf,
+    btf_programs, conf,
     emit::{add_key, base_event, owner_of, submit},
     frame::{Frame, Scratch},
     maps::SOCKET_ERRORS,
-    sock,
+    raw_programs, sock,
     sockets::{HashStore, SkStore, Store},
     tracepoint::{endpoints, Endpoints, Record},
 };
@@ -23,19 +19,29 @@ use crate::{
 /// Errnos are below 256; anything else is counted under 0.
 const ERRNO_LIMIT: i32 = 256;
 
-#[btf_tracepoint(function = "inet_sk_error_report")]
-pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    from_socket(&SkStore { sk }, sk);
-    0
-}
+btf_programs!(
+    Guarded::ErrorReport,
+    "inet_sk_error_report",
+    inet_sk_error_report_btf,
+    inet_sk_error_report_btf_backup,
+    1,
+    |ctx| {
+        let sk: u64 = ctx.arg(0);
+        from_socket(&SkStore { sk }, sk);
+    }
+);
 
-#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
-pub fn inet_sk_error_report_raw(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    from_socket(&HashStore { skaddr: sk }, sk);
-    0
-}
+raw_programs!(
+    Guarded::ErrorReport,
+    "inet_sk_error_report",
+    inet_sk_error_report_raw,
+    inet_sk_error_report_raw_backup,
+    1,
+    |ctx| {
+        let sk: u64 = ctx.arg(0);
+        from_socket(&HashStore { skaddr: sk }, sk);
+    }
+);
 
 #[tracepoint]
 pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {

@@ -6,10 +6,7 @@
 //! fallback socket map, a guard of its own), the classic tracepoint (the fallback map,
 //! the guard every classic tracepoint and kprobe on a CPU shares).
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
-    EbpfContext,
+    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext, EbpfContext,
 };
 use tcptrace_common::{
     config::{Source, SOURCE_DESTROY},
@@ -18,15 +15,16 @@ use tcptrace_common::{
         SockInfo, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED, OUTCOME_FAILED,
         RETRANS_SEEN_UNKNOWN,
     },
+    stats::Guarded,
     Event, EventKind, HandshakeSide, Owner, TcpState, IPPROTO_TCP,
 };
 
 use crate::{
-    conf, connect_errors,
+    btf_programs, conf, connect_errors,
     emit::{add_key, add_slot, base_event, submit, wanted},
     frame::{Frame, Scratch},
     maps::{source, FAILURES, HANDSHAKES, TRANSITIONS},
-    sock,
+    raw_programs, sock,
     sockets::{self, HashStore, SkStore, Store},
     tracepoint::{endpoints, Endpoints, Record},
 };
@@ -37,21 +35,31 @@ const SYN_SENT: u8 = TcpState::SynSent as u8;
 const SYN_RECV: u8 = TcpState::SynRecv as u8;
 const ESTABLISHED: u8 = TcpState::Established as u8;
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
-    from_socket(&ctx, &SkStore { sk }, sk, old as u8, new as u8);
-    0
-}
+btf_programs!(
+    Guarded::SetState,
+    "inet_sock_set_state",
+    inet_sock_set_state_btf,
+    inet_sock_set_state_btf_backup,
+    3,
+    |ctx| {
+        let sk: u64 = ctx.arg(0);
+        let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+        from_socket(&ctx, &SkStore { sk }, sk, old as u8, new as u8);
+    }
+);
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
-    from_socket(&ctx, &HashStore { skaddr: sk }, sk, old as u8, new as u8);
-    0
-}
+raw_programs!(
+    Guarded::SetState,
+    "inet_sock_set_state",
+    inet_sock_set_state_raw,
+    inet_sock_set_state_raw_backup,
+    3,
+    |ctx| {
+        let sk: u64 = ctx.arg(0);
+        let (old, new): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+        from_socket(&ctx, &HashStore { skaddr: sk }, sk, old as u8, new as u8);
+    }
+);
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {

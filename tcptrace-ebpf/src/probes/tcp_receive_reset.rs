@@ -3,41 +3,48 @@
 //! Reported as a `Reset` event with the socket's owner; where no hook on
 //! `tcp_rcv_state_process` attached, a RST arriving in a handshake state is also counted
 //! and reported as a handshake-state segment from here.
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcptrace_common::{
     config::{Source, SOURCE_SEGMENTS},
     counters::{self, RESET_RECEIVED, TCP_RST},
     event::{FLAG_OWNER_UNKNOWN, FLAG_RST_RECEIVED},
+    stats::Guarded,
     EventKind, Owner,
 };
 
 use crate::{
-    conf,
+    btf_programs, conf,
     emit::{add_slot, base_event, submit, wanted},
     frame::{Frame, Scratch},
     maps::{source, RESETS, SEGMENTS},
-    sock,
+    raw_programs, sock,
     sockets::{HashStore, SkStore, Store},
     tracepoint::{endpoints, Endpoints, Record},
 };
 
-#[btf_tracepoint(function = "tcp_receive_reset")]
-pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    from_socket(&SkStore { sk }, sk);
-    0
-}
+btf_programs!(
+    Guarded::ReceiveReset,
+    "tcp_receive_reset",
+    tcp_receive_reset_btf,
+    tcp_receive_reset_btf_backup,
+    1,
+    |ctx| {
+        let sk: u64 = ctx.arg(0);
+        from_socket(&SkStore { sk }, sk);
+    }
+);
 
-#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
-pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    from_socket(&HashStore { skaddr: sk }, sk);
-    0
-}
+raw_programs!(
+    Guarded::ReceiveReset,
+    "tcp_receive_reset",
+    tcp_receive_reset_raw,
+    tcp_receive_reset_raw_backup,
+    1,
+    |ctx| {
+        let sk: u64 = ctx.arg(0);
+        from_socket(&HashStore { skaddr: sk }, sk);
+    }
+);
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {

@@ -4,38 +4,46 @@
 //!
 //! Entry points as for the state tracepoint: BTF-typed (socket storage), raw, classic.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
-    EbpfContext,
+    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext, EbpfContext,
 };
 use tcptrace_common::{
-    counters, event::RETRANS_SEEN_UNKNOWN, EventKind, RetransmitKind, TcpState, AF_INET6,
+    counters, event::RETRANS_SEEN_UNKNOWN, stats::Guarded, EventKind, RetransmitKind, TcpState,
+    AF_INET6,
 };
 
 use crate::{
-    conf,
+    btf_programs, conf,
     emit::{add_key, base_event, owner_of, submit, wanted},
     frame::{Frame, Scratch},
     maps::RETRANSMITS,
-    sock,
+    raw_programs, sock,
     sockets::{HashStore, SkStore, Store},
     tracepoint::{endpoints, Endpoints, Record},
 };
 
-#[btf_tracepoint(function = "tcp_retransmit_skb")]
-pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    from_socket(&ctx, &SkStore { sk }, sk);
-    0
-}
+btf_programs!(
+    Guarded::RetransmitSkb,
+    "tcp_retransmit_skb",
+    tcp_retransmit_skb_btf,
+    tcp_retransmit_skb_btf_backup,
+    2,
+    |ctx| {
+        let sk: u64 = ctx.arg(0);
+        from_socket(&ctx, &SkStore { sk }, sk);
+    }
+);
 
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn tcp_retransmit_skb_raw(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    from_socket(&ctx, &HashStore { skaddr: sk }, sk);
-    0
-}
+raw_programs!(
+    Guarded::RetransmitSkb,
+    "tcp_retransmit_skb",
+    tcp_retransmit_skb_raw,
+    tcp_retransmit_skb_raw_backup,
+    2,
+    |ctx| {
+        let sk: u64 = ctx.arg(0);
+        from_socket(&ctx, &HashStore { skaddr: sk }, sk);
+    }
+);
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {

@@ -2,38 +2,45 @@
 //! The socket is the listener (or, with TCP Fast Open, the child), so the event carries
 //! the listener's owner; the endpoints are the request's. The kernel fires it only for
 //! a SYN-ACK it sent and counted in TcpRetransSegs: one segment each.
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcptrace_common::{
-    counters, event::RETRANS_SEEN_UNKNOWN, EventKind, RetransmitKind, TcpState, AF_INET6,
+    counters, event::RETRANS_SEEN_UNKNOWN, stats::Guarded, EventKind, RetransmitKind, TcpState,
+    AF_INET6,
 };
 
 use crate::{
-    conf,
+    btf_programs, conf,
     emit::{add_key, base_event, owner_of, submit, wanted},
     frame::{Frame, Scratch},
     maps::RETRANSMITS,
-    sock,
+    raw_programs, sock,
     sockets::{HashStore, SkStore, Store},
     tracepoint::{endpoints, Endpoints, Record},
 };
 
-#[btf_tracepoint(function = "tcp_retransmit_synack")]
-pub fn tcp_retransmit_synack_btf(ctx: BtfTracePointContext) -> i32 {
-    let (sk, req): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    from_socket(&SkStore { sk }, sk, req);
-    0
-}
+btf_programs!(
+    Guarded::RetransmitSynack,
+    "tcp_retransmit_synack",
+    tcp_retransmit_synack_btf,
+    tcp_retransmit_synack_btf_backup,
+    2,
+    |ctx| {
+        let (sk, req): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+        from_socket(&SkStore { sk }, sk, req);
+    }
+);
 
-#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
-pub fn tcp_retransmit_synack_raw(ctx: RawTracePointContext) -> i32 {
-    let (sk, req): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    from_socket(&HashStore { skaddr: sk }, sk, req);
-    0
-}
+raw_programs!(
+    Guarded::RetransmitSynack,
+    "tcp_retransmit_synack",
+    tcp_retransmit_synack_raw,
+    tcp_retransmit_synack_raw_backup,
+    2,
+    |ctx| {
+        let (sk, req): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+        from_socket(&HashStore { skaddr: sk }, sk, req);
+    }
+);
 
 #[tracepoint]
 pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {

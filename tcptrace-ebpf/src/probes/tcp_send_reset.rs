@@ -1,42 +1,48 @@
 //! `tcp:tcp_send_reset`: this host sent a RST (to a closed port, an aborted connection,
 //! a bad segment). Counted always; for a full socket, also reported with its owner.
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
-};
-use tcptrace_common::{counters::RESET_SENT, EventKind};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tcptrace_common::{counters::RESET_SENT, stats::Guarded, EventKind};
 
 use crate::{
-    conf,
+    btf_programs, conf,
     emit::{add_slot, base_event, owner_of, submit, wanted},
     frame::Scratch,
     maps::RESETS,
-    sock,
+    raw_programs, sock,
     sockets::{HashStore, SkStore, Store},
     tracepoint::{bytes16, Endpoints, Record},
 };
 
-#[btf_tracepoint(function = "tcp_send_reset")]
-pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
-    add_slot(&RESETS, RESET_SENT, 1);
-    let sk: u64 = ctx.arg(0);
-    // A RST answering a segment for no socket at all has none.
-    if sk != 0 {
-        sent(&SkStore { sk }, sk);
+btf_programs!(
+    Guarded::SendReset,
+    "tcp_send_reset",
+    tcp_send_reset_btf,
+    tcp_send_reset_btf_backup,
+    2,
+    |ctx| {
+        add_slot(&RESETS, RESET_SENT, 1);
+        let sk: u64 = ctx.arg(0);
+        // A RST answering a segment for no socket at all has none.
+        if sk != 0 {
+            sent(&SkStore { sk }, sk);
+        }
     }
-    0
-}
+);
 
-#[raw_tracepoint(tracepoint = "tcp_send_reset")]
-pub fn tcp_send_reset_raw(ctx: RawTracePointContext) -> i32 {
-    add_slot(&RESETS, RESET_SENT, 1);
-    let sk: u64 = ctx.arg(0);
-    if sk != 0 {
-        sent(&HashStore { skaddr: sk }, sk);
+raw_programs!(
+    Guarded::SendReset,
+    "tcp_send_reset",
+    tcp_send_reset_raw,
+    tcp_send_reset_raw_backup,
+    2,
+    |ctx| {
+        add_slot(&RESETS, RESET_SENT, 1);
+        let sk: u64 = ctx.arg(0);
+        if sk != 0 {
+            sent(&HashStore { skaddr: sk }, sk);
+        }
     }
-    0
-}
+);
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {

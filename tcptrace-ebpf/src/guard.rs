@@ -1,0 +1,130 @@
+//! Main and backup programs: nothing skipped by a program's own recursion guard.
+//!
+//! The kernel runs a raw or BTF-typed tracepoint program under a guard of its own: it
+//! skips the program on a CPU where that same program is already running. That happens
+//! when an interrupt fires the tracepoint again in the middle of a run (a softirq state
+//! change while a close() was being traced), and the event would be lost. So each such
+//! probe attaches two programs to its tracepoint, main first; the backup runs after the
+//! main one for every event. The main program notes each event it handles (by the
+//! tracepoint's arguments) among the last few on this CPU; the backup handles an event
+//! that is not among them: one the kernel skipped the main program for. A set of the
+//! last few rather than a flag survives interrupts that land in the gaps the kernel
+//! leaves before and after a program's own code (its guard is already taken there).
+//! Skipped runs the backup handled are counted as recovered; the agent reports only
+//! the rest as missed.
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use tcptrace_common::stats::{Guarded, GUARDED_SLOTS};
+
+use crate::emit::add_slot;
+
+/// How many handled events a CPU remembers per probe: more than can nest on one CPU.
+const REMEMBERED: usize = 4;
+
+/// An event, as the tracepoint's arguments identify it.
+pub type EventId = [u64; 3];
+
+#[repr(C)]
+pub struct Handled {
+    ids: [EventId; REMEMBERED],
+    next: u64,
+}
+
+/// The events each probe's main program handled last, per CPU.
+#[map]
+static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(GUARDED_SLOTS, 0);
+
+/// Events the main program was skipped for and the backup handled.
+#[map]
+pub static RECOVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(GUARDED_SLOTS, 0);
+
+/// In the main program, before handling `id`.
+#[inline(always)]
+pub fn handling(probe: Guarded, id: EventId) {
+    if let Some(h) = HANDLED.get_ptr_mut(probe as u32) {
+        // SAFETY: this CPU's slot.
+        let h = unsafe { &mut *h };
+        let slot = &mut h.ids[(h.next as usize) % REMEMBERED];
+        // Word by word: a copy or comparison of the whole array becomes a byte loop,
+        // and the verifier refuses byte reads of a spilled pointer (the socket).
+        slot[0] = id[0];
+        slot[1] = id[1];
+        slot[2] = id[2];
+        h.next = h.next.wrapping_add(1);
+    }
+}
+
+/// In the backup program: was the main program skipped for `id`? Counts it when so.
+#[inline(always)]
+pub fn main_was_skipped(probe: Guarded, id: EventId) -> bool {
+    let Some(h) = HANDLED.get(probe as u32) else {
+        return false;
+    };
+    let mut i = 0;
+    while i < REMEMBERED {
+        let seen = &h.ids[i];
+        if seen[0] == id[0] && seen[1] == id[1] && seen[2] == id[2] {
+            return false;
+        }
+        i += 1;
+    }
+    add_slot(&RECOVERED, probe as u32, 1);
+    true
+}
+
+/// The first `args` (1 to 3: no more than the tracepoint has, which the verifier checks
+/// for BTF-typed ones) arguments of a raw or BTF-typed tracepoint.
+#[inline(always)]
+pub fn event_id<C: aya_ebpf::EbpfContext>(ctx: &C, args: usize) -> EventId {
+    let p = ctx.as_ptr() as *const u64;
+    // SAFETY: the context is the array of the tracepoint's u64 arguments.
+    unsafe {
+        [
+            *p,
+            if args > 1 { *p.add(1) } else { 0 },
+            if args > 2 { *p.add(2) } else { 0 },
+        ]
+    }
+}
+
+/// A BTF-typed tracepoint's main and backup programs around one handler; `$args`
+/// arguments identify an event.
+#[macro_export]
+macro_rules! btf_programs {
+    ($probe:expr, $event:literal, $main:ident, $backup:ident, $args:literal, |$ctx:ident| $body:block) => {
+        #[aya_ebpf::macros::btf_tracepoint(function = $event)]
+        pub fn $main($ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+            $crate::guard::handling($probe, $crate::guard::event_id(&$ctx, $args));
+            $body;
+            0
+        }
+
+        #[aya_ebpf::macros::btf_tracepoint(function = $event)]
+        pub fn $backup($ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+            if $crate::guard::main_was_skipped($probe, $crate::guard::event_id(&$ctx, $args)) {
+                $body;
+            }
+            0
+        }
+    };
+}
+
+/// The same for a raw tracepoint.
+#[macro_export]
+macro_rules! raw_programs {
+    ($probe:expr, $event:literal, $main:ident, $backup:ident, $args:literal, |$ctx:ident| $body:block) => {
+        #[aya_ebpf::macros::raw_tracepoint(tracepoint = $event)]
+        pub fn $main($ctx: aya_ebpf::programs::RawTracePointContext) -> i32 {
+            $crate::guard::handling($probe, $crate::guard::event_id(&$ctx, $args));
+            $body;
+            0
+        }
+
+        #[aya_ebpf::macros::raw_tracepoint(tracepoint = $event)]
+        pub fn $backup($ctx: aya_ebpf::programs::RawTracePointContext) -> i32 {
+            if $crate::guard::main_was_skipped($probe, $crate::guard::event_id(&$ctx, $args)) {
+                $body;
+            }
+            0
+        }
+    };
+}
