@@ -311,6 +311,7 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
     let (kernel_before, before) = common::bracketed(
         || common::host_and(&ns),
         &["TcpRetransSegs"],
+        &["tcptrace_retransmits_total"],
         || agent.scrape(),
     );
 
@@ -344,6 +345,7 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
     let (kernel_after, after) = common::bracketed(
         || common::host_and(&ns),
         &["TcpRetransSegs"],
+        &["tcptrace_retransmits_total"],
         || agent.scrape(),
     );
 
