@@ -146,7 +146,10 @@ struct RunArgs {
     /// Ring buffer size in bytes: a power of two from 4096 to 1 GiB (default 4 MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
-    /// Sockets tracked at once in the kernel (default 65536).
+    /// Sockets the fallback socket map tracks at once (default 65536), on kernels
+    /// without socket storage for tracing programs (before 5.11, or without BTF).
+    /// Sockets beyond it are counted, without owner or handshake latency; their counts
+    /// stay exact.
     #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
     max_sockets: Option<u32>,
     /// Per-workload series: `workload` (namespace, pod, container and controller from
@@ -232,8 +235,9 @@ struct TraceArgs {
     /// it full are lost and counted, never silently dropped.
     #[arg(long, value_name = "BYTES", default_value_t = settings::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     ring_bytes: u32,
-    /// How many sockets the kernel tracks at once (owner and state timing); sockets
-    /// beyond it are counted and reported without owner.
+    /// How many sockets the fallback socket map tracks at once (owner and state
+    /// timing), where the kernel offers no socket storage to tracing programs (before
+    /// 5.11, or without BTF); sockets beyond it are counted and reported without owner.
     #[arg(long, value_name = "N", default_value_t = settings::DEFAULT_MAX_SOCKETS, value_parser = parse_max_sockets)]
     max_sockets: u32,
 }

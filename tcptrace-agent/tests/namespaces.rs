@@ -6,8 +6,10 @@ mod common;
 
 use std::{
     collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::fs::MetadataExt},
+    process::Child,
     sync::mpsc,
     thread,
     time::Duration,
@@ -294,6 +296,90 @@ fn handshakes_count_with_more_sockets_open_than_the_fallback_map_holds() {
         }
         drop(held);
         let _ = agent.stop();
+    }
+}
+
+/// A listener in a pod: a process in the pod's cgroup, in the pod's own network
+/// namespace, accepting `n` connections on 127.0.0.1:`port`.
+fn pod_listener(pod: &common::CgroupTree, ns: &common::Netns, port: u16, n: usize) -> Child {
+    let script = "import socket,sys\n\
+        s=socket.socket(); s.bind(('127.0.0.1',int(sys.argv[1]))); s.listen(64)\n\
+        print('ready',flush=True)\n\
+        for _ in range(int(sys.argv[2])):\n    c,_=s.accept(); c.recv(1); c.close()\n";
+    let mut child = pod.spawn(&format!(
+        "exec ip netns exec {} python3 -c \"{script}\" {port} {n}",
+        ns.name
+    ));
+    let mut ready = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    child
+}
+
+/// Two pods, each in its own network namespace, listen on the same address and port;
+/// once both listen, clients in each namespace connect to their own. The server side of
+/// every handshake is counted for the pod whose listener accepted it, on the main path
+/// and on the fallback.
+#[test]
+fn server_handshakes_count_for_the_pod_whose_listener_accepted_them() {
+    require_root();
+    let _serial = serial();
+    let pid = std::process::id();
+    for method in [None, Some("inet_sock_set_state=raw_tracepoint")] {
+        let mut args = vec!["--labels", "workload"];
+        args.extend(method.iter().flat_map(|m| ["--probe-method", m]));
+        let agent = Agent::start(&args);
+        let port = free_port([127, 0, 0, 1].into());
+        // (pod UID, container id, connections)
+        let pods: Vec<(String, String, usize)> = (1..=2)
+            .map(|i| {
+                (
+                    format!("{pid:08x}-{i}{i}{i}{i}-4000-8000-00000000000{i}"),
+                    format!("{i:08x}{pid:08x}{:048x}", 0xabc),
+                    i + 1,
+                )
+            })
+            .collect();
+        let namespaces: Vec<common::Netns> = (0..pods.len())
+            .map(|i| common::Netns::new(&format!("pod{i}")))
+            .collect();
+        let cgroups: Vec<common::CgroupTree> = pods
+            .iter()
+            .map(|(uid, id, _)| common::CgroupTree::create(&common::pod_cgroup_levels(uid, id)))
+            .collect();
+        let listeners: Vec<Child> = pods
+            .iter()
+            .zip(&cgroups)
+            .zip(&namespaces)
+            .map(|(((_, _, n), cgroup), ns)| pod_listener(cgroup, ns, port, *n))
+            .collect();
+        for ((_, _, n), ns) in pods.iter().zip(&namespaces) {
+            let n = *n;
+            ns.run(move || {
+                for _ in 0..n {
+                    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    c.write_all(b"x").unwrap();
+                }
+            })
+            .join()
+            .unwrap();
+        }
+        for mut l in listeners {
+            assert!(l.wait().unwrap().success());
+        }
+        for (uid, id, n) in &pods {
+            let series = format!(
+                "tcptrace_workload_handshake_duration_seconds_count{{namespace=\"\",pod=\"{uid}\",container=\"containerd:{}\",workload=\"\",side=\"server\"}}",
+                &id[..12]
+            );
+            let seen = wait_until(Duration::from_secs(5), &series, || {
+                let v = common::value(&agent.scrape(), &series);
+                (v >= *n as f64).then_some(v)
+            });
+            assert_eq!(seen, *n as f64, "{method:?}: {series}");
+        }
     }
 }
 

@@ -73,13 +73,18 @@ fn the_verifier_accepts_every_program_it_is_allowed_to_load() {
         }
         let error = p["error"].as_str().unwrap_or_default();
         // fentry/fexit need BPF trampolines, which some kernels and sandboxes refuse
-        // outright (EPERM before the verifier runs). Say so; anything else is a bug.
+        // outright (EPERM before the verifier runs); tracing programs may use socket
+        // storage only from Linux 5.11 on, where the BTF-typed ones keep socket state.
+        // Say so; anything else is a bug.
         let is_trampoline = name.ends_with("_fentry") || name.ends_with("_fexit");
-        assert!(
-            is_trampoline && error.contains("Operation not permitted"),
-            "the kernel refused {name}: {error}"
-        );
-        eprintln!("NOTE: this kernel refuses fentry/fexit programs (EPERM at load): {name} not verified here");
+        let is_btf = name.ends_with("_btf") || name.ends_with("_btf_backup");
+        if is_trampoline && error.contains("Operation not permitted") {
+            eprintln!("NOTE: this kernel refuses fentry/fexit programs (EPERM at load): {name} not verified here");
+        } else if is_btf && error.contains("unknown func bpf_sk_storage_get") {
+            eprintln!("NOTE: no socket storage for tracing programs on this kernel (before 5.11): {name} refused, the raw tracepoint takes over");
+        } else {
+            panic!("the kernel refused {name}: {error}");
+        }
     }
 }
 
@@ -106,6 +111,8 @@ fn the_verifier_accepts_the_programs_with_every_filter_set() {
             } else {
                 "fd00::/8"
             },
+            "--netns",
+            "/proc/self/ns/net",
             "--events",
             "states,handshakes,retransmits,connects,segments,errors,resets",
         ]);
@@ -243,7 +250,8 @@ fn a_reset_answering_a_syn_is_seen_as_a_segment_and_a_refusal() {
         vec![],
         vec!["--probe-method", "tcp_rcv_state_process=tracepoint"],
     ];
-    if probe_plan(&[])["kernel"]["kprobes"] == true {
+    let plan = probe_plan(&[]);
+    if plan["kernel"]["kprobes"] == true {
         methods.push(vec!["--probe-method", "tcp_rcv_state_process=kprobe"]);
     }
     let tracers = tracers_for("segments,handshakes", &methods);
@@ -253,10 +261,23 @@ fn a_reset_answering_a_syn_is_seen_as_a_segment_and_a_refusal() {
         5556u16
     });
     std::thread::sleep(Duration::from_millis(300));
+    // A kprobe cannot reach socket storage: where sockets live there, its segments
+    // come without an owner.
+    let storage = probe(&plan, "socket_tracking")["method"] == "socket_storage";
     for (tracer, method) in tracers.into_iter().zip(&methods) {
         let traced = tracer.stop();
-        let mine = |e: &&Value| e["dport"] == port && e["pid"] == std::process::id();
+        let mine = |e: &&Value| e["dport"] == port;
         let segments: Vec<_> = traced.of_kind("segment").filter(mine).collect();
+        let ownerless = storage && method.contains(&"tcp_rcv_state_process=kprobe");
+        let owner = if ownerless {
+            Value::Null
+        } else {
+            std::process::id().into()
+        };
+        assert!(
+            segments.iter().all(|e| e["pid"] == owner),
+            "{method:?}: {segments:?}"
+        );
         assert_eq!(
             segments.len(),
             1,
@@ -269,5 +290,6 @@ fn a_reset_answering_a_syn_is_seen_as_a_segment_and_a_refusal() {
         let failed: Vec<_> = traced.of_kind("handshake").filter(mine).collect();
         assert_eq!(failed.len(), 1, "{method:?}: {failed:?}");
         assert_eq!(failed[0]["reason"], "refused");
+        assert_eq!(failed[0]["pid"], std::process::id());
     }
 }

@@ -671,15 +671,27 @@ impl CgroupTree {
 
     /// Run a bash script as a process moved into the leaf cgroup first; true on success.
     pub fn run(&self, script: &str) -> bool {
-        Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && {script}",
-                self.leaf.display()
-            ))
+        self.command(script)
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
+    }
+
+    /// The same script started in the background, its stdout piped.
+    pub fn spawn(&self, script: &str) -> Child {
+        self.command(script)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("bash")
+    }
+
+    fn command(&self, script: &str) -> Command {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c").arg(format!(
+            "echo $$ > {}/cgroup.procs && {script}",
+            self.leaf.display()
+        ));
+        cmd
     }
 }
 
