@@ -26,6 +26,15 @@ fn invalid_flag_values_exit_2_with_a_reason() {
         (vec!["trace", "-4", "-6"], "exclude each other"),
         (vec!["trace", "--duration=-1"], "positive number of seconds"),
         (vec!["trace", "--count", "0"], "--count"),
+        (
+            vec!["trace", "--netns", "/var/run/netns/no-such-namespace"],
+            "--netns /var/run/netns/no-such-namespace: not a namespace inode",
+        ),
+        (
+            vec!["trace", "--netns", "/proc/self/ns/uts"],
+            "is not a network namespace",
+        ),
+        (vec!["trace", "--netns", "0"], "--netns 0 matches nothing"),
         (vec!["frobnicate"], "unrecognized subcommand"),
         (
             vec!["probes", "--probe-method", "tcp_connect=kprobe"],
