@@ -16,6 +16,7 @@ use std::{
 };
 
 use common::*;
+use tcptrace_agent::workload_metrics::BUDGET_FAMILIES;
 
 /// Accept connections on `listener` and hand each to `handle` (with the stop flag, for
 /// answers that stay open) on a thread of its own, until the returned flag is set.
@@ -177,6 +178,73 @@ fn series_of(m: &HashMap<String, f64>, family: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The series the series budget covers (the per-workload families) in one scrape.
+fn exposed(m: &HashMap<String, f64>) -> usize {
+    m.keys()
+        .filter(|k| BUDGET_FAMILIES.iter().any(|f| k.starts_with(f)))
+        .count()
+}
+
+/// The value of label `name` in a series.
+fn label<'a>(series: &'a str, name: &str) -> &'a str {
+    series
+        .split_once(&format!("{name}=\""))
+        .and_then(|(_, rest)| rest.split('"').next())
+        .unwrap_or_default()
+}
+
+/// Where a series stands in the collapse order: `own`, or the `into` of the folds it
+/// holds (`remote_address`, `remote_other`, `other`).
+fn fold_level(series: &str) -> &'static str {
+    match (label(series, "namespace"), label(series, "remote")) {
+        ("other", _) => "other",
+        (_, "other") => "remote_other",
+        (_, remote) if remote.parse::<std::net::IpAddr>().is_ok() => "remote_address",
+        _ => "own",
+    }
+}
+
+/// What the per-workload families counted (a counter's value, a histogram's _count)
+/// in the series `pick` selects, grown from `before` to `after`.
+fn counted(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    pick: impl Fn(&str) -> bool,
+) -> f64 {
+    let counts = |k: &str| {
+        BUDGET_FAMILIES[..3]
+            .iter()
+            .any(|f| k.starts_with(&format!("{f}{{")))
+            || k.starts_with(&format!("{}_count{{", BUDGET_FAMILIES[3]))
+    };
+    let sum = |m: &HashMap<String, f64>| -> f64 {
+        m.iter()
+            .filter(|(k, _)| counts(k) && pick(k))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    sum(after) - sum(before)
+}
+
+fn folded(m: &HashMap<String, f64>, into: &str) -> f64 {
+    value(
+        m,
+        &format!("tcptrace_series_folded_total{{into=\"{into}\"}}"),
+    )
+}
+
+/// Each level of the collapse holds exactly what tcptrace_series_folded_total says went
+/// there: whatever other traffic the agent saw, both come from the same scrape.
+fn assert_folds_accounted(before: &HashMap<String, f64>, after: &HashMap<String, f64>) {
+    for into in ["remote_address", "remote_other", "other"] {
+        assert_eq!(
+            folded(after, into) - folded(before, into),
+            counted(before, after, |k| fold_level(k) == into),
+            "into {into}"
+        );
+    }
+}
+
 #[test]
 fn pod_containers_are_named_from_the_kubelet_or_by_uid_and_id() {
     require_root();
@@ -331,64 +399,36 @@ fn the_series_budget_holds_and_the_folded_counter_accounts_for_the_rest() {
         REMOTES as usize + CGROUPS,
         started.elapsed()
     );
-    std::thread::sleep(Duration::from_millis(500));
-    let after = agent.scrape();
-    let alive = value(&after, "tcptrace_workload_series");
-    assert!(alive <= MAX as f64, "{alive} series alive, budget {MAX}");
-    let families = [
-        "tcptrace_workload_connect_failures_total",
-        "tcptrace_workload_retransmits_total",
-    ];
-    let lines: usize = families.iter().map(|f| series_of(&after, f).len()).sum();
-    assert!(lines <= MAX, "{lines} series exported");
-    let containers = series_of(&after, families[0])
+    let expected = f64::from(REMOTES) + CGROUPS as f64;
+    // Every refusal is counted once, in its own series or a coarser one (whose reason
+    // is `refused`, or `other` in the family's `other` series).
+    let refused = |after: &HashMap<String, f64>| {
+        counted(&before, after, |k| {
+            k.starts_with("tcptrace_workload_connect_failures_total{")
+                && ["refused", "other"].contains(&label(k, "reason"))
+        })
+    };
+    let after = wait_until(Duration::from_secs(10), "every refusal counted", || {
+        let m = agent.scrape();
+        (refused(&m) >= expected).then_some(m)
+    });
+    assert_eq!(refused(&after), expected, "every refusal is counted once");
+    let exposed = exposed(&after);
+    assert!(exposed <= MAX, "{exposed} series exposed, budget {MAX}");
+    assert_eq!(value(&after, "tcptrace_workload_series"), exposed as f64);
+    let containers = series_of(&after, "tcptrace_workload_connect_failures_total")
         .iter()
-        .filter(|(k, _)| k.contains("container=\"docker:"))
+        .filter(|(k, _)| k.contains("container=\"docker:") && fold_level(k) == "own")
         .count();
     assert!(
         containers > 0,
         "the first containers got series of their own"
     );
-    let grown = |f: &str, pick: &dyn Fn(&str) -> bool| -> f64 {
-        let sum = |m: &HashMap<String, f64>| {
-            series_of(m, f)
-                .iter()
-                .filter(|(k, _)| pick(k))
-                .map(|(_, v)| v)
-                .sum::<f64>()
-        };
-        sum(&after) - sum(&before)
-    };
-    let refused = grown(families[0], &|k| {
-        k.contains("reason=\"refused\"") || k.contains("reason=\"other\"")
-    });
-    let expected = f64::from(REMOTES) + CGROUPS as f64;
-    assert_eq!(
-        refused, expected,
-        "every refusal is counted once, folded or not"
-    );
-    let folded = value(&after, "tcptrace_series_folded_total")
-        - value(&before, "tcptrace_series_folded_total");
-    // Every family's `other` series: one update each (retransmits, none here, would
-    // count segments).
-    let in_other: f64 = [
-        "tcptrace_workload_connect_failures_total",
-        "tcptrace_workload_resets_total",
-        "tcptrace_workload_retransmits_total",
-        "tcptrace_workload_handshake_duration_seconds_count",
-    ]
-    .iter()
-    .map(|f| grown(f, &|k: &str| k.contains("namespace=\"other\"")))
-    .sum();
-    let mut kept: Vec<_> = series_of(&after, families[0]);
-    kept.sort_by(|a, b| b.1.total_cmp(&a.1));
-    assert!(
-        folded >= expected - MAX as f64,
-        "{folded}: {:?}",
-        &kept[..kept.len().min(5)]
-    );
-    assert_eq!(
-        folded, in_other,
-        "folded updates are exactly what the other series holds"
-    );
+    let all_folded: f64 = ["remote_address", "remote_other", "other"]
+        .iter()
+        .map(|into| folded(&after, into) - folded(&before, into))
+        .sum();
+    // Each refusal that kept a series of its own holds one of at most MAX series.
+    assert!(all_folded >= expected - MAX as f64, "{all_folded} folded");
+    assert_folds_accounted(&before, &after);
 }
