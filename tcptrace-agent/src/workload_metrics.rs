@@ -419,6 +419,50 @@ impl WorkloadMetrics {
     }
 }
 
+/// The widest remote a series can have: a full IPv6 address with an ephemeral port.
+const WIDEST_REMOTE: &str = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:ephemeral";
+
+impl WorkloadMetrics {
+    /// One label set of each family with every label as long as it can be (the
+    /// longest value of each family's own label), and the agent's gauges: what
+    /// `worst_case` measures lines against.
+    pub fn widest_families(remote: bool) -> Vec<Family> {
+        let opts = LabelOptions {
+            remote,
+            max_series: 1_000_000,
+            ttl: Duration::from_secs(600),
+            names: pod_names::NameSource::default(),
+        };
+        let mut w = WorkloadMetrics::new(opts, pod_names::Shared::default());
+        let longest = "x".repeat(MAX_LABEL_BYTES);
+        let details = [
+            (Kind::Retransmits, "unknown"),
+            (Kind::Handshakes, "unknown"),
+            (Kind::ConnectFailures, "unreachable"),
+            (Kind::Resets, "received"),
+        ];
+        for (kind, detail) in details {
+            let key = Key {
+                kind,
+                namespace: longest.clone(),
+                pod: longest.clone(),
+                container: longest.clone(),
+                workload: longest.clone(),
+                remote: if remote {
+                    WIDEST_REMOTE.into()
+                } else {
+                    String::new()
+                },
+                detail,
+            };
+            let other = w.other_key(kind);
+            w.budget
+                .entry(vec![key], other, kind.cost(), Instant::now());
+        }
+        w.families()
+    }
+}
+
 /// The family an event counts in, and its own label there (retransmit kind, handshake
 /// side, failure reason, reset direction); `None` for events no family counts.
 fn classify(e: &Event) -> Option<(Kind, &'static str)> {
