@@ -408,7 +408,7 @@ impl WorkloadMetrics {
             ),
             counter(
                 "tcptrace_series_folded_total",
-                "Events (segments for retransmits) counted in a coarser series than their own because --max-series was reached: into remote_address (remote without its port), remote_other (remote=\"other\", the workload kept) or other (the family's `other` series).",
+                "Events (segments for retransmits) counted in a coarser series than their own to keep within --max-series: into remote_address (remote without its port), remote_other (remote=\"other\", the workload kept) or other (the family's `other` series).",
                 &["into"],
                 into.iter()
                     .zip(&self.folded)
