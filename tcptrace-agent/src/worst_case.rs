@@ -210,10 +210,10 @@ mod tests {
     }
 
     /// METRICS.md gives the figures for the DaemonSet's settings (--labels workload
-    /// --max-series 2000) and with `remote`, and how they add up; they must be the
-    /// ones computed here.
+    /// --max-series 2000) and with `remote`, and how they add up, and DEPLOY.md repeats
+    /// the first: they must be the ones computed here.
     #[test]
-    fn metrics_md_gives_the_computed_figures() {
+    fn the_docs_give_the_computed_figures() {
         let doc = include_str!("../../METRICS.md");
         let max = DEFAULT_MAX_SERIES as usize;
         for (labels, remote) in [("workload", false), ("workload,remote", true)] {
@@ -237,6 +237,18 @@ mod tests {
                 assert!(doc.contains(&figure), "METRICS.md lacks\n{figure}");
             }
         }
+        // DEPLOY.md's Cardinality section repeats the DaemonSet's figures.
+        let deploy: Vec<&str> = include_str!("../../DEPLOY.md").split_whitespace().collect();
+        let b = node(max, false);
+        let figures = format!(
+            "{} series and {} bytes",
+            thousands(b.series),
+            thousands(b.bytes)
+        );
+        assert!(
+            deploy.join(" ").contains(&figures),
+            "DEPLOY.md lacks {figures}"
+        );
     }
 
     fn thousands(n: usize) -> String {
