@@ -53,7 +53,8 @@ impl<K: Hash + Eq, V: Default> Budget<K, V> {
     }
 
     /// The value to update for the first of `choices` (finest first, each exposing
-    /// `cost` series) that is alive or may be created, else for `other`.
+    /// `cost` series) that is alive or may be created, else for `other()`. Choices are
+    /// built only as far as they are looked at: most events find their own label set.
     ///
     /// Choice `i` of `n` may be created while the budget stays within `(i + 1) / n` of
     /// its room: each coarser level keeps an equal share for itself. Were all levels to
@@ -61,18 +62,18 @@ impl<K: Hash + Eq, V: Default> Budget<K, V> {
     /// one does, and could never be created once the finer ones filled the budget.
     pub fn entry(
         &mut self,
-        choices: Vec<K>,
-        other: K,
+        choices: impl ExactSizeIterator<Item = K>,
+        other: impl FnOnce() -> K,
         cost: usize,
         now: Instant,
     ) -> (Landing, &mut V) {
         let n = choices.len();
-        let taken = choices.into_iter().enumerate().find(|(i, key)| {
+        let taken = choices.enumerate().find(|(i, key)| {
             self.series.contains_key(key) || self.used + cost <= self.room * (i + 1) / n
         });
         let (landing, key) = match taken {
             Some((i, key)) => (Landing::Choice(i), key),
-            None => (Landing::Other, other),
+            None => (Landing::Other, other()),
         };
         let (used, others) = (&mut self.used, &mut self.others);
         let slot = self.series.entry(key).or_insert_with(|| {
@@ -129,7 +130,7 @@ mod tests {
         let mut b: Budget<String, u64> = Budget::new(40, 9, TTL);
         let mut folded = 0;
         for i in 0..10 {
-            let (landing, v) = b.entry(vec![format!("k{i}")], "other".into(), 9, now);
+            let (landing, v) = b.entry([format!("k{i}")].into_iter(), || "other".into(), 9, now);
             *v += 1;
             folded += u64::from(landing == Landing::Other);
         }
@@ -155,16 +156,17 @@ mod tests {
         // may fill 10, the second 20, the third 30.
         let mut b: Budget<String, u64> = Budget::new(30, 0, TTL);
         let levels = |peer: usize, port: usize| {
-            vec![
+            [
                 format!("w/10.0.0.{peer}:{port}"),
                 format!("w/10.0.0.{peer}"),
                 "w/other".to_string(),
             ]
+            .into_iter()
         };
         let mut landings = Vec::new();
         for peer in 0..15 {
             for port in [80, 443] {
-                let (landing, v) = b.entry(levels(peer, port), "other".into(), 1, now);
+                let (landing, v) = b.entry(levels(peer, port), || "other".into(), 1, now);
                 *v += 1;
                 landings.push(landing);
             }
@@ -177,7 +179,7 @@ mod tests {
         assert_eq!(b.exposed(), 20);
         // With the second share full, a new address goes to `w/other`, then stays there.
         for peer in 15..20 {
-            let (landing, _) = b.entry(levels(peer, 80), "other".into(), 1, now);
+            let (landing, _) = b.entry(levels(peer, 80), || "other".into(), 1, now);
             assert_eq!(landing, Landing::Choice(2));
         }
         assert_eq!(b.exposed(), 21);
@@ -187,9 +189,9 @@ mod tests {
     fn the_other_series_always_fit_within_the_reserve() {
         let now = Instant::now();
         let mut b: Budget<&str, u64> = Budget::new(12, 12, TTL);
-        let (landing, _) = b.entry(vec!["a"], "other-counter", 1, now);
+        let (landing, _) = b.entry(["a"].into_iter(), || "other-counter", 1, now);
         assert_eq!(landing, Landing::Other);
-        let (landing, _) = b.entry(vec!["h"], "other-histogram", 9, now);
+        let (landing, _) = b.entry(["h"].into_iter(), || "other-histogram", 9, now);
         assert_eq!(landing, Landing::Other);
         assert_eq!(b.exposed(), 10);
     }
@@ -198,12 +200,12 @@ mod tests {
     fn stale_series_are_dropped_and_free_their_place() {
         let t0 = Instant::now();
         let mut b: Budget<u32, u64> = Budget::new(18, 9, Duration::from_secs(10));
-        *b.entry(vec![1], 0, 9, t0).1 += 1;
-        let (landing, _) = b.entry(vec![2], 0, 9, t0);
+        *b.entry([1].into_iter(), || 0, 9, t0).1 += 1;
+        let (landing, _) = b.entry([2].into_iter(), || 0, 9, t0);
         assert_eq!(landing, Landing::Other);
         b.expire(t0 + Duration::from_secs(11));
         assert_eq!(b.exposed(), 9, "only `other` stays");
-        let (landing, _) = b.entry(vec![2], 0, 9, t0 + Duration::from_secs(12));
+        let (landing, _) = b.entry([2].into_iter(), || 0, 9, t0 + Duration::from_secs(12));
         assert_eq!(landing, Landing::Choice(0));
     }
 }

@@ -197,8 +197,9 @@ impl WorkloadMetrics {
             return;
         };
         let choices = self.choices(kind, detail, e);
-        let other = self.other_key(kind);
+        let remote = self.opts.remote;
         let now = Instant::now();
+        let other = || other_key(kind, remote);
         let (landing, v) = self.budget.entry(choices, other, kind.cost(), now);
         let added = match kind {
             Kind::Retransmits => u64::from(e.segs.max(1)),
@@ -223,26 +224,14 @@ impl WorkloadMetrics {
         }
     }
 
-    /// The family's `other` label set: every label `other`.
-    fn other_key(&self, kind: Kind) -> Key {
-        Key {
-            kind,
-            namespace: OTHER.into(),
-            pod: OTHER.into(),
-            container: OTHER.into(),
-            workload: OTHER.into(),
-            remote: if self.opts.remote {
-                OTHER.into()
-            } else {
-                String::new()
-            },
-            detail: OTHER,
-        }
-    }
-
     /// The event's label set, then (with `remote`) the coarser ones it may fall back to:
     /// the remote address alone, then `remote="other"`.
-    fn choices(&mut self, kind: Kind, detail: &'static str, e: &Event) -> Vec<Key> {
+    fn choices(
+        &mut self,
+        kind: Kind,
+        detail: &'static str,
+        e: &Event,
+    ) -> impl ExactSizeIterator<Item = Key> {
         let (namespace, pod, container, workload) = self.owner_labels(e);
         let key = Key {
             kind,
@@ -253,21 +242,20 @@ impl WorkloadMetrics {
             remote: String::new(),
             detail,
         };
-        if !self.opts.remote {
-            return vec![key];
-        }
-        let ip = events::ip(e.family, &e.daddr);
-        [
-            self.endpoint(ip, e.dport),
-            ip.to_string(),
-            OTHER.to_string(),
-        ]
-        .into_iter()
-        .map(|remote| Key {
+        let remotes = if self.opts.remote {
+            let ip = events::ip(e.family, &e.daddr);
+            vec![
+                self.endpoint(ip, e.dport),
+                ip.to_string(),
+                OTHER.to_string(),
+            ]
+        } else {
+            vec![String::new()]
+        };
+        remotes.into_iter().map(move |remote| Key {
             remote,
             ..key.clone()
         })
-        .collect()
     }
 
     /// (namespace, pod, container, workload): names where the kubelet gave them, the
@@ -455,11 +443,24 @@ impl WorkloadMetrics {
                 },
                 detail,
             };
-            let other = w.other_key(kind);
+            let other = || other_key(kind, remote);
             w.budget
-                .entry(vec![key], other, kind.cost(), Instant::now());
+                .entry([key].into_iter(), other, kind.cost(), Instant::now());
         }
         w.families()
+    }
+}
+
+/// The family's `other` label set: every label `other`.
+fn other_key(kind: Kind, remote: bool) -> Key {
+    Key {
+        kind,
+        namespace: OTHER.into(),
+        pod: OTHER.into(),
+        container: OTHER.into(),
+        workload: OTHER.into(),
+        remote: if remote { OTHER.into() } else { String::new() },
+        detail: OTHER,
     }
 }
 
