@@ -31,3 +31,4 @@ pub mod trace;
 pub mod tracefs;
 pub mod workload;
 pub mod workload_metrics;
+pub mod worst_case;

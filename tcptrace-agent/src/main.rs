@@ -158,8 +158,12 @@ struct RunArgs {
     /// ephemeral ports collapsed). Off by default.
     #[arg(long, value_name = "LIST", value_parser = settings::parse_labels)]
     labels: Option<bool>,
-    /// The most labelled workload series at once (default 2000); new label sets beyond
-    /// it are counted in an `other` series and in tcptrace_series_folded_total.
+    /// The most time series the per-workload families expose at once (default 2000),
+    /// as Prometheus counts them: 1 per counter label set, 9 per handshake histogram
+    /// label set (6 buckets, +Inf, _sum, _count), the `other` series included. Beyond
+    /// it a new label set loses its remote's port, then its remote (with `,remote`),
+    /// then goes to its family's `other` series; tcptrace_series_folded_total counts
+    /// each step.
     #[arg(long, value_name = "N", value_parser = parse_max_series)]
     max_series: Option<u64>,
     /// Drop workload series not updated for this many seconds (default 600).

@@ -72,98 +72,116 @@ impl Metrics {
             let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
             let snap = counters.snapshot();
             let mut f = kernel_families(&snap);
-            f.extend(self.self_families(&counters));
+            f.extend(agent_families(
+                &|s| counters.stat(s),
+                self.agent.events_delivered.load(Ordering::Relaxed),
+                &self.hooks,
+                probes::missed_by_hook(&self.hooks, &counters.recovered()),
+                &counters.recovered(),
+            ));
             f
         };
         families.extend(socket_families());
         if let Some(w) = &self.workloads {
             families.extend(w.lock().unwrap_or_else(|p| p.into_inner()).families());
         }
-        families.push(self.process_family()?);
-        families.push(gauge(
-            "tcptrace_scrape_duration_seconds",
-            "Time this scrape took to collect every metric (before encoding).",
-            &[],
-            vec![(vec![], started.elapsed().as_secs_f64())],
-        ));
+        families.push(process_family(&self.process)?);
+        families.push(scrape_duration(started.elapsed().as_secs_f64()));
         Ok(exposition::encode(families))
     }
+}
 
-    /// The process collector's families (CPU, memory, fds), in text form.
-    fn process_family(&self) -> prometheus::Result<Family> {
-        let mut text = Vec::new();
-        prometheus::TextEncoder::new().encode(&self.process.collect(), &mut text)?;
-        Ok(Family::from_text(
-            String::from_utf8_lossy(&text).into_owned(),
-        ))
-    }
+pub fn scrape_duration(seconds: f64) -> Family {
+    gauge(
+        "tcptrace_scrape_duration_seconds",
+        "Time this scrape took to collect every metric (before encoding).",
+        &[],
+        vec![(vec![], seconds)],
+    )
+}
 
-    fn self_families(&self, counters: &KernelCounters) -> Vec<Family> {
-        let map_full = |s: Stat| counters.stat(s) as f64;
-        vec![
-            counter(
-                "tcptrace_ringbuf_events_produced_total",
-                "Events offered to the ring buffer (= written + lost).",
-                &[],
-                vec![(vec![], counters.stat(Stat::EventsProduced) as f64)],
-            ),
-            counter(
-                "tcptrace_ringbuf_events_total",
-                "Events the kernel wrote to the ring buffer.",
-                &[],
-                vec![(vec![], counters.stat(Stat::EventsSubmitted) as f64)],
-            ),
-            counter(
-                "tcptrace_ringbuf_events_lost_total",
-                "Events dropped because the ring buffer was full (counters are unaffected).",
-                &[],
-                vec![(vec![], counters.stat(Stat::EventsLost) as f64)],
-            ),
-            counter(
-                "tcptrace_events_delivered_total",
-                "Events the agent read from the ring buffer.",
-                &[],
-                vec![(
-                    vec![],
-                    self.agent.events_delivered.load(Ordering::Relaxed) as f64,
-                )],
-            ),
-            counter(
-                "tcptrace_kernel_map_full_total",
-                "Updates refused because a bounded kernel map was full.",
-                &["map"],
-                vec![
-                    (vec!["sockets"], map_full(Stat::SocketMapFull)),
-                    (vec!["listeners"], map_full(Stat::ListenerMapFull)),
-                    (vec!["counters"], map_full(Stat::CounterUpdateFailed)),
-                ],
-            ),
-            counter(
-                "tcptrace_kernel_missed_runs_total",
-                "Hook runs the kernel skipped because another BPF program was running on the same CPU (recursion protection): their events and counts are missing.",
-                &["probe"],
-                probes::missed_by_hook(&self.hooks, &counters.recovered()).into_iter().map(|(hook, n)| (vec![hook], n as f64)).collect(),
-            ),
-            counter(
-                "tcptrace_kernel_recovered_runs_total",
-                "Events the kernel skipped a probe's main program for (an interrupt fired the same tracepoint on that CPU while it ran) and its backup program handled: nothing missing.",
-                &["probe"],
-                recovered_by_probe(&self.hooks, &counters.recovered()),
-            ),
-            gauge(
-                "tcptrace_probe_attached",
-                "1 for the method each probe uses on this kernel, 0 for each method it skipped.",
-                &["probe", "method"],
-                probe_methods(&self.hooks),
-            ),
-            gauge(
-                "tcptrace_build_info",
-                "Always 1; the version of the running agent.",
-                &["version"],
-                vec![(vec![env!("CARGO_PKG_VERSION")], 1.0)],
-            ),
-        ]
-    }
+/// The process collector's families (CPU, memory, fds), in text form.
+pub fn process_family(
+    process: &prometheus::process_collector::ProcessCollector,
+) -> prometheus::Result<Family> {
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new().encode(&process.collect(), &mut text)?;
+    Ok(Family::from_text(
+        String::from_utf8_lossy(&text).into_owned(),
+    ))
+}
+
+/// The agent's own families: ring buffer, kernel maps, skipped runs, probes, version.
+/// `stat` reads one of the programs' bookkeeping counters; `missed` is per hook;
+/// `recovered` per guarded probe (`tcptrace_common::stats::Guarded`).
+pub fn agent_families(
+    stat: &dyn Fn(Stat) -> u64,
+    delivered: u64,
+    hooks: &[HookStatus],
+    missed: Vec<(&'static str, u64)>,
+    recovered: &[u64],
+) -> Vec<Family> {
+    let map_full = |s: Stat| stat(s) as f64;
+    vec![
+        counter(
+            "tcptrace_ringbuf_events_produced_total",
+            "Events offered to the ring buffer (= written + lost).",
+            &[],
+            vec![(vec![], stat(Stat::EventsProduced) as f64)],
+        ),
+        counter(
+            "tcptrace_ringbuf_events_total",
+            "Events the kernel wrote to the ring buffer.",
+            &[],
+            vec![(vec![], stat(Stat::EventsSubmitted) as f64)],
+        ),
+        counter(
+            "tcptrace_ringbuf_events_lost_total",
+            "Events dropped because the ring buffer was full (counters are unaffected).",
+            &[],
+            vec![(vec![], stat(Stat::EventsLost) as f64)],
+        ),
+        counter(
+            "tcptrace_events_delivered_total",
+            "Events the agent read from the ring buffer.",
+            &[],
+            vec![(vec![], delivered as f64)],
+        ),
+        counter(
+            "tcptrace_kernel_map_full_total",
+            "Updates refused because a bounded kernel map was full.",
+            &["map"],
+            vec![
+                (vec!["sockets"], map_full(Stat::SocketMapFull)),
+                (vec!["listeners"], map_full(Stat::ListenerMapFull)),
+                (vec!["counters"], map_full(Stat::CounterUpdateFailed)),
+            ],
+        ),
+        counter(
+            "tcptrace_kernel_missed_runs_total",
+            "Hook runs the kernel skipped because a BPF program was already running on the same CPU (recursion protection) and that no backup program handled: their events are missing (and their counts, but for retransmits, which the socket's next one makes up for).",
+            &["probe"],
+            missed.into_iter().map(|(hook, n)| (vec![hook], n as f64)).collect(),
+        ),
+        counter(
+            "tcptrace_kernel_recovered_runs_total",
+            "Events the kernel skipped a probe's main program for (an interrupt fired the same tracepoint on that CPU while it ran) and its backup program handled: nothing missing.",
+            &["probe"],
+            recovered_by_probe(hooks, recovered),
+        ),
+        gauge(
+            "tcptrace_probe_attached",
+            "1 for the method each probe uses on this kernel, 0 for each method it skipped.",
+            &["probe", "method"],
+            probe_methods(hooks),
+        ),
+        gauge(
+            "tcptrace_build_info",
+            "Always 1; the version of the running agent.",
+            &["version"],
+            vec![(vec![env!("CARGO_PKG_VERSION")], 1.0)],
+        ),
+    ]
 }
 
 /// Recovered runs of the attached probes that pair a main program with a backup.
@@ -316,9 +334,9 @@ fn handshake_segments(s: &Snapshot) -> Vec<(Vec<&'static str>, f64)> {
     series
 }
 
-/// One exported handshake histogram series from the kernel's log2 buckets (also the
-/// per-workload ones).
-pub fn handshake_series<'a>(labels: Vec<&'a str>, h: &Histogram) -> HistogramSeries<'a> {
+/// One exported handshake histogram series from the kernel's log2 buckets (the
+/// per-workload ones have buckets of their own, see `workload_metrics`).
+fn handshake_series<'a>(labels: Vec<&'a str>, h: &Histogram) -> HistogramSeries<'a> {
     let mut cumulative = 0;
     let mut buckets = Vec::new();
     for b in 0..HANDSHAKE_BUCKETS {
@@ -371,6 +389,14 @@ fn socket_families() -> Vec<Family> {
         log::warn!("sock_diag: {e:#}");
         Default::default()
     });
+    socket_families_of(&port_use, &census)
+}
+
+/// The sock_diag families from a census and the busiest destinations (`Census::port_use`).
+pub fn socket_families_of(
+    port_use: &[(std::net::SocketAddr, u64, f64)],
+    census: &Census,
+) -> Vec<Family> {
     let remotes: Vec<(String, f64)> = port_use
         .iter()
         .map(|(remote, _, share)| (remote.to_string(), *share))

@@ -27,9 +27,15 @@ pub fn parse_labels(s: &str) -> Result<bool, String> {
     Ok(words.contains(&"remote"))
 }
 
+/// Exposed series: at least room for the four `other` series and as much again for one
+/// label set of each family.
 pub fn check_max_series(n: u64) -> Result<u64, String> {
-    if !(10..=1_000_000).contains(&n) {
-        return Err(format!("{n} must be between 10 and 1000000"));
+    let min = 2 * crate::workload_metrics::OTHER_SERIES as u64;
+    if !(min..=1_000_000).contains(&n) {
+        return Err(format!(
+            "{n} must be between {min} and 1000000 (exposed time series; the `other` series alone take {})",
+            min / 2
+        ));
     }
     Ok(n)
 }

@@ -4,30 +4,77 @@
 //! series budget. The kernel's lossless counters stay unlabelled; these follow the ring
 //! buffer, so a full ring (counted in tcptrace_ringbuf_events_lost_total) undercounts them.
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use tcptrace_common::{
-    counters::{handshake_bucket, HANDSHAKE_BUCKETS},
     event::{FLAG_OWNER_UNKNOWN, OUTCOME_ESTABLISHED},
     Event, EventKind, HandshakeSide, RetransmitKind,
 };
 
 use crate::{
     events,
-    exposition::{counter, gauge, histogram, Family},
-    kernel_counters::Histogram,
-    metrics::handshake_series,
+    exposition::{counter, gauge, histogram, Family, HistogramSeries},
     pod_names,
-    series_budget::Budget,
+    series_budget::{Budget, Landing},
     workload::CgroupIndex,
 };
+
+/// Upper bounds (ns) of the per-workload handshake buckets, exposed in seconds. Few,
+/// because each bucket is a time series for every label set; placed where handshakes of
+/// different kinds fall apart:
+/// - 100 µs: the same host (loopback, pods on the node: tens of µs);
+/// - 1 ms: the same LAN or zone (sub-millisecond);
+/// - 10 ms: across zones of a region (a few ms);
+/// - 100 ms: the WAN (tens of ms);
+/// - 1 s: beyond it a SYN or SYN-ACK was lost: the first retransmission leaves after
+///   the 1 s initial RTO;
+/// - 3 s: beyond it a second one (1 s + 2 s of exponential backoff; a third on Linux
+///   6.5+, whose first SYN retries are 1 s apart).
+///
+/// The node-level `tcptrace_handshake_duration_seconds` keeps the kernel's 25 log2
+/// buckets: it has two label sets, not thousands.
+pub const HANDSHAKE_LE_NS: [u64; 6] = [
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    3_000_000_000,
+];
+
+/// Exposed series of one handshake histogram label set: buckets, +Inf, _sum, _count.
+pub const HISTOGRAM_SERIES: usize = HANDSHAKE_LE_NS.len() + 3;
+
+/// Exposed series of the four families' `other` label sets, reserved in the budget:
+/// three counters and the histogram. `--max-series` can be no smaller.
+pub const OTHER_SERIES: usize = 3 + HISTOGRAM_SERIES;
+
+/// The families the budget covers, as their sample lines begin.
+pub const BUDGET_FAMILIES: [&str; 4] = [
+    "tcptrace_workload_retransmits_total",
+    "tcptrace_workload_connect_failures_total",
+    "tcptrace_workload_resets_total",
+    "tcptrace_workload_handshake_duration_seconds",
+];
+
+/// Label values (namespace, pod, container, workload) are cut to this many bytes as
+/// exposed, escapes included: the longest Kubernetes name (a DNS subdomain) fits whole,
+/// and a line of /metrics has a bound (see `worst_case`). Longer values can only come
+/// from outside Kubernetes (a systemd unit, a custom controller kind).
+pub const MAX_LABEL_BYTES: usize = 253;
+
+/// `into` of tcptrace_series_folded_total, for each coarser level an update can land
+/// in (with `remote`: the address alone, `remote="other"`, then the family's `other`).
+const FOLDED_INTO_REMOTE: [&str; 3] = ["remote_address", "remote_other", "other"];
+const FOLDED_INTO: [&str; 1] = ["other"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabelOptions {
     /// Add the remote endpoint (`ip:port`, ephemeral ports as `ip:ephemeral`).
     pub remote: bool,
+    /// Exposed time series of the per-workload families, `other` series included.
     pub max_series: usize,
     pub ttl: Duration,
     pub names: pod_names::NameSource,
@@ -41,7 +88,16 @@ enum Kind {
     Resets,
 }
 
-const KINDS: usize = 4;
+impl Kind {
+    /// Exposed series of one label set.
+    fn cost(self) -> usize {
+        match self {
+            Kind::Handshakes => HISTOGRAM_SERIES,
+            _ => 1,
+        }
+    }
+}
+
 const OTHER: &str = "other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -58,10 +114,40 @@ struct Key {
 
 #[derive(Default)]
 struct Value {
-    /// Counters: updates (segments for retransmits).
+    /// Counters: what was added (segments for retransmits). Histograms: observations.
     count: u64,
-    /// Handshake latency, in the kernel histogram's log2 buckets.
-    latency: Histogram,
+    /// Histograms: observations per bucket of `HANDSHAKE_LE_NS`, not cumulative (those
+    /// above the last bound are only in `count`).
+    buckets: [u64; HANDSHAKE_LE_NS.len()],
+    sum_ns: u64,
+}
+
+impl Value {
+    fn observe(&mut self, duration_ns: u64) {
+        self.count += 1;
+        self.sum_ns += duration_ns;
+        if let Some(b) = HANDSHAKE_LE_NS.iter().position(|le| duration_ns <= *le) {
+            self.buckets[b] += 1;
+        }
+    }
+
+    fn histogram<'a>(&self, labels: Vec<&'a str>) -> HistogramSeries<'a> {
+        let mut cumulative = 0;
+        let buckets = HANDSHAKE_LE_NS
+            .iter()
+            .zip(self.buckets)
+            .map(|(le, n)| {
+                cumulative += n;
+                (*le as f64 / 1e9, cumulative)
+            })
+            .collect();
+        HistogramSeries {
+            labels,
+            buckets,
+            count: self.count,
+            sum: self.sum_ns as f64 / 1e9,
+        }
+    }
 }
 
 pub struct WorkloadMetrics {
@@ -69,6 +155,9 @@ pub struct WorkloadMetrics {
     cgroups: CgroupIndex,
     names: pod_names::Shared,
     budget: Budget<Key, Value>,
+    /// What landed in a coarser series than its own, by level (see `folded_into`):
+    /// events, segments for retransmits.
+    folded: Vec<u64>,
     ephemeral: (u16, u16),
     expired_at: Instant,
 }
@@ -80,7 +169,8 @@ impl WorkloadMetrics {
             .map(|s| s.local_port_range)
             .unwrap_or((32768, 60999));
         WorkloadMetrics {
-            budget: Budget::new(opts.max_series, KINDS, opts.ttl),
+            budget: Budget::new(opts.max_series, OTHER_SERIES, opts.ttl),
+            folded: vec![0; folded_into(opts.remote).len()],
             opts,
             cgroups: CgroupIndex::new(),
             names,
@@ -103,68 +193,69 @@ impl WorkloadMetrics {
 
     /// Count one event from the ring buffer.
     pub fn record(&mut self, e: &Event) {
-        let (kind, detail) = match EventKind::from_u8(e.kind) {
-            Some(EventKind::Retransmit) => (
-                Kind::Retransmits,
-                RetransmitKind::from_u8(e.detail).map_or("unknown", RetransmitKind::name),
-            ),
-            Some(EventKind::Handshake) if e.outcome == OUTCOME_ESTABLISHED => (
-                Kind::Handshakes,
-                HandshakeSide::from_u8(e.detail).map_or("unknown", HandshakeSide::name),
-            ),
-            Some(EventKind::Handshake) if e.detail == HandshakeSide::Client as u8 => {
-                (Kind::ConnectFailures, events::failure_reason(e))
-            }
-            Some(EventKind::Reset) => (Kind::Resets, crate::output::reset_direction(e.detail)),
-            _ => return,
+        let Some((kind, detail)) = classify(e) else {
+            return;
         };
-        let key = self.key(kind, detail, e);
-        let other = Key {
-            kind,
-            namespace: OTHER.into(),
-            pod: OTHER.into(),
-            container: OTHER.into(),
-            workload: OTHER.into(),
-            remote: if self.opts.remote {
-                OTHER.into()
-            } else {
-                String::new()
-            },
-            detail: OTHER,
-        };
+        let choices = self.choices(kind, detail, e);
+        let remote = self.opts.remote;
         let now = Instant::now();
-        let v = self.budget.entry(key, other, now);
+        let other = || other_key(kind, remote);
+        let (landing, v) = self.budget.entry(choices, other, kind.cost(), now);
+        let added = match kind {
+            Kind::Retransmits => u64::from(e.segs.max(1)),
+            _ => 1,
+        };
         match kind {
-            Kind::Retransmits => v.count += u64::from(e.segs.max(1)),
-            Kind::ConnectFailures | Kind::Resets => v.count += 1,
-            Kind::Handshakes => {
-                let h = &mut v.latency;
-                h.buckets.resize(HANDSHAKE_BUCKETS as usize, 0);
-                h.buckets[handshake_bucket(e.duration_ns) as usize] += 1;
-                h.sum_ns += e.duration_ns;
-            }
+            Kind::Handshakes => v.observe(e.duration_ns),
+            _ => v.count += added,
+        }
+        // Choice 0 is the event's own label set; every later level is a fold.
+        let level = match landing {
+            Landing::Choice(0) => None,
+            Landing::Choice(i) => Some(i - 1),
+            Landing::Other => Some(self.folded.len() - 1),
+        };
+        if let Some(level) = level {
+            self.folded[level] += added;
         }
         if now.duration_since(self.expired_at) > Duration::from_secs(10) {
-            self.budget.expire(now, |k| k.namespace == OTHER);
+            self.budget.expire(now);
             self.expired_at = now;
         }
     }
 
-    fn key(&mut self, kind: Kind, detail: &'static str, e: &Event) -> Key {
+    /// The event's label set, then (with `remote`) the coarser ones it may fall back to:
+    /// the remote address alone, then `remote="other"`.
+    fn choices(
+        &mut self,
+        kind: Kind,
+        detail: &'static str,
+        e: &Event,
+    ) -> impl ExactSizeIterator<Item = Key> {
         let (namespace, pod, container, workload) = self.owner_labels(e);
-        Key {
+        let key = Key {
             kind,
-            namespace,
-            pod,
-            container,
-            workload,
-            remote: if self.opts.remote {
-                self.remote(e)
-            } else {
-                String::new()
-            },
+            namespace: capped(namespace),
+            pod: capped(pod),
+            container: capped(container),
+            workload: capped(workload),
+            remote: String::new(),
             detail,
-        }
+        };
+        let remotes = if self.opts.remote {
+            let ip = events::ip(e.family, &e.daddr);
+            vec![
+                self.endpoint(ip, e.dport),
+                ip.to_string(),
+                OTHER.to_string(),
+            ]
+        } else {
+            vec![String::new()]
+        };
+        remotes.into_iter().map(move |remote| Key {
+            remote,
+            ..key.clone()
+        })
     }
 
     /// (namespace, pod, container, workload): names where the kubelet gave them, the
@@ -216,15 +307,15 @@ impl WorkloadMetrics {
         }
     }
 
-    fn remote(&self, e: &Event) -> String {
-        let ip = events::ip(e.family, &e.daddr);
-        if (self.ephemeral.0..=self.ephemeral.1).contains(&e.dport) {
+    /// `ip:port`, or `ip:ephemeral` for a port of the local ephemeral range.
+    fn endpoint(&self, ip: IpAddr, port: u16) -> String {
+        if (self.ephemeral.0..=self.ephemeral.1).contains(&port) {
             match ip {
-                std::net::IpAddr::V6(a) => format!("[{a}]:ephemeral"),
+                IpAddr::V6(a) => format!("[{a}]:ephemeral"),
                 a => format!("{a}:ephemeral"),
             }
         } else {
-            SocketAddr::new(ip, e.dport).to_string()
+            SocketAddr::new(ip, port).to_string()
         }
     }
 
@@ -268,46 +359,366 @@ impl WorkloadMetrics {
                 .map(|(l, v)| (l.iter().map(String::as_str).collect(), *v))
                 .collect()
         }
+        let into = folded_into(self.opts.remote);
         vec![
             counter(
-                "tcptrace_workload_retransmits_total",
+                BUDGET_FAMILIES[0],
                 "Retransmitted segments by workload (from events; see METRICS.md).",
                 &with("kind"),
                 as_refs(&retransmits),
             ),
             counter(
-                "tcptrace_workload_connect_failures_total",
+                BUDGET_FAMILIES[1],
                 "Failed client handshakes by workload and reason (from events).",
                 &with("reason"),
                 as_refs(&failures),
             ),
             counter(
-                "tcptrace_workload_resets_total",
+                BUDGET_FAMILIES[2],
                 "RSTs sent and received on tracked sockets by workload (from events).",
                 &with("direction"),
                 as_refs(&resets),
             ),
             histogram(
-                "tcptrace_workload_handshake_duration_seconds",
+                BUDGET_FAMILIES[3],
                 "Completed handshakes by workload and side (from events).",
                 &with("side"),
                 handshakes
                     .iter()
-                    .map(|(l, v)| handshake_series(l.iter().map(String::as_str).collect(), &v.latency))
+                    .map(|(l, v)| v.histogram(l.iter().map(String::as_str).collect()))
                     .collect(),
             ),
             gauge(
                 "tcptrace_workload_series",
-                "Labelled workload series alive now (at most --max-series).",
+                "Time series the per-workload families expose now, `other` series included (at most --max-series).",
                 &[],
-                vec![(vec![], self.budget.len() as f64)],
+                vec![(vec![], self.budget.exposed() as f64)],
             ),
             counter(
                 "tcptrace_series_folded_total",
-                "Updates of a new label set beyond --max-series, counted in the family's `other` series instead.",
-                &[],
-                vec![(vec![], self.budget.folded as f64)],
+                "Events (segments for retransmits) counted in a coarser series than their own to keep within --max-series: into remote_address (remote without its port), remote_other (remote=\"other\", the workload kept) or other (the family's `other` series).",
+                &["into"],
+                into.iter()
+                    .zip(&self.folded)
+                    .map(|(into, n)| (vec![*into], *n as f64))
+                    .collect(),
             ),
         ]
+    }
+}
+
+/// The widest remote a series can have: a full IPv6 address with an ephemeral port.
+const WIDEST_REMOTE: &str = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:ephemeral";
+
+impl WorkloadMetrics {
+    /// One label set of each family with every label as long as it can be (the
+    /// longest value of each family's own label), and the agent's gauges: what
+    /// `worst_case` measures lines against.
+    pub fn widest_families(remote: bool) -> Vec<Family> {
+        let opts = LabelOptions {
+            remote,
+            max_series: 1_000_000,
+            ttl: Duration::from_secs(600),
+            names: pod_names::NameSource::default(),
+        };
+        let mut w = WorkloadMetrics::new(opts, pod_names::Shared::default());
+        let longest = "x".repeat(MAX_LABEL_BYTES);
+        let details = [
+            (Kind::Retransmits, "unknown"),
+            (Kind::Handshakes, "unknown"),
+            (Kind::ConnectFailures, "unreachable"),
+            (Kind::Resets, "received"),
+        ];
+        for (kind, detail) in details {
+            let key = Key {
+                kind,
+                namespace: longest.clone(),
+                pod: longest.clone(),
+                container: longest.clone(),
+                workload: longest.clone(),
+                remote: if remote {
+                    WIDEST_REMOTE.into()
+                } else {
+                    String::new()
+                },
+                detail,
+            };
+            let other = || other_key(kind, remote);
+            w.budget
+                .entry([key].into_iter(), other, kind.cost(), Instant::now());
+        }
+        w.families()
+    }
+}
+
+/// The family's `other` label set: every label `other`.
+fn other_key(kind: Kind, remote: bool) -> Key {
+    Key {
+        kind,
+        namespace: OTHER.into(),
+        pod: OTHER.into(),
+        container: OTHER.into(),
+        workload: OTHER.into(),
+        remote: if remote { OTHER.into() } else { String::new() },
+        detail: OTHER,
+    }
+}
+
+/// The family an event counts in, and its own label there (retransmit kind, handshake
+/// side, failure reason, reset direction); `None` for events no family counts.
+fn classify(e: &Event) -> Option<(Kind, &'static str)> {
+    Some(match EventKind::from_u8(e.kind)? {
+        EventKind::Retransmit => (
+            Kind::Retransmits,
+            RetransmitKind::from_u8(e.detail).map_or("unknown", RetransmitKind::name),
+        ),
+        EventKind::Handshake if e.outcome == OUTCOME_ESTABLISHED => (
+            Kind::Handshakes,
+            HandshakeSide::from_u8(e.detail).map_or("unknown", HandshakeSide::name),
+        ),
+        EventKind::Handshake if e.detail == HandshakeSide::Client as u8 => {
+            (Kind::ConnectFailures, events::failure_reason(e))
+        }
+        EventKind::Reset => (Kind::Resets, crate::output::reset_direction(e.detail)),
+        _ => return None,
+    })
+}
+
+/// The levels an update can be folded into, coarsest last.
+fn folded_into(remote: bool) -> &'static [&'static str] {
+    if remote {
+        &FOLDED_INTO_REMOTE
+    } else {
+        &FOLDED_INTO
+    }
+}
+
+/// `value` cut (at a character boundary) to `MAX_LABEL_BYTES` as exposed, where `"`,
+/// `\\` and a newline take two bytes.
+fn capped(value: String) -> String {
+    let mut exposed = 0;
+    for (i, c) in value.char_indices() {
+        exposed += match c {
+            '"' | '\\' | '\n' => 2,
+            c => c.len_utf8(),
+        };
+        if exposed > MAX_LABEL_BYTES {
+            return value[..i].to_string();
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exposition;
+    use std::collections::HashMap;
+    use tcptrace_common::{
+        event::{FLAG_SK_ERR_READ, OUTCOME_FAILED},
+        AF_INET,
+    };
+
+    fn metrics(remote: bool, max_series: usize) -> WorkloadMetrics {
+        let opts = LabelOptions {
+            remote,
+            max_series,
+            ttl: Duration::from_secs(600),
+            names: Default::default(),
+        };
+        WorkloadMetrics::new(opts, Default::default())
+    }
+
+    /// A handshake with `ip:port` (the peer) that took `ns`, or a refused connect when
+    /// `ns` is `None`. No owner: every event has the same workload labels.
+    fn handshake(side: HandshakeSide, ip: [u8; 4], port: u16, ns: Option<u64>) -> Event {
+        let mut e = Event::zeroed();
+        e.kind = EventKind::Handshake as u8;
+        e.detail = side as u8;
+        e.family = AF_INET;
+        e.daddr[..4].copy_from_slice(&ip);
+        e.dport = port;
+        e.flags = FLAG_OWNER_UNKNOWN;
+        match ns {
+            Some(ns) => e.duration_ns = ns,
+            None => {
+                e.outcome = OUTCOME_FAILED;
+                e.flags |= FLAG_SK_ERR_READ;
+                e.err = libc::ECONNREFUSED;
+            }
+        }
+        e
+    }
+
+    fn client(ip: [u8; 4], port: u16, ns: Option<u64>) -> Event {
+        handshake(HandshakeSide::Client, ip, port, ns)
+    }
+
+    /// The exposition's samples: series -> value.
+    fn scrape(w: &WorkloadMetrics) -> HashMap<String, f64> {
+        exposition::encode(w.families())
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, v) = l.rsplit_once(' ')?;
+                Some((series.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn in_budget(series: &str) -> bool {
+        BUDGET_FAMILIES.iter().any(|f| series.starts_with(f))
+    }
+
+    /// The value of label `name` in an exposed series.
+    fn label<'a>(series: &'a str, name: &str) -> &'a str {
+        let start = format!("{name}=\"");
+        series
+            .split_once(&start)
+            .and_then(|(_, rest)| rest.split('"').next())
+            .unwrap_or_default()
+    }
+
+    fn sum(m: &HashMap<String, f64>, pick: impl Fn(&str) -> bool) -> f64 {
+        m.iter().filter(|(k, _)| pick(k)).map(|(_, v)| v).sum()
+    }
+
+    /// 300 peers: to each, one handshake and one refused connect on each of two ports,
+    /// and one accepted connection (from an ephemeral port): 900 histogram label sets
+    /// (8,100 series) and 600 counter ones asked for.
+    fn many_peers(w: &mut WorkloadMetrics) {
+        for peer in 0..300u16 {
+            let ip = [10, 1, (peer >> 8) as u8, peer as u8];
+            for port in [80, 443] {
+                w.record(&client(ip, port, Some(50_000)));
+                w.record(&client(ip, port, None));
+            }
+            w.record(&handshake(HandshakeSide::Server, ip, 40000, Some(20_000)));
+        }
+    }
+
+    #[test]
+    fn exposed_series_stay_within_the_budget_and_the_gauge_counts_them() {
+        for remote in [false, true] {
+            let mut w = metrics(remote, 200);
+            many_peers(&mut w);
+            let m = scrape(&w);
+            let exposed = m.keys().filter(|k| in_budget(k)).count();
+            assert!(exposed <= 200, "{exposed} series exposed, remote {remote}");
+            assert_eq!(m["tcptrace_workload_series"], exposed as f64);
+        }
+    }
+
+    #[test]
+    fn nothing_is_lost_and_every_fold_is_counted_where_it_landed() {
+        // 28 series of room: shares of 9, 18 and 28, enough for one histogram label set
+        // at each of the first two levels, and for the client's at `remote="other"`,
+        // not the server's: every level is used.
+        let mut w = metrics(true, 40);
+        many_peers(&mut w);
+        let m = scrape(&w);
+        // Events: handshakes count in _count, refusals in the counter.
+        let events = |level: Option<&str>| {
+            sum(&m, |k| {
+                let counted = k.starts_with("tcptrace_workload_handshake_duration_seconds_count{")
+                    || k.starts_with("tcptrace_workload_connect_failures_total{");
+                counted && level.is_none_or(|l| fold_level(k) == l)
+            })
+        };
+        assert_eq!(events(None), 1500.0, "the sum over the families' series");
+        // Each level holds exactly what the folded counter says went there.
+        for into in FOLDED_INTO_REMOTE {
+            let folded = m[&format!("tcptrace_series_folded_total{{into=\"{into}\"}}")];
+            assert_eq!(folded, events(Some(into)), "into {into}");
+            assert!(folded > 0.0, "nothing went {into}: {m:?}");
+        }
+    }
+
+    /// Which level a series of `remote` is: `own`, or the `into` of a fold.
+    fn fold_level(series: &str) -> &'static str {
+        match (label(series, "namespace"), label(series, "remote")) {
+            ("other", _) => "other",
+            (_, "other") => "remote_other",
+            (_, remote) if remote.parse::<IpAddr>().is_ok() => "remote_address",
+            _ => "own",
+        }
+    }
+
+    #[test]
+    fn a_peer_beyond_the_first_share_is_counted_by_address() {
+        let mut w = metrics(true, 2 * OTHER_SERIES + 30);
+        // 42 series of room, three levels of 14: port 1..=14 of one address take the
+        // first share, port 15 goes to the address alone, as does port 16.
+        for port in 1..=16 {
+            w.record(&client([10, 0, 0, 1], port, None));
+        }
+        let m = scrape(&w);
+        let by_address = "tcptrace_workload_connect_failures_total{namespace=\"\",pod=\"\",container=\"unknown\",workload=\"\",remote=\"10.0.0.1\",reason=\"refused\"}";
+        assert_eq!(m.get(by_address), Some(&2.0), "{m:?}");
+        assert_eq!(
+            m["tcptrace_series_folded_total{into=\"remote_address\"}"],
+            2.0
+        );
+    }
+
+    #[test]
+    fn handshake_buckets_are_few_cumulative_and_agree_with_count_and_sum() {
+        let mut w = metrics(false, 100);
+        let took_ns = [
+            30_000,        // loopback
+            100_000,       // exactly on a bound: counted in it (le is <=)
+            400_000,       // LAN
+            5_000_000,     // region
+            40_000_000,    // WAN
+            1_020_000_000, // one SYN retransmitted
+            3_100_000_000, // two
+        ];
+        for ns in took_ns {
+            w.record(&client([10, 0, 0, 1], 80, Some(ns)));
+        }
+        let m = scrape(&w);
+        let labels = "namespace=\"\",pod=\"\",container=\"unknown\",workload=\"\",side=\"client\"";
+        let bucket = |le: &str| {
+            m[&format!(
+                "tcptrace_workload_handshake_duration_seconds_bucket{{{labels},le=\"{le}\"}}"
+            )]
+        };
+        let expected = [
+            ("0.0001", 2.0),
+            ("0.001", 3.0),
+            ("0.01", 4.0),
+            ("0.1", 5.0),
+            ("1", 5.0),
+            ("3", 6.0),
+            ("+Inf", 7.0),
+        ];
+        for (le, n) in expected {
+            assert_eq!(bucket(le), n, "le {le}");
+        }
+        let buckets = m
+            .keys()
+            .filter(|k| k.starts_with("tcptrace_workload_handshake_duration_seconds_bucket"))
+            .count();
+        assert_eq!(buckets, HANDSHAKE_LE_NS.len() + 1);
+        let count = m[&format!("tcptrace_workload_handshake_duration_seconds_count{{{labels}}}")];
+        assert_eq!(count, 7.0);
+        let sum = m[&format!("tcptrace_workload_handshake_duration_seconds_sum{{{labels}}}")];
+        let expected_sum = took_ns.iter().sum::<u64>() as f64 / 1e9;
+        assert!((sum - expected_sum).abs() < 1e-9, "{sum} != {expected_sum}");
+    }
+
+    #[test]
+    fn long_label_values_are_cut_to_the_exposed_limit() {
+        let long = "p".repeat(300);
+        assert_eq!(capped(long).len(), MAX_LABEL_BYTES);
+        let quotes = "\"".repeat(200);
+        assert_eq!(
+            capped(quotes).len(),
+            MAX_LABEL_BYTES / 2,
+            "escaped: 2 bytes each"
+        );
+        let multibyte = "é".repeat(200); // 2 bytes each: cut at a character boundary
+        assert_eq!(capped(multibyte).len(), MAX_LABEL_BYTES - 1);
+        assert_eq!(capped("web".into()), "web");
     }
 }

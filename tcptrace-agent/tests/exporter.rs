@@ -14,7 +14,8 @@ use std::{
 };
 
 use common::{
-    churn, delta, free_port, http_request, require_root, serial, total, value, Agent, Netns,
+    churn, delta, free_port, http_request, require_root, serial, total, value, wait_until, Agent,
+    Netns,
 };
 
 /// One scrape is one TCP connection to the agent: between two snapshots, the first
@@ -267,21 +268,28 @@ fn counters_stay_exact_when_the_ring_buffer_overflows() {
 fn promtool_accepts_the_exposition() {
     require_root();
     let _serial = serial();
-    let agent = Agent::start(&[]);
-    // Make every family appear: a retransmit is hard to force here, the rest are easy.
-    let _ = TcpStream::connect(("127.0.0.1", free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))));
-    let (_, body) = agent.get("/metrics").unwrap();
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .output_with_stdin(body.as_bytes());
-    assert!(
-        child.status.success() && child.stdout.is_empty() && child.stderr.is_empty(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&child.stdout),
-        String::from_utf8_lossy(&child.stderr)
-    );
-    child.stdout.clear();
+    // Without labels, and with the per-workload families (their histograms included).
+    for args in [&[][..], &["--labels", "workload,remote"]] {
+        let agent = Agent::start(args);
+        // Make every family appear: a retransmit is hard to force here, the rest are
+        // easy (a refusal; the scrapes are handshakes).
+        let _ = TcpStream::connect(("127.0.0.1", free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+        let body = wait_until(Duration::from_secs(10), "a handshake histogram", || {
+            let (_, body) = agent.get("/metrics").unwrap();
+            let histogram = "tcptrace_workload_handshake_duration_seconds_bucket{";
+            (args.is_empty() || body.contains(histogram)).then_some(body)
+        });
+        let child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .output_with_stdin(body.as_bytes());
+        assert!(
+            child.status.success() && child.stdout.is_empty() && child.stderr.is_empty(),
+            "promtool ({args:?}): {}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
 }
 
 trait OutputWithStdin {
