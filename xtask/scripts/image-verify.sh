@@ -25,6 +25,11 @@ if [ -f /sys/fs/cgroup/unified/cgroup.controllers ]; then
 fi
 cleanup() {
     podman ps -aq --filter "name=^$RUN-" | xargs -r podman rm -f >/dev/null 2>&1 || true
+    # The v1 mount points made below (their mounts end with this namespace anyway).
+    for d in /tmp/tcptrace-v1-*-$$; do
+        umount "$d" 2>/dev/null || true
+        rmdir "$d" 2>/dev/null || true
+    done
 }
 trap cleanup EXIT
 
