@@ -48,8 +48,8 @@ pub struct IdleConnection {
 }
 
 impl Census {
-    /// Count everything; connections idle for `idle_after` or longer are listed with
-    /// their owning process.
+    /// Count everything; connections idle for `idle_after` or longer are listed, without
+    /// their owners (`find_owners`).
     pub fn take(sysctls: &TcpSysctls, idle_after: Duration) -> Result<Census> {
         let mut c = Census::default();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -59,14 +59,21 @@ impl Census {
         }
         c.idle.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
         c.idle.truncate(IDLE_LISTED);
-        let owners = socket_owners(&c.idle.iter().map(|i| i.inode).collect());
-        for conn in &mut c.idle {
+        Ok(c)
+    }
+
+    /// Name the process holding each listed idle connection. This reads the file
+    /// descriptors of every process in /proc, so only `doctor`, which shows the owners,
+    /// asks for it: the exporter exports counts, and its scrapes neither pay for the walk
+    /// nor need to see the node's processes (the DaemonSet runs without hostPID).
+    pub fn find_owners(&mut self) {
+        let owners = socket_owners(&self.idle.iter().map(|i| i.inode).collect());
+        for conn in &mut self.idle {
             if let Some((pid, comm)) = owners.get(&conn.inode) {
                 conn.pid = Some(*pid);
                 conn.comm = Some(comm.clone());
             }
         }
-        Ok(c)
     }
 
     fn add(
@@ -195,14 +202,19 @@ mod tests {
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (_server, _) = listener.accept().unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        let c = Census::take(&sysctls, Duration::from_millis(200)).unwrap();
-        let mine = c
-            .idle
-            .iter()
-            .find(|i| i.local == client.local_addr().unwrap())
-            .expect("our idle client socket");
-        assert!(!mine.keepalive);
-        assert_eq!(mine.pid, Some(std::process::id()));
+        let mut c = Census::take(&sysctls, Duration::from_millis(200)).unwrap();
+        let mine = |c: &Census| {
+            c.idle
+                .iter()
+                .find(|i| i.local == client.local_addr().unwrap())
+                .cloned()
+                .expect("our idle client socket")
+        };
+        assert!(!mine(&c).keepalive);
+        // Counting alone does not walk /proc (the exporter's path); find_owners does.
+        assert_eq!(mine(&c).pid, None);
+        c.find_owners();
+        assert_eq!(mine(&c).pid, Some(std::process::id()));
         assert!(c.by_state["ESTABLISHED"] >= 2);
         assert!(c.by_state["LISTEN"] >= 1, "our listener");
     }

@@ -3,7 +3,10 @@
 //! against the service account's CA, with the service account's bearer token (re-read
 //! for every request: projected tokens rotate). A watch that ends is resumed from the
 //! last resource version; one the server no longer has (410 Gone) starts over with a
-//! list. The RBAC this needs is `get`, `list` and `watch` on `pods` (deploy/tcptrace.yaml).
+//! list. The RBAC this needs is exactly `list` and `watch` on `pods` (core group),
+//! cluster-wide because the field selector is not an RBAC scope: the ClusterRole in
+//! deploy/tcptrace.yaml, pinned by tests/deploy.rs. It never asks for one pod by name
+//! (`get`) and writes nothing.
 use std::{
     io::{BufRead, BufReader, Read},
     net::{TcpStream, ToSocketAddrs},
@@ -118,6 +121,7 @@ impl Client {
     }
 
     /// List this node's pods into `names`; the list's resource version.
+    /// RBAC: `list` on `pods` (GET /api/v1/pods without `watch`).
     fn list(&self, names: &Shared) -> Result<String> {
         let body = self.get("", CONNECT_TIMEOUT * 6)?;
         let list = pod_names::parse_list(&body.read_all(pod_names::MAX_LIST)?)?;
@@ -132,6 +136,7 @@ impl Client {
 
     /// Apply watch events from `version` on until the server ends the watch; the last
     /// resource version seen, or `None` when the server has forgotten `version`.
+    /// RBAC: `watch` on `pods` (GET /api/v1/pods?watch=1).
     fn watch(&self, version: &str, names: &Shared) -> Result<Option<String>> {
         let query = format!(
             "&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={}",

@@ -54,7 +54,8 @@ pub enum NameSource {
     None,
     /// The kubelet's `/pods` over http, polled.
     Kubelet(String),
-    /// The API server's pods of this node, listed and watched.
+    /// The API server's pods of this node, listed and watched: RBAC `list` and `watch`
+    /// on `pods`, nothing else (see kube_api).
     Api(crate::kube_api::ApiTarget),
 }
 

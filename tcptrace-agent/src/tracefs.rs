@@ -16,6 +16,16 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     if let Some(root) = find() {
         return Ok(root);
     }
+    // Mounted, but closed to this process: tracefs belongs to root (mode 0700), and no
+    // capability tcptrace holds opens it. Mounting another would not help.
+    if let Err(e) = std::fs::read_dir(TRACEFS) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            bail!(
+                "cannot read {TRACEFS}: {e}. tracefs belongs to root (mode 0700): run tcptrace \
+                 as uid 0 (in Kubernetes, runAsUser: 0)"
+            );
+        }
+    }
     mount_tracefs()?;
     match find() {
         Some(root) => Ok(root),

@@ -133,8 +133,27 @@ const MAX_CGROUPS: usize = 100_000;
 
 impl CgroupIndex {
     pub fn new() -> CgroupIndex {
+        let root = cgroup2_root();
+        // Without the node's whole hierarchy the owners' cgroup ids lead nowhere, and
+        // series say `unresolved` instead of a container: say why once, at the start.
+        match &root {
+            None => log::warn!(
+                "no cgroup2 hierarchy at /sys/fs/cgroup: connections cannot be attributed to \
+                 containers (series say container=\"unresolved\"); mount the node's \
+                 /sys/fs/cgroup"
+            ),
+            Some(root) if std::fs::metadata(root).map(|m| m.ino()).ok() != Some(ROOT_CGROUP_ID) => {
+                log::warn!(
+                    "{} is a cgroup namespace's part of the hierarchy, not its root: only \
+                     connections of cgroups below it can be attributed; mount the node's \
+                     /sys/fs/cgroup",
+                    root.display()
+                )
+            }
+            Some(_) => {}
+        }
         CgroupIndex {
-            root: cgroup2_root(),
+            root,
             paths: HashMap::new(),
             parsed: HashMap::new(),
             misses: HashMap::new(),
@@ -201,6 +220,9 @@ impl Default for CgroupIndex {
         CgroupIndex::new()
     }
 }
+
+/// The id (directory inode) of the cgroup2 hierarchy's root: the first kernfs node.
+const ROOT_CGROUP_ID: u64 = 1;
 
 /// The cgroup2 hierarchy: /sys/fs/cgroup itself (unified) or /sys/fs/cgroup/unified
 /// (hybrid v1 + v2, as on this project's development machine).
@@ -303,6 +325,8 @@ mod tests {
     fn our_own_cgroup_resolves() {
         let root = cgroup2_root().expect("a cgroup2 hierarchy (unified or hybrid)");
         let ino = std::fs::metadata(&root).unwrap().ino();
+        // What CgroupIndex::new takes for the whole hierarchy (not a namespace's part).
+        assert_eq!(ino, ROOT_CGROUP_ID);
         let mut index = CgroupIndex::new();
         assert_eq!(index.lookup(ino).map(|w| w.cgroup.as_str()), Some("/"));
     }

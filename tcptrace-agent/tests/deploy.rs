@@ -3,6 +3,8 @@
 //! and asking for exactly the privileges the docs claim.
 use std::{path::PathBuf, process::Command};
 
+use serde_json::{json, Value};
+
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy")
@@ -56,14 +58,83 @@ fn a_broken_manifest_fails_validation() {
     assert!(!ok, "a misspelt field passed: {text}");
 }
 
+/// The documents of a manifest, as JSON (PyYAML from the validator's environment).
+fn documents(file: &str) -> Vec<Value> {
+    let python = validator().with_file_name("python");
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(deploy(file))
+        .output()
+        .expect("the validator's python (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn daemonset_pod() -> Value {
+    let docs = documents("tcptrace.yaml");
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    ds["spec"]["template"]["spec"].clone()
+}
+
+/// Every privilege the pod gets, pinned: each one is explained in DEPLOY.md, and
+/// `cargo xtask image --verify` shows the agent failing without it.
 #[test]
 fn the_daemonset_asks_for_the_documented_privileges_only() {
-    let text = std::fs::read_to_string(deploy("tcptrace.yaml")).unwrap();
-    assert!(text.contains(r#"drop: ["ALL"]"#));
-    assert!(text.contains(r#"add: ["BPF", "PERFMON"]"#));
-    assert!(text.contains("privileged: false"));
-    assert!(text.contains("allowPrivilegeEscalation: false"));
+    let pod = daemonset_pod();
+    assert_eq!(pod["hostNetwork"], true);
+    // Nothing reads other processes' /proc entries on the exporter's path.
+    for namespace in ["hostPID", "hostIPC"] {
+        assert_eq!(pod.get(namespace), None, "{namespace} is back");
+    }
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    assert_eq!(
+        containers[0]["securityContext"],
+        json!({
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsUser": 0,
+            "capabilities": {"drop": ["ALL"], "add": ["BPF", "PERFMON"]},
+            "seccompProfile": {"type": "Localhost", "localhostProfile": "tcptrace.json"},
+        })
+    );
+    // The node's files it reads: tracefs and the cgroup hierarchy, read-only, and no
+    // other host path.
+    let volumes: Vec<(&str, &str)> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let path = v["hostPath"]["path"]
+                .as_str()
+                .expect("only hostPath volumes");
+            (v["name"].as_str().unwrap(), path)
+        })
+        .collect();
+    assert_eq!(
+        volumes,
+        [
+            ("tracefs", "/sys/kernel/tracing"),
+            ("cgroup", "/sys/fs/cgroup")
+        ]
+    );
+    for mount in containers[0]["volumeMounts"].as_array().unwrap() {
+        assert_eq!(mount["readOnly"], true, "{mount}");
+    }
+
     // RBAC: list and watch pods, the two calls kube_api.rs makes; nothing more.
+    let text = std::fs::read_to_string(deploy("tcptrace.yaml")).unwrap();
     let role = text
         .split("---")
         .find(|doc| doc.contains("kind: ClusterRole\n"))
@@ -80,6 +151,82 @@ fn the_daemonset_asks_for_the_documented_privileges_only() {
     assert!(binding.contains("kind: ServiceAccount\n    name: tcptrace\n    namespace: tcptrace"));
     assert!(text.contains("- --kube-api=in-cluster"));
     assert!(text.contains("fieldPath: spec.nodeName"));
+}
+
+/// Metrics on the node's IP only, and the kubelet's probes on a listener of their own.
+#[test]
+fn the_agent_listens_on_the_node_ip_and_is_probed_on_the_health_port() {
+    let pod = daemonset_pod();
+    let agent = &pod["containers"][0];
+    let args: Vec<&str> = agent["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--listen=$(HOST_IP):9479"), "{args:?}");
+    assert!(
+        args.contains(&"--health-listen=$(HOST_IP):9480"),
+        "{args:?}"
+    );
+    let host_ip = agent["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HOST_IP")
+        .expect("HOST_IP in env");
+    assert_eq!(
+        host_ip["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    assert_eq!(
+        agent["ports"],
+        json!([
+            {"name": "metrics", "containerPort": 9479, "protocol": "TCP"},
+            {"name": "health", "containerPort": 9480, "protocol": "TCP"},
+        ])
+    );
+    assert_eq!(
+        agent["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "health"})
+    );
+    assert_eq!(
+        agent["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": "health"})
+    );
+}
+
+/// deploy/seccomp-tcptrace.json is podman's default profile (containers-common's, on this
+/// machine /usr/share/containers/seccomp.json) with bpf and perf_event_open taken out of
+/// the rules that tie them to CAP_SYS_ADMIN and allowed by one rule of their own: every
+/// other syscall is treated exactly as the default treats it.
+#[test]
+fn the_seccomp_profile_is_the_default_plus_bpf_and_perf_event_open() {
+    const ADDED: [&str; 2] = ["bpf", "perf_event_open"];
+    let read = |path: PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let mut expected = read(PathBuf::from("/usr/share/containers/seccomp.json"));
+    let ours = read(deploy("seccomp-tcptrace.json"));
+    let rules = expected["syscalls"].as_array_mut().unwrap();
+    for rule in rules.iter_mut() {
+        let names = rule["names"].as_array_mut().unwrap();
+        names.retain(|n| !ADDED.contains(&n.as_str().unwrap()));
+    }
+    rules.retain(|rule| !rule["names"].as_array().unwrap().is_empty());
+    let added = ours["syscalls"].as_array().unwrap().last().unwrap();
+    assert_eq!(added["names"], json!(ADDED));
+    assert_eq!(added["action"], "SCMP_ACT_ALLOW");
+    assert_eq!(
+        (&added["args"], &added["includes"]),
+        (&json!([]), &json!({}))
+    );
+    rules.push(added.clone());
+    assert!(
+        ours == expected,
+        "deploy/seccomp-tcptrace.json is not this machine's default profile plus bpf and \
+         perf_event_open: regenerate it as DEPLOY.md says"
+    );
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! `cargo xtask image [--verify]`: the container image, `FROM scratch` with the agent
 //! built statically (musl), so the image holds one file and no shell. `--verify` runs it
-//! with podman as the docs say and checks it attributes another container's connection.
+//! with podman as the DaemonSet runs it, checks it attributes another container's
+//! connection, and shows that it fails, saying why, without each privilege it is given.
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
 
 use crate::{cargo, run_cmd, workspace_root};
 
@@ -11,6 +13,16 @@ pub const MUSL: &str = "x86_64-unknown-linux-musl";
 
 pub fn tag() -> String {
     format!("localhost/tcptrace:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Tags of this run alone: other checkouts on the same machine build and verify images
+/// at the same time, and must not run (or remove) each other's.
+fn verify_tag(name: &str) -> String {
+    format!(
+        "localhost/{name}-verify-{}:{}",
+        std::process::id(),
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 fn podman() -> Command {
@@ -22,6 +34,13 @@ fn podman() -> Command {
     c
 }
 
+/// Cargo's target directory (CARGO_TARGET_DIR when set).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 pub fn image(verify: bool) -> Result<()> {
     run_cmd(cargo().args([
         "build",
@@ -31,13 +50,19 @@ pub fn image(verify: bool) -> Result<()> {
         "--target",
         MUSL,
     ]))?;
-    let binary = workspace_root().join(format!("target/{MUSL}/release/tcptrace"));
+    let binary = target_dir().join(format!("{MUSL}/release/tcptrace"));
     let context = stage(
         "tcptrace",
         &[(binary, "tcptrace")],
         "FROM scratch\nCOPY tcptrace /tcptrace\nENTRYPOINT [\"/tcptrace\"]\nCMD [\"run\"]\n",
     )?;
-    run_cmd(podman().args(["build", "-q", "-t", &tag()]).arg(&context))?;
+    let agent_tag = verify_tag("tcptrace");
+    let mut build = podman();
+    build.args(["build", "-q", "-t", &tag()]);
+    if verify {
+        build.args(["-t", &agent_tag]);
+    }
+    run_cmd(build.arg(&context))?;
     let size = podman()
         .args(["image", "inspect", "-f", "{{.Size}}", &tag()])
         .output()
@@ -48,14 +73,22 @@ pub fn image(verify: bool) -> Result<()> {
         String::from_utf8_lossy(&size.stdout).trim()
     );
     if verify {
-        verify_image()?;
+        let client_tag = verify_tag("tcptrace-test-client");
+        let verified = verify_image(&agent_tag, &client_tag);
+        // Untag what this run tagged, whether it passed or not (the agent image keeps
+        // its release tag).
+        let _ = podman()
+            .args(["rmi", "--ignore", &agent_tag, &client_tag])
+            .stdout(std::process::Stdio::null())
+            .status();
+        verified?;
     }
     Ok(())
 }
 
-/// A build context in target/image/<name>: the files and a Containerfile.
+/// A build context in <target>/image/<name>: the files and a Containerfile.
 fn stage(name: &str, files: &[(PathBuf, &str)], containerfile: &str) -> Result<PathBuf> {
-    let dir = workspace_root().join("target/image").join(name);
+    let dir = target_dir().join("image").join(name);
     std::fs::create_dir_all(&dir)?;
     for (from, to) in files {
         std::fs::copy(from, dir.join(to)).with_context(|| format!("copying {}", from.display()))?;
@@ -64,12 +97,8 @@ fn stage(name: &str, files: &[(PathBuf, &str)], containerfile: &str) -> Result<P
     Ok(dir)
 }
 
-fn verify_image() -> Result<()> {
+fn verify_image(agent_tag: &str, client_tag: &str) -> Result<()> {
     // The other container: a static busybox (Debian's busybox-static), nothing else.
-    let client_tag = format!(
-        "localhost/tcptrace-test-client:{}",
-        env!("CARGO_PKG_VERSION")
-    );
     let context = stage(
         "client",
         &[(PathBuf::from("/bin/busybox"), "busybox")],
@@ -77,10 +106,13 @@ fn verify_image() -> Result<()> {
     )?;
     run_cmd(
         podman()
-            .args(["build", "-q", "-t", &client_tag])
+            .args(["build", "-q", "-t", client_tag])
             .arg(&context),
     )?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+    let profile = workspace_root().join("deploy/seccomp-tcptrace.json");
+    let without_bpf = profile_without(&profile, "bpf")?;
+    let without_perf = profile_without(&profile, "perf_event_open")?;
+    let port = std::net::TcpListener::bind("0.0.0.0:0")?
         .local_addr()?
         .port();
     let script = workspace_root().join("xtask/scripts/image-verify.sh");
@@ -89,10 +121,34 @@ fn verify_image() -> Result<()> {
             .arg("-m")
             .arg("sh")
             .arg(&script)
-            .args([tag(), client_tag, port.to_string()])
+            .args([agent_tag, client_tag, &port.to_string()])
+            .args([&profile, &without_bpf, &without_perf])
             .env(
                 "CONTAINERS_CONF",
                 workspace_root().join("xtask/containers.conf"),
             ),
     )
+}
+
+/// deploy's seccomp profile without its rule allowing `syscall`, written next to the
+/// staged images: the profile the agent would get without that addition.
+fn profile_without(profile: &std::path::Path, syscall: &str) -> Result<PathBuf> {
+    let mut p: Value = serde_json::from_str(&std::fs::read_to_string(profile)?)
+        .with_context(|| format!("parsing {}", profile.display()))?;
+    let rules = p["syscalls"].as_array_mut().context("no syscalls")?;
+    let added = rules
+        .iter_mut()
+        .find(|r| {
+            r["action"] == "SCMP_ACT_ALLOW" && r["names"] == json!(["bpf", "perf_event_open"])
+        })
+        .context("no rule allowing bpf and perf_event_open")?;
+    added["names"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n != syscall);
+    let path = target_dir()
+        .join("image")
+        .join(format!("seccomp-without-{syscall}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&p)?)?;
+    Ok(path)
 }

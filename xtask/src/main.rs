@@ -72,8 +72,10 @@ enum Cmd {
         filter: Vec<String>,
     },
     /// Build the container image (FROM scratch, the static agent only) with podman;
-    /// `--verify` runs it with only CAP_BPF and CAP_PERFMON and checks that a connection
-    /// made in another container is labelled with that container's id.
+    /// `--verify` runs it as the DaemonSet does (CAP_BPF and CAP_PERFMON only, the seccomp
+    /// profile of deploy/, no host PID namespace), checks that a connection made in
+    /// another container is labelled with that container's id, then that the agent fails,
+    /// saying why, without each of its privileges.
     Image {
         #[arg(long)]
         verify: bool,

@@ -71,7 +71,8 @@ async fn examine(opts: &DoctorOptions) -> Result<Report> {
         }
     };
     // Sockets are counted after measuring, so what the window produced is included.
-    let census = Census::take(&sysctls, opts.idle_after)?;
+    let mut census = Census::take(&sysctls, opts.idle_after)?;
+    census.find_owners();
     let m = measured.as_ref();
     findings.push(checks::time_wait(&sysctls, &census, m));
     findings.push(checks::ephemeral_ports(&sysctls, &census, m));
