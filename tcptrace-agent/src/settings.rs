@@ -41,14 +41,20 @@ pub fn check_max_series(n: u64) -> Result<u64, String> {
 }
 
 /// `0.0.0.0:9479`, `[::]:9479`, `127.0.0.1:9479`, or `:9479` (every IPv4 address).
+/// An IPv4 address in brackets too (`[10.0.0.5]:9479`), so that a manifest can write
+/// `[$(HOST_IP)]:9479` for nodes of either family.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_string()
+    let bad = || {
+        format!("`{s}` is not ADDR:PORT (e.g. 0.0.0.0:9479, [::]:9479, [10.0.0.5]:9479 or :9479)")
     };
-    full.parse()
-        .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 0.0.0.0:9479, [::]:9479 or :9479)"))
+    if let Some(port) = s.strip_prefix(':') {
+        return format!("0.0.0.0:{port}").parse().map_err(|_| bad());
+    }
+    if let Some((ip, port)) = s.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+        let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::new(ip, port.parse().map_err(|_| bad())?));
+    }
+    s.parse().map_err(|_| bad())
 }
 
 /// The ring buffer must be a power of two pages: 4 KiB .. 1 GiB.
@@ -382,6 +388,16 @@ mod tests {
             "0.0.0.0:9479".parse().unwrap()
         );
         assert_eq!(parse_listen("[::]:80").unwrap(), "[::]:80".parse().unwrap());
+        assert_eq!(
+            parse_listen("[10.0.0.5]:9479").unwrap(),
+            "10.0.0.5:9479".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[fd00::5]:9479").unwrap(),
+            "[fd00::5]:9479".parse().unwrap()
+        );
+        assert!(parse_listen("[10.0.0.5]").is_err());
+        assert!(parse_listen("[nowhere]:80").is_err());
         assert!(parse_listen("localhost:80").is_err());
         assert!(parse_listen("1.2.3.4").is_err());
     }

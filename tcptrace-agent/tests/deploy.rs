@@ -164,9 +164,9 @@ fn the_agent_listens_on_the_node_ip_and_is_probed_on_the_health_port() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    assert!(args.contains(&"--listen=$(HOST_IP):9479"), "{args:?}");
+    assert!(args.contains(&"--listen=[$(HOST_IP)]:9479"), "{args:?}");
     assert!(
-        args.contains(&"--health-listen=$(HOST_IP):9480"),
+        args.contains(&"--health-listen=[$(HOST_IP)]:9480"),
         "{args:?}"
     );
     let host_ip = agent["env"]

@@ -50,7 +50,7 @@ metrics() { curl -s "http://$HOST_IP:$PORT/metrics"; }
 start_agent() {
     # shellcheck disable=SC2046 # the settings are words on purpose
     podman run -d --name "$RUN-$1" $(settings) "$AGENT_IMAGE" \
-        run --listen "$HOST_IP:$PORT" --labels workload,remote >/dev/null
+        run --listen "[$HOST_IP]:$PORT" --labels workload,remote >/dev/null
     tries=0
     until curl -sf -o /dev/null "http://$HOST_IP:$PORT/readyz"; do
         tries=$((tries + 1))
@@ -91,7 +91,7 @@ must_fail() {
     name=$RUN-without-$(printf '%s' "$1" | tr -c 'a-zA-Z0-9' '-')
     # shellcheck disable=SC2046
     if out=$(timeout 60 podman run --name "$name" $(settings) "$AGENT_IMAGE" \
-        run --listen "$HOST_IP:$PORT" 2>&1); then
+        run --listen "[$HOST_IP]:$PORT" 2>&1); then
         echo "image-verify: without $1 the agent ran:"; echo "$out"; exit 1
     fi
     if ! echo "$out" | grep -qF -- "$2"; then
