@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tcptrace_agent::{
-    clock, doctor, filter, http, probe_report, probes, run,
+    clock, doctor, filter, probe_report, probes, run,
     settings::{self, LogFormat},
     trace,
 };
@@ -59,6 +59,13 @@ enum Command {
     /// kept in the kernel, so a full ring buffer loses event detail, never counts.
     /// The metric reference is METRICS.md. After loading, the agent drops every
     /// capability it holds.
+    ///
+    /// HTTP: GET and HEAD only (others 405), one request per connection; a request head
+    /// of at most 8 KiB (431) sent within 5 s; 10 s for a whole connection, answer
+    /// included: a client that does not read its answer is then cut off. At most 32
+    /// connections: a new one evicts the one that moved no byte for the longest, so
+    /// stalled clients go before a scraper that reads (and request heads before
+    /// answers). Scrapes arriving during a render share the next one.
     ///
     /// Settings come from flags, then the --config file, then defaults.
     ///
@@ -347,7 +354,6 @@ fn main() -> ExitCode {
                     filter: run::event_filter(s.labels.is_some()),
                     forced: cli.probe_method.clone(),
                 },
-                http: http::Limits::default(),
                 labels: s.labels,
             }))
         }

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
+use bytes::Bytes;
 use log::info;
 use tokio::{
     net::TcpListener,
@@ -20,7 +21,7 @@ use tokio::{
 };
 
 use crate::{
-    http::{self, Response},
+    http::{self, single_flight::SingleFlight, Response, StatusCode},
     kernel_counters::KernelCounters,
     metrics::Metrics,
     pod_names, privileges,
@@ -32,7 +33,6 @@ use crate::{
 pub struct RunOptions {
     pub listen: SocketAddr,
     pub load: LoadOptions,
-    pub http: http::Limits,
     /// `--labels workload`: per-workload series, with these settings.
     pub labels: Option<crate::workload_metrics::LabelOptions>,
 }
@@ -65,9 +65,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     // Take the port before touching the kernel: a port in use fails with nothing loaded.
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener = bind(opts.listen, &http::Limits::MAIN)?;
     // Check the name source before touching the kernel too; start it once privileges
     // are dropped.
     let name_source = opts
@@ -96,10 +94,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let pages = Arc::new(Pages::new(metrics.clone(), health.clone()));
     let server = tokio::spawn(http::serve(
         listener,
-        routes(metrics.clone(), health.clone()),
-        opts.http,
+        Arc::new(Routes::main(pages)),
+        http::Limits::MAIN,
         shutdown_rx,
     ));
     info!(
@@ -167,35 +166,90 @@ fn drain_counting(ring: &mut RingBuf<MapData>, metrics: &Metrics, health: &Healt
     health.mark_drained();
 }
 
-fn routes(metrics: Arc<Metrics>, health: Arc<Health>) -> http::Handler {
-    Arc::new(move |path: &str| match path {
-        "/metrics" => match metrics.render() {
-            Ok(body) => Response {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body,
-            },
+fn bind(addr: SocketAddr, limits: &http::Limits) -> Result<TcpListener> {
+    http::bind(addr, limits).with_context(|| format!("cannot listen on {addr}"))
+}
+
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What both listeners answer from.
+struct Pages {
+    /// Concurrent scrapes share one render (see `single_flight`).
+    metrics: SingleFlight<Option<Bytes>>,
+    health: Arc<Health>,
+}
+
+impl Pages {
+    fn new(metrics: Arc<Metrics>, health: Arc<Health>) -> Pages {
+        let render = move || match metrics.render() {
+            Ok(text) => Some(Bytes::from(text)),
             Err(e) => {
                 log::error!("rendering /metrics: {e}");
-                Response::text(500, "rendering metrics failed; see the agent's log\n")
+                None
             }
-        },
-        "/healthz" => Response::text(200, "ok\n"),
-        "/readyz" => {
-            let since = health.since_drained();
-            if since <= READY_WITHIN {
-                Response::text(200, "ready\n")
-            } else {
-                Response::text(
-                    503,
-                    format!(
-                        "not ready: ring buffer not drained for {}s\n",
-                        since.as_secs()
-                    ),
-                )
-            }
+        };
+        Pages {
+            metrics: SingleFlight::new(render),
+            health,
         }
-        "/" => Response::text(200, "tcptrace: /metrics /healthz /readyz\n"),
-        _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
-    })
+    }
+
+    async fn metrics(&self) -> Response {
+        match self.metrics.get().await.flatten() {
+            Some(body) => Response {
+                status: StatusCode::OK,
+                content_type: METRICS_CONTENT_TYPE,
+                body,
+            },
+            None => Response::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering metrics failed; see the agent's log\n",
+            ),
+        }
+    }
+
+    fn ready(&self) -> Response {
+        let since = self.health.since_drained();
+        if since <= READY_WITHIN {
+            return Response::text(StatusCode::OK, "ready\n");
+        }
+        Response::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: ring buffer not drained for {}s\n",
+                since.as_secs()
+            ),
+        )
+    }
+}
+
+/// The listener's paths.
+struct Routes {
+    pages: Arc<Pages>,
+}
+
+impl Routes {
+    fn main(pages: Arc<Pages>) -> Routes {
+        Routes { pages }
+    }
+
+    /// What to try instead of a path not served.
+    fn hint(&self) -> &'static str {
+        "/metrics, /healthz or /readyz"
+    }
+}
+
+impl http::Routes for Routes {
+    async fn get(&self, path: &str) -> Response {
+        match path {
+            "/metrics" => self.pages.metrics().await,
+            "/healthz" => Response::text(StatusCode::OK, "ok\n"),
+            "/readyz" => self.pages.ready(),
+            "/" => Response::text(StatusCode::OK, format!("tcptrace: try {}\n", self.hint())),
+            _ => Response::text(
+                StatusCode::NOT_FOUND,
+                format!("not found: try {}\n", self.hint()),
+            ),
+        }
+    }
 }
