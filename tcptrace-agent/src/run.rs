@@ -32,6 +32,8 @@ use crate::{
 
 pub struct RunOptions {
     pub listen: SocketAddr,
+    /// `--health-listen`: a second listener for /healthz and /readyz only.
+    pub health_listen: Option<SocketAddr>,
     pub load: LoadOptions,
     /// `--labels workload`: per-workload series, with these settings.
     pub labels: Option<crate::workload_metrics::LabelOptions>,
@@ -64,8 +66,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // rather than kill the process with the default action.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    // Take the port before touching the kernel: a port in use fails with nothing loaded.
+    // Take the ports before touching the kernel: a port in use fails with nothing loaded.
     let listener = bind(opts.listen, &http::Limits::MAIN)?;
+    let health_listener = opts
+        .health_listen
+        .map(|addr| bind(addr, &http::Limits::HEALTH))
+        .transpose()?;
     // Check the name source before touching the kernel too; start it once privileges
     // are dropped.
     let name_source = opts
@@ -95,16 +101,25 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let pages = Arc::new(Pages::new(metrics.clone(), health.clone()));
-    let server = tokio::spawn(http::serve(
+    let mut servers = vec![tokio::spawn(http::serve(
         listener,
-        Arc::new(Routes::main(pages)),
+        Arc::new(Routes::main(pages.clone())),
         http::Limits::MAIN,
-        shutdown_rx,
-    ));
+        shutdown_rx.clone(),
+    ))];
     info!(
         "serving http://{}/metrics (also /healthz, /readyz)",
         opts.listen
     );
+    if let (Some(listener), Some(addr)) = (health_listener, opts.health_listen) {
+        servers.push(tokio::spawn(http::serve(
+            listener,
+            Arc::new(Routes::health(pages)),
+            http::Limits::HEALTH,
+            shutdown_rx,
+        )));
+        info!("serving http://{addr}/healthz and /readyz");
+    }
 
     let mut tick = tokio::time::interval(probes::DRAIN_EVERY);
     loop {
@@ -121,7 +136,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = server.await;
+    for server in servers {
+        let _ = server.await;
+    }
     drop(ring);
     drop(loaded);
     info!("stopped; every program detached");
@@ -223,26 +240,42 @@ impl Pages {
     }
 }
 
-/// The listener's paths.
+/// One listener's paths: `--listen` serves /metrics and the probes, `--health-listen`
+/// only the probes, so that a full /metrics port cannot fail them.
 struct Routes {
     pages: Arc<Pages>,
+    metrics: bool,
 }
 
 impl Routes {
     fn main(pages: Arc<Pages>) -> Routes {
-        Routes { pages }
+        Routes {
+            pages,
+            metrics: true,
+        }
+    }
+
+    fn health(pages: Arc<Pages>) -> Routes {
+        Routes {
+            pages,
+            metrics: false,
+        }
     }
 
     /// What to try instead of a path not served.
     fn hint(&self) -> &'static str {
-        "/metrics, /healthz or /readyz"
+        if self.metrics {
+            "/metrics, /healthz or /readyz"
+        } else {
+            "/healthz or /readyz (the health port serves no /metrics)"
+        }
     }
 }
 
 impl http::Routes for Routes {
     async fn get(&self, path: &str) -> Response {
         match path {
-            "/metrics" => self.pages.metrics().await,
+            "/metrics" if self.metrics => self.pages.metrics().await,
             "/healthz" => Response::text(StatusCode::OK, "ok\n"),
             "/readyz" => self.pages.ready(),
             "/" => Response::text(StatusCode::OK, format!("tcptrace: try {}\n", self.hint())),

@@ -590,6 +590,22 @@ fn bad_configuration_fails_before_anything_is_loaded() {
             1,
             "in use",
         ),
+        (
+            file(
+                "health.toml",
+                &format!(
+                    "listen = \"127.0.0.1:0\"\nhealth_listen = \"{}\"\n",
+                    busy.local_addr().unwrap()
+                ),
+            ),
+            1,
+            "in use",
+        ),
+        (
+            file("health_form.toml", "health_listen = \"localhost\"\n"),
+            2,
+            "health_listen: `localhost` is not ADDR:PORT",
+        ),
     ];
     for (path, code, needle) in cases {
         let out = Command::new(TCPTRACE)
