@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, TryLockError,
     },
     time::{Duration, Instant},
 };
@@ -166,10 +166,15 @@ pub fn event_filter(workload_labels: bool) -> tcptrace_common::Filter {
 /// note that the ring is drained.
 fn drain_counting(ring: &mut RingBuf<MapData>, metrics: &Metrics, health: &Health) {
     let delivered = &metrics.agent.events_delivered;
-    let mut workloads = metrics
-        .workloads
-        .as_ref()
-        .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut workloads = match metrics.workloads.as_ref().map(Mutex::try_lock) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(TryLockError::Poisoned(p))) => Some(p.into_inner()),
+        // A /metrics render is reading the series. This thread also serves /healthz:
+        // rather than wait for the render, leave the events in the ring buffer (what it
+        // is for) until the next pass, at most one tick away.
+        Some(Err(TryLockError::WouldBlock)) => return,
+    };
     if let Some(w) = workloads.as_mut() {
         w.new_batch();
     }
