@@ -5,7 +5,9 @@
 //! - a deadline on the whole connection, head, render and answer: a client that stops
 //!   reading its answer is cut off there (reset, so the kernel keeps none of it);
 //! - a cap on connections, where a new one evicts the one that has made no progress
-//!   for the longest (`slots`).
+//!   for the longest (`slots`);
+//! - connections handed over by the kernel only once their first bytes have arrived,
+//!   from a deep accept queue (`bind`).
 //!
 //! `/metrics` renders are shared (`single_flight`), so scrapes cannot pile renders up.
 pub mod single_flight;
@@ -415,6 +417,23 @@ mod tests {
         big_head.extend(std::iter::repeat_n(b'a', 8192));
         big_head.extend_from_slice(b"\r\n\r\n");
         assert_eq!(status(&exchange(&server, &big_head)), "431");
+    }
+
+    #[test]
+    fn a_connection_that_says_nothing_takes_no_slot() {
+        let server = Server::start(Limits {
+            max_connections: 1,
+            ..limits()
+        });
+        let silent = server.connect();
+        for _ in 0..2 {
+            let answer = exchange(&server, b"GET /small HTTP/1.1\r\n\r\n");
+            assert_eq!(status(&answer), "200");
+        }
+        assert!(
+            !closed_by_server(&silent),
+            "the silent connection was accepted, then evicted"
+        );
     }
 
     #[test]
