@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tcptrace_agent::{
-    clock, doctor, filter, http, probe_report, probes, run,
+    clock, doctor, filter, probe_report, probes, run,
     settings::{self, LogFormat},
     trace,
 };
@@ -60,11 +60,20 @@ enum Command {
     /// The metric reference is METRICS.md. After loading, the agent drops every
     /// capability it holds.
     ///
+    /// HTTP: GET and HEAD only (others 405), one request per connection; a request head
+    /// of at most 8 KiB (431) sent within 5 s; 10 s for a whole connection, answer
+    /// included: a client that does not read its answer is then cut off. At most 32
+    /// connections: a new one evicts the one that moved no byte for the longest, so
+    /// stalled clients go before a scraper that reads (and request heads before
+    /// answers). Scrapes arriving during a render share the next one. --health-listen
+    /// keeps the kubelet's probes on a port of their own (8 connections, 2 s each).
+    ///
     /// Settings come from flags, then the --config file, then defaults.
     ///
     /// Examples:
     ///   tcptrace run
     ///   tcptrace run --listen 127.0.0.1:9479 --log-format json
+    ///   tcptrace run --health-listen :9480
     ///   tcptrace run --config /etc/tcptrace/tcptrace.toml
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
@@ -137,9 +146,14 @@ struct RunArgs {
     /// `127.0.0.1:9479`, `[::]:9479`, or `:9479` for every IPv4 address.
     #[arg(long, value_name = "ADDR:PORT", value_parser = settings::parse_listen)]
     listen: Option<std::net::SocketAddr>,
-    /// TOML file with any of: listen, ring_bytes, max_sockets, log_level, log_format,
-    /// labels, max_series, series_ttl (seconds), kubelet, kube_api, kube_credentials,
-    /// node_name.
+    /// A second, small listener serving only /healthz and /readyz (404 otherwise), for
+    /// the kubelet's probes: answered even while every connection of --listen is taken.
+    /// Same forms as --listen; at most 8 connections, 2 s each. Off by default.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = settings::parse_listen)]
+    health_listen: Option<std::net::SocketAddr>,
+    /// TOML file with any of: listen, health_listen, ring_bytes, max_sockets, log_level,
+    /// log_format, labels, max_series, series_ttl (seconds), kubelet, kube_api,
+    /// kube_credentials, node_name.
     /// Unknown keys and bad values are refused before anything is loaded.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -308,6 +322,7 @@ impl RunArgs {
         };
         let flags = settings::Flags {
             listen: self.listen,
+            health_listen: self.health_listen,
             ring_bytes: self.ring_bytes,
             max_sockets: self.max_sockets,
             log_level: cli.log_level,
@@ -349,13 +364,13 @@ fn main() -> ExitCode {
             init_logging(s.log_level, s.log_format);
             block_on(run::run(run::RunOptions {
                 listen: s.listen,
+                health_listen: s.health_listen,
                 load: probes::LoadOptions {
                     ring_bytes: s.ring_bytes,
                     max_sockets: s.max_sockets,
                     filter: run::event_filter(s.labels.is_some()),
                     forced: cli.probe_method.clone(),
                 },
-                http: http::Limits::default(),
                 labels: s.labels,
             }))
         }

@@ -5,13 +5,14 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, TryLockError,
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
+use bytes::Bytes;
 use log::info;
 use tokio::{
     net::TcpListener,
@@ -20,7 +21,7 @@ use tokio::{
 };
 
 use crate::{
-    http::{self, Response},
+    http::{self, single_flight::SingleFlight, Response, StatusCode},
     kernel_counters::KernelCounters,
     metrics::Metrics,
     pod_names, privileges,
@@ -31,8 +32,9 @@ use crate::{
 
 pub struct RunOptions {
     pub listen: SocketAddr,
+    /// `--health-listen`: a second listener for /healthz and /readyz only.
+    pub health_listen: Option<SocketAddr>,
     pub load: LoadOptions,
-    pub http: http::Limits,
     /// `--labels workload`: per-workload series, with these settings.
     pub labels: Option<crate::workload_metrics::LabelOptions>,
 }
@@ -64,10 +66,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // rather than kill the process with the default action.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    // Take the port before touching the kernel: a port in use fails with nothing loaded.
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    // Take the ports before touching the kernel: a port in use fails with nothing loaded.
+    let listener = bind(opts.listen, &http::Limits::MAIN)?;
+    let health_listener = opts
+        .health_listen
+        .map(|addr| bind(addr, &http::Limits::HEALTH))
+        .transpose()?;
     // Check the name source before touching the kernel too; start it once privileges
     // are dropped.
     let name_source = opts
@@ -96,16 +100,26 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server = tokio::spawn(http::serve(
+    let pages = Arc::new(Pages::new(metrics.clone(), health.clone()));
+    let mut servers = vec![tokio::spawn(http::serve(
         listener,
-        routes(metrics.clone(), health.clone()),
-        opts.http,
-        shutdown_rx,
-    ));
+        Arc::new(Routes::main(pages.clone())),
+        http::Limits::MAIN,
+        shutdown_rx.clone(),
+    ))];
     info!(
         "serving http://{}/metrics (also /healthz, /readyz)",
         opts.listen
     );
+    if let (Some(listener), Some(addr)) = (health_listener, opts.health_listen) {
+        servers.push(tokio::spawn(http::serve(
+            listener,
+            Arc::new(Routes::health(pages)),
+            http::Limits::HEALTH,
+            shutdown_rx,
+        )));
+        info!("serving http://{addr}/healthz and /readyz");
+    }
 
     let mut tick = tokio::time::interval(probes::DRAIN_EVERY);
     loop {
@@ -122,7 +136,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = server.await;
+    for server in servers {
+        let _ = server.await;
+    }
     drop(ring);
     drop(loaded);
     info!("stopped; every program detached");
@@ -150,10 +166,15 @@ pub fn event_filter(workload_labels: bool) -> tcptrace_common::Filter {
 /// note that the ring is drained.
 fn drain_counting(ring: &mut RingBuf<MapData>, metrics: &Metrics, health: &Health) {
     let delivered = &metrics.agent.events_delivered;
-    let mut workloads = metrics
-        .workloads
-        .as_ref()
-        .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut workloads = match metrics.workloads.as_ref().map(Mutex::try_lock) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(TryLockError::Poisoned(p))) => Some(p.into_inner()),
+        // A /metrics render is reading the series. This thread also serves /healthz:
+        // rather than wait for the render, leave the events in the ring buffer (what it
+        // is for) until the next pass, at most one tick away.
+        Some(Err(TryLockError::WouldBlock)) => return,
+    };
     if let Some(w) = workloads.as_mut() {
         w.new_batch();
     }
@@ -167,35 +188,106 @@ fn drain_counting(ring: &mut RingBuf<MapData>, metrics: &Metrics, health: &Healt
     health.mark_drained();
 }
 
-fn routes(metrics: Arc<Metrics>, health: Arc<Health>) -> http::Handler {
-    Arc::new(move |path: &str| match path {
-        "/metrics" => match metrics.render() {
-            Ok(body) => Response {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body,
-            },
+fn bind(addr: SocketAddr, limits: &http::Limits) -> Result<TcpListener> {
+    http::bind(addr, limits).with_context(|| format!("cannot listen on {addr}"))
+}
+
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What both listeners answer from.
+struct Pages {
+    /// Concurrent scrapes share one render (see `single_flight`).
+    metrics: SingleFlight<Option<Bytes>>,
+    health: Arc<Health>,
+}
+
+impl Pages {
+    fn new(metrics: Arc<Metrics>, health: Arc<Health>) -> Pages {
+        let render = move || match metrics.render() {
+            Ok(text) => Some(Bytes::from(text)),
             Err(e) => {
                 log::error!("rendering /metrics: {e}");
-                Response::text(500, "rendering metrics failed; see the agent's log\n")
+                None
             }
-        },
-        "/healthz" => Response::text(200, "ok\n"),
-        "/readyz" => {
-            let since = health.since_drained();
-            if since <= READY_WITHIN {
-                Response::text(200, "ready\n")
-            } else {
-                Response::text(
-                    503,
-                    format!(
-                        "not ready: ring buffer not drained for {}s\n",
-                        since.as_secs()
-                    ),
-                )
-            }
+        };
+        Pages {
+            metrics: SingleFlight::new(render),
+            health,
         }
-        "/" => Response::text(200, "tcptrace: /metrics /healthz /readyz\n"),
-        _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
-    })
+    }
+
+    async fn metrics(&self) -> Response {
+        match self.metrics.get().await.flatten() {
+            Some(body) => Response {
+                status: StatusCode::OK,
+                content_type: METRICS_CONTENT_TYPE,
+                body,
+            },
+            None => Response::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering metrics failed; see the agent's log\n",
+            ),
+        }
+    }
+
+    fn ready(&self) -> Response {
+        let since = self.health.since_drained();
+        if since <= READY_WITHIN {
+            return Response::text(StatusCode::OK, "ready\n");
+        }
+        Response::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: ring buffer not drained for {}s\n",
+                since.as_secs()
+            ),
+        )
+    }
+}
+
+/// One listener's paths: `--listen` serves /metrics and the probes, `--health-listen`
+/// only the probes, so that a full /metrics port cannot fail them.
+struct Routes {
+    pages: Arc<Pages>,
+    metrics: bool,
+}
+
+impl Routes {
+    fn main(pages: Arc<Pages>) -> Routes {
+        Routes {
+            pages,
+            metrics: true,
+        }
+    }
+
+    fn health(pages: Arc<Pages>) -> Routes {
+        Routes {
+            pages,
+            metrics: false,
+        }
+    }
+
+    /// What to try instead of a path not served.
+    fn hint(&self) -> &'static str {
+        if self.metrics {
+            "/metrics, /healthz or /readyz"
+        } else {
+            "/healthz or /readyz (the health port serves no /metrics)"
+        }
+    }
+}
+
+impl http::Routes for Routes {
+    async fn get(&self, path: &str) -> Response {
+        match path {
+            "/metrics" if self.metrics => self.pages.metrics().await,
+            "/healthz" => Response::text(StatusCode::OK, "ok\n"),
+            "/readyz" => self.pages.ready(),
+            "/" => Response::text(StatusCode::OK, format!("tcptrace: try {}\n", self.hint())),
+            _ => Response::text(
+                StatusCode::NOT_FOUND,
+                format!("not found: try {}\n", self.hint()),
+            ),
+        }
+    }
 }

@@ -98,6 +98,8 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub listen: Option<String>,
+    /// A second listener for /healthz and /readyz only; off when absent.
+    pub health_listen: Option<String>,
     pub ring_bytes: Option<u64>,
     pub max_sockets: Option<u64>,
     pub log_level: Option<String>,
@@ -130,6 +132,7 @@ impl ConfigFile {
 #[derive(Debug, Default)]
 pub struct Flags {
     pub listen: Option<SocketAddr>,
+    pub health_listen: Option<SocketAddr>,
     pub ring_bytes: Option<u32>,
     pub max_sockets: Option<u32>,
     pub log_level: Option<log::LevelFilter>,
@@ -147,6 +150,7 @@ pub struct Flags {
 #[derive(Debug, PartialEq)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub health_listen: Option<SocketAddr>,
     pub ring_bytes: u32,
     pub max_sockets: u32,
     pub log_level: log::LevelFilter,
@@ -168,6 +172,11 @@ pub fn resolve(flags: Flags, file: ConfigFile) -> Result<Settings> {
             (Some(v), _) => v,
             (None, Some(s)) => checked("listen", parse_listen(&s))?,
             (None, None) => parse_listen(DEFAULT_LISTEN).map_err(anyhow::Error::msg)?,
+        },
+        health_listen: match (flags.health_listen, file.health_listen) {
+            (Some(v), _) => Some(v),
+            (None, Some(s)) => Some(checked("health_listen", parse_listen(&s))?),
+            (None, None) => None,
         },
         ring_bytes: match (flags.ring_bytes, file.ring_bytes) {
             (Some(v), _) => v,
@@ -285,6 +294,7 @@ mod tests {
         };
         let s = resolve(flags, file).unwrap();
         assert_eq!(s.listen, "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(s.health_listen, None, "off unless asked for");
         assert_eq!(s.ring_bytes, 16384);
         assert_eq!(s.max_sockets, DEFAULT_MAX_SOCKETS);
         assert_eq!(s.log_format, LogFormat::Json);
@@ -312,6 +322,7 @@ mod tests {
         assert!(err("ring_bytes = 99999999999999").contains("ring_bytes"));
         assert!(err("max_sockets = 1").contains("max_sockets: 1 must be between"));
         assert!(err("listen = \"nowhere\"").contains("listen: `nowhere` is not ADDR:PORT"));
+        assert!(err("health_listen = \"9480\"").contains("health_listen: `9480` is not ADDR:PORT"));
         assert!(err("log_level = \"loud\"").contains("log_level"));
         assert!(err("log_format = \"xml\"").contains("log_format"));
         assert!(err("rings = 4096").contains("unknown field `rings`"));
@@ -379,6 +390,24 @@ mod tests {
             ..api("in-cluster")
         })
         .contains("add --labels workload"));
+    }
+
+    #[test]
+    fn health_listen_from_the_file_or_the_flag() {
+        let file = ConfigFile::parse("health_listen = \":9480\"\n").unwrap();
+        assert_eq!(
+            resolve(Flags::default(), file).unwrap().health_listen,
+            Some("0.0.0.0:9480".parse().unwrap())
+        );
+        let file = ConfigFile::parse("health_listen = \":9480\"\n").unwrap();
+        let flags = Flags {
+            health_listen: Some("10.1.2.3:9481".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(flags, file).unwrap().health_listen,
+            Some("10.1.2.3:9481".parse().unwrap())
+        );
     }
 
     #[test]

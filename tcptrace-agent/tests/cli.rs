@@ -35,6 +35,10 @@ fn invalid_flag_values_exit_2_with_a_reason() {
             "is not a network namespace",
         ),
         (vec!["trace", "--netns", "0"], "--netns 0 matches nothing"),
+        (
+            vec!["run", "--health-listen", "9480"],
+            "`9480` is not ADDR:PORT",
+        ),
         (vec!["frobnicate"], "unrecognized subcommand"),
         (
             vec!["probes", "--probe-method", "tcp_connect=kprobe"],
@@ -133,6 +137,20 @@ fn help_teaches_the_flags() {
         "Examples",
     ] {
         assert!(help.contains(flag), "trace --help lacks {flag}");
+    }
+    let out = Command::new(TCPTRACE)
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for words in [
+        "--health-listen",
+        "8 KiB",
+        "10 s for a whole connection",
+        "evicts the one that moved no byte for the longest",
+        "share the next one",
+    ] {
+        assert!(help.contains(words), "run --help lacks {words:?}");
     }
 }
 

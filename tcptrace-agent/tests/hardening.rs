@@ -592,6 +592,22 @@ fn bad_configuration_fails_before_anything_is_loaded() {
             1,
             "in use",
         ),
+        (
+            file(
+                "health.toml",
+                &format!(
+                    "listen = \"127.0.0.1:0\"\nhealth_listen = \"{}\"\n",
+                    busy.local_addr().unwrap()
+                ),
+            ),
+            1,
+            "in use",
+        ),
+        (
+            file("health_form.toml", "health_listen = \"localhost\"\n"),
+            2,
+            "health_listen: `localhost` is not ADDR:PORT",
+        ),
     ];
     for (path, code, needle) in cases {
         let out = Command::new(TCPTRACE)
@@ -618,4 +634,277 @@ fn bad_configuration_fails_before_anything_is_loaded() {
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A /metrics bigger than what the kernel takes off the agent's hands for a client that
+/// does not read (here up to 4 MiB of send buffer, net.ipv4.tcp_wmem, plus the client's
+/// receive buffer): the agent's write of such a page blocks, as on the node where 64
+/// non-reading clients held every connection of the hand-written server.
+const BIG_PAGE: usize = 6 << 20;
+const PEERS: usize = 1500;
+
+/// Makes /metrics multi-megabyte the way a busy node does: handshakes to `n` distinct
+/// remote addresses, each a `remote` series of its own (a 35-line histogram) under
+/// `--labels workload,remote`. In a private network namespace, where every 127.x.y.z is
+/// an address of the loopback.
+fn handshakes_to_distinct_peers(n: usize) {
+    common::in_private_netns(&[], move || {
+        let listener = TcpListener::bind("0.0.0.0:7000").unwrap();
+        for i in 0..n {
+            let peer = std::net::Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+            let client = TcpStream::connect((peer, 7000)).unwrap();
+            drop(listener.accept().unwrap());
+            drop(client);
+        }
+    });
+}
+
+/// Whether the server ended this connection (FIN or RST), without reading from it.
+fn ended_by_server(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid descriptor, without waiting.
+    unsafe { libc::poll(&mut fd, 1, 0) };
+    fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// GET `path` and read the whole answer: (status, content-length, body).
+fn get_whole(addr: SocketAddr, path: &str) -> std::io::Result<(u16, usize, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    Ok((status, length, raw.split_off((split + 4).min(raw.len()))))
+}
+
+/// `n` clients that send GET /metrics and never read a byte of the answer, held until
+/// `until`. Returns how many the agent cut off by then (reset, or closed short of the
+/// whole page), and how many it ended with the whole page sent.
+fn scrapes_never_read(addr: SocketAddr, n: usize, until: Instant) -> (usize, usize) {
+    let ask = || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .ok()?;
+        Some(s)
+    };
+    // The rest of the attack starts at the same time: a connection may be evicted
+    // before its request is written. Ask again, as an attacker would.
+    let held: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            (0..10)
+                .find_map(|_| ask())
+                .expect("a client that never reads")
+        })
+        .collect();
+    // Holding them is the attack: nothing to poll until it ends.
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    let (mut cut, mut whole) = (0, 0);
+    for mut s in held.into_iter().filter(ended_by_server) {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut got = Vec::new();
+        match s.read_to_end(&mut got) {
+            Ok(_) if got.len() >= BIG_PAGE => whole += 1,
+            _ => cut += 1,
+        }
+    }
+    (cut, whole)
+}
+
+/// `n` clients trickling a request head a byte every 200 ms, never finishing it, each
+/// reconnecting when the agent ends it. Returns how many connections they opened.
+fn trickle_heads(addr: SocketAddr, n: usize, until: Instant) -> usize {
+    let open = || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").ok()?;
+        Some(s)
+    };
+    let mut held: Vec<Option<TcpStream>> = (0..n).map(|_| open()).collect();
+    let mut opened = n;
+    while Instant::now() < until {
+        for slot in held.iter_mut() {
+            if slot.as_mut().is_none_or(|s| s.write_all(b"a").is_err()) {
+                *slot = open();
+                opened += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    opened
+}
+
+/// Connections opened, a byte written and closed, `per_second` of them, until `until`.
+/// Returns how many it opened.
+fn flood(addr: SocketAddr, per_second: u32, until: Instant) -> u32 {
+    let start = Instant::now();
+    let mut n = 0;
+    while Instant::now() < until {
+        if let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            let _ = c.write_all(b"x");
+            n += 1;
+        }
+        // Paced: the next connection is due at n / per_second.
+        let due = start + Duration::from_secs(1) * n / per_second;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    n
+}
+
+/// GET /healthz: (status, time to connect, time to the whole answer).
+fn timed_probe(addr: SocketAddr) -> (std::io::Result<u16>, Duration, Duration) {
+    let asked = Instant::now();
+    let answer = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|mut s| {
+        let connected = asked.elapsed();
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((status, connected))
+    });
+    match answer {
+        Ok((status, connected)) => (Ok(status), connected, asked.elapsed()),
+        Err(e) => (Err(e), Duration::ZERO, asked.elapsed()),
+    }
+}
+
+/// What the kubelet and Prometheus saw during an attack.
+#[derive(Debug, Default)]
+struct Seen {
+    probes: usize,
+    /// The slowest /healthz answer on the main port and on the health port.
+    slowest: [Duration; 2],
+    /// Probes that failed or took 1 s or more.
+    late: Vec<String>,
+    /// Whole /metrics pages scraped.
+    scrapes: usize,
+}
+
+/// Until `until`: /healthz on both ports every 100 ms, a full scrape every second.
+fn probe_and_scrape(main: SocketAddr, health: SocketAddr, until: Instant) -> Seen {
+    let (start, mut seen) = (Instant::now(), Seen::default());
+    let mut last_scrape = start;
+    while Instant::now() < until {
+        for (i, (port, addr)) in [("main", main), ("health", health)].into_iter().enumerate() {
+            let (answer, connected, took) = timed_probe(addr);
+            seen.probes += 1;
+            seen.slowest[i] = seen.slowest[i].max(took);
+            if !matches!(answer, Ok(200)) || took >= Duration::from_secs(1) {
+                seen.late.push(format!(
+                    "{port} port, {:.1?} in: {answer:?} after {took:?} (connected after {connected:?})",
+                    start.elapsed()
+                ));
+            }
+        }
+        if last_scrape.elapsed() >= Duration::from_secs(1) {
+            let (status, length, body) = get_whole(main, "/metrics").expect("a scrape");
+            assert_eq!(status, 200);
+            assert_eq!(body.len(), length, "the whole page");
+            assert!(body.len() >= BIG_PAGE, "{} bytes", body.len());
+            let m = common::parse_exposition(&String::from_utf8_lossy(&body));
+            let handshakes = total(&m, "tcptrace_workload_handshake_duration_seconds_count");
+            assert!(handshakes >= PEERS as f64, "{handshakes}");
+            seen.scrapes += 1;
+            last_scrape = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    seen
+}
+
+/// The attack that used to restart the agent: with a node-sized /metrics, 64 clients
+/// that never read their answer, slow request heads and a connection flood, all at
+/// once. The probes must be answered within 1 s on both listeners every time, and a real
+/// scrape must get the whole page.
+///
+/// The flood is paced (1,300 connections a second, 40 times the cap each second): an
+/// unpaced one from this machine's own cores outruns any single-threaded accept loop,
+/// the debug build's first, and then measures the kernel's accept queue, not the server.
+#[test]
+fn no_neighbour_can_keep_the_probes_or_a_scrape_out() {
+    require_root();
+    let _serial = serial();
+    let health = SocketAddr::from(([127, 0, 0, 1], common::free_port([127, 0, 0, 1].into())));
+    let agent = Agent::start(&[
+        "--labels",
+        "workload,remote",
+        // Room for every peer's series, whatever the budget counts.
+        "--max-series",
+        "1000000",
+        "--health-listen",
+        &health.to_string(),
+    ]);
+    handshakes_to_distinct_peers(PEERS);
+    let page = common::wait_until(Duration::from_secs(30), "a multi-megabyte /metrics", || {
+        let (_, _, body) = get_whole(agent.addr, "/metrics").ok()?;
+        (body.len() >= BIG_PAGE).then_some(body.len())
+    });
+
+    // Longer than the main port's 10 s deadline, so that it is reached too.
+    let until = Instant::now() + Duration::from_secs(13);
+    let main = agent.addr;
+    let (seen, (cut, whole), slow, flooded) = std::thread::scope(|s| {
+        let never_read = s.spawn(move || scrapes_never_read(main, 64, until));
+        let slow = [(main, 100), (health, 30)]
+            .map(|(addr, n)| s.spawn(move || trickle_heads(addr, n, until)));
+        let floods = [(main, 1000), (health, 300)]
+            .map(|(addr, rate)| s.spawn(move || flood(addr, rate, until)));
+        let seen = probe_and_scrape(main, health, until);
+        (
+            seen,
+            never_read.join().unwrap(),
+            slow.map(|t| t.join().unwrap()),
+            floods.map(|t| t.join().unwrap()),
+        )
+    });
+
+    eprintln!(
+        "page {page} bytes; {} probes, the slowest (main, health) {:?}; {} scrapes; \
+         never-read clients cut {cut}; slow heads opened {slow:?}; flood {flooded:?}",
+        seen.probes, seen.slowest, seen.scrapes
+    );
+    assert!(
+        seen.late.is_empty(),
+        "/healthz late or failed: {:#?}",
+        seen.late
+    );
+    assert!(seen.scrapes >= 3, "{} scrapes", seen.scrapes);
+    assert_eq!(
+        whole, 0,
+        "a client that never reads got a whole page: too small to test"
+    );
+    assert_eq!(cut, 64, "every client that never reads is cut off");
+    assert!(
+        slow[0] > 100 && slow[1] > 30,
+        "slow heads are closed: {slow:?}"
+    );
+    assert!(
+        flooded[0] > 10_000 && flooded[1] > 3_000,
+        "the flood opened only {flooded:?} connections"
+    );
+    let (status, log) = agent.stop();
+    assert!(status.success() && !log.contains("panicked"), "{log}");
 }

@@ -42,6 +42,45 @@ fn target_dir() -> PathBuf {
 }
 
 pub fn image(verify: bool) -> Result<()> {
+    let agent_tag = verify_tag("tcptrace");
+    build_agent(verify.then_some(agent_tag.as_str()))?;
+    if verify {
+        let client_tag = verify_tag("tcptrace-test-client");
+        let verified =
+            build_busybox(&client_tag).and_then(|()| verify_image(&agent_tag, &client_tag));
+        untag(&[&agent_tag, &client_tag]);
+        verified?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask node-sim`: the image beside containers playing pods and a hostile
+/// neighbour (xtask/scripts/node-sim.sh says what it checks).
+pub fn node_sim() -> Result<()> {
+    let (agent_tag, pod_tag) = (verify_tag("tcptrace-node"), verify_tag("tcptrace-node-pod"));
+    build_agent(Some(&agent_tag))?;
+    let ports = [free_port()?, free_port()?];
+    let simulated = build_busybox(&pod_tag).and_then(|()| {
+        run_cmd(
+            Command::new("unshare")
+                .arg("-m")
+                .arg("sh")
+                .arg(workspace_root().join("xtask/scripts/node-sim.sh"))
+                .args([&agent_tag, &pod_tag])
+                .args(ports.map(|p| p.to_string()))
+                .arg(workspace_root().join("deploy/seccomp-tcptrace.json"))
+                .env(
+                    "CONTAINERS_CONF",
+                    workspace_root().join("xtask/containers.conf"),
+                ),
+        )
+    });
+    untag(&[&agent_tag, &pod_tag]);
+    simulated
+}
+
+/// The agent image, tagged with its release tag and `extra` (this run's own).
+fn build_agent(extra: Option<&str>) -> Result<()> {
     run_cmd(cargo().args([
         "build",
         "--release",
@@ -56,34 +95,48 @@ pub fn image(verify: bool) -> Result<()> {
         &[(binary, "tcptrace")],
         "FROM scratch\nCOPY tcptrace /tcptrace\nENTRYPOINT [\"/tcptrace\"]\nCMD [\"run\"]\n",
     )?;
-    let agent_tag = verify_tag("tcptrace");
     let mut build = podman();
     build.args(["build", "-q", "-t", &tag()]);
-    if verify {
-        build.args(["-t", &agent_tag]);
+    if let Some(extra) = extra {
+        build.args(["-t", extra]);
     }
     run_cmd(build.arg(&context))?;
     let size = podman()
         .args(["image", "inspect", "-f", "{{.Size}}", &tag()])
         .output()
         .context("podman image inspect")?;
-    println!(
+    eprintln!(
         "image: {} ({} bytes)",
         tag(),
         String::from_utf8_lossy(&size.stdout).trim()
     );
-    if verify {
-        let client_tag = verify_tag("tcptrace-test-client");
-        let verified = verify_image(&agent_tag, &client_tag);
-        // Untag what this run tagged, whether it passed or not (the agent image keeps
-        // its release tag).
-        let _ = podman()
-            .args(["rmi", "--ignore", &agent_tag, &client_tag])
-            .stdout(std::process::Stdio::null())
-            .status();
-        verified?;
-    }
     Ok(())
+}
+
+/// The other containers: a static busybox (Debian's busybox-static), nothing else.
+fn build_busybox(tag: &str) -> Result<()> {
+    let context = stage(
+        "busybox",
+        &[(PathBuf::from("/bin/busybox"), "busybox")],
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+    )?;
+    run_cmd(podman().args(["build", "-q", "-t", tag]).arg(&context))
+}
+
+/// Untag what a run tagged, whether it passed or not (the agent image keeps its
+/// release tag).
+fn untag(tags: &[&str]) {
+    let _ = podman()
+        .args(["rmi", "--ignore"])
+        .args(tags)
+        .stdout(std::process::Stdio::null())
+        .status();
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("0.0.0.0:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A build context in <target>/image/<name>: the files and a Containerfile.
@@ -98,23 +151,10 @@ fn stage(name: &str, files: &[(PathBuf, &str)], containerfile: &str) -> Result<P
 }
 
 fn verify_image(agent_tag: &str, client_tag: &str) -> Result<()> {
-    // The other container: a static busybox (Debian's busybox-static), nothing else.
-    let context = stage(
-        "client",
-        &[(PathBuf::from("/bin/busybox"), "busybox")],
-        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
-    )?;
-    run_cmd(
-        podman()
-            .args(["build", "-q", "-t", client_tag])
-            .arg(&context),
-    )?;
     let profile = workspace_root().join("deploy/seccomp-tcptrace.json");
     let without_bpf = profile_without(&profile, "bpf")?;
     let without_perf = profile_without(&profile, "perf_event_open")?;
-    let port = std::net::TcpListener::bind("0.0.0.0:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let script = workspace_root().join("xtask/scripts/image-verify.sh");
     run_cmd(
         Command::new("unshare")

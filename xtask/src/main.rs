@@ -80,6 +80,9 @@ enum Cmd {
         #[arg(long)]
         verify: bool,
     },
+    /// A node simulated with containers: the image with the DaemonSet's settings next
+    /// to three pods on the same port and a hostile neighbour (xtask/scripts/node-sim.sh).
+    NodeSim,
     /// Benchmarks (root; not part of the tests). See BENCHMARKS.md.
     #[command(subcommand)]
     Bench(Bench),
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
             })
         }),
         Cmd::Image { verify } => setup::run().and_then(|()| image::image(verify)),
+        Cmd::NodeSim => setup::run().and_then(|()| image::node_sim()),
         Cmd::Bench(Bench::Programs {
             seconds,
             threads,
@@ -275,13 +279,20 @@ fn test(args: &[String]) -> Result<()> {
             bail!("the probe tests failed inside Debian 5.10 or 6.1 (cargo xtask vm-test --kernel 5.10 --kernel 6.1)");
         }
         // The container image, run as the docs say (about two minutes, most of it the
-        // static build).
-        match image::image(true) {
-            Ok(()) => passed += 1,
-            Err(e) => {
-                failed += 1;
-                println!("tests: {passed} passed, {failed} failed");
-                return Err(e.context("cargo xtask image --verify"));
+        // static build), then beside containers playing pods and a hostile neighbour
+        // (under a minute: the build is done).
+        let verify_image: fn() -> Result<()> = || image::image(true);
+        for (name, step) in [
+            ("cargo xtask image --verify", verify_image),
+            ("cargo xtask node-sim", image::node_sim),
+        ] {
+            match step() {
+                Ok(()) => passed += 1,
+                Err(e) => {
+                    failed += 1;
+                    println!("tests: {passed} passed, {failed} failed");
+                    return Err(e.context(name));
+                }
             }
         }
         fuzz(FUZZ_SECONDS)?;
