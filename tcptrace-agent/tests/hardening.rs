@@ -641,10 +641,10 @@ fn bad_configuration_fails_before_anything_is_loaded() {
 /// receive buffer): the agent's write of such a page blocks, as on the node where 64
 /// non-reading clients held every connection of the hand-written server.
 const BIG_PAGE: usize = 6 << 20;
-const PEERS: usize = 1500;
+const PEERS: usize = 4500;
 
 /// Makes /metrics multi-megabyte the way a busy node does: handshakes to `n` distinct
-/// remote addresses, each a `remote` series of its own (a 35-line histogram) under
+/// remote addresses, each `remote` series of its own (a histogram and counters) under
 /// `--labels workload,remote`. In a private network namespace, where every 127.x.y.z is
 /// an address of the loopback.
 fn handshakes_to_distinct_peers(n: usize) {
