@@ -644,7 +644,7 @@ const BIG_PAGE: usize = 6 << 20;
 const PEERS: usize = 4500;
 
 /// Makes /metrics multi-megabyte the way a busy node does: handshakes to `n` distinct
-/// remote addresses, each `remote` series of its own (a histogram and counters) under
+/// remote addresses, each with `remote` series of its own (histograms and counters) under
 /// `--labels workload,remote`. In a private network namespace, where every 127.x.y.z is
 /// an address of the loopback.
 fn handshakes_to_distinct_peers(n: usize) {
