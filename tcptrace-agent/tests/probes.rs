@@ -82,6 +82,8 @@ fn the_verifier_accepts_every_program_it_is_allowed_to_load() {
             eprintln!("NOTE: this kernel refuses fentry/fexit programs (EPERM at load): {name} not verified here");
         } else if is_btf && error.contains("unknown func bpf_sk_storage_get") {
             eprintln!("NOTE: no socket storage for tracing programs on this kernel (before 5.11): {name} refused, the raw tracepoint takes over");
+        } else if is_btf && error.contains("unknown BTF type `btf_trace_") {
+            eprintln!("NOTE: this kernel has no such tracepoint: {name} refused ({error})");
         } else {
             panic!("the kernel refused {name}: {error}");
         }
