@@ -22,7 +22,7 @@ fn probe<'a>(plan: &'a Value, name: &str) -> &'a Value {
 fn every_probe_gets_a_method_and_says_why_it_skipped_the_others() {
     require_root();
     let _serial = serial();
-    let plan = probe_plan(&[]);
+    let plan = default_plan();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(plan["kernel"]["release"], release.trim());
     eprintln!("kernel {}:", plan["kernel"]["release"]);
@@ -65,7 +65,7 @@ fn every_probe_gets_a_method_and_says_why_it_skipped_the_others() {
 fn the_verifier_accepts_every_program_it_is_allowed_to_load() {
     require_root();
     let _serial = serial();
-    let plan = probe_plan(&[]);
+    let plan = default_plan();
     for p in plan["programs"].as_array().unwrap() {
         let name = p["program"].as_str().unwrap();
         if p["verifier"] == "accepted" {
@@ -205,7 +205,7 @@ fn every_connect_method_reports_the_same_failures() {
     require_root();
     let _serial = serial();
     let mut methods = vec![vec![], vec!["--probe-method", "tcp_v4_connect=tracepoint"]];
-    if probe_plan(&[])["kernel"]["kprobes"] == true {
+    if default_plan()["kernel"]["kprobes"] == true {
         methods.push(vec!["--probe-method", "tcp_v4_connect=kprobe"]);
     } else {
         eprintln!("NOTE: no kprobes on this kernel; the kprobe method is compared in the VMs");
@@ -252,7 +252,7 @@ fn a_reset_answering_a_syn_is_seen_as_a_segment_and_a_refusal() {
         vec![],
         vec!["--probe-method", "tcp_rcv_state_process=tracepoint"],
     ];
-    let plan = probe_plan(&[]);
+    let plan = default_plan();
     if plan["kernel"]["kprobes"] == true {
         methods.push(vec!["--probe-method", "tcp_rcv_state_process=kprobe"]);
     }

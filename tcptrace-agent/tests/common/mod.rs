@@ -589,6 +589,13 @@ fn set_loopback_up() {
     }
 }
 
+/// `tcptrace probes --json` with default arguments, run once per test binary: it loads
+/// and verifies every program of the object, which takes minutes under emulation.
+pub fn default_plan() -> &'static Value {
+    static PLAN: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    PLAN.get_or_init(|| probe_plan(&[]))
+}
+
 /// `tcptrace probes --json` with these extra arguments.
 pub fn probe_plan(extra: &[&str]) -> Value {
     let out = Command::new(TCPTRACE)
