@@ -74,14 +74,15 @@ fn the_verifier_accepts_every_program_it_is_allowed_to_load() {
         let error = p["error"].as_str().unwrap_or_default();
         // fentry/fexit need BPF trampolines, which some kernels and sandboxes refuse
         // outright (EPERM before the verifier runs); tracing programs may use socket
-        // storage only from Linux 5.11 on, where the BTF-typed ones keep socket state.
+        // storage only from Linux 5.11 on, where the BTF-typed ones and the fentry one
+        // read socket state.
         // Say so; anything else is a bug.
         let is_trampoline = name.ends_with("_fentry") || name.ends_with("_fexit");
         let is_btf = name.ends_with("_btf") || name.ends_with("_btf_backup");
         if is_trampoline && error.contains("Operation not permitted") {
             eprintln!("NOTE: this kernel refuses fentry/fexit programs (EPERM at load): {name} not verified here");
-        } else if is_btf && error.contains("unknown func bpf_sk_storage_get") {
-            eprintln!("NOTE: no socket storage for tracing programs on this kernel (before 5.11): {name} refused, the raw tracepoint takes over");
+        } else if (is_btf || is_trampoline) && error.contains("unknown func bpf_sk_storage_get") {
+            eprintln!("NOTE: no socket storage for tracing programs on this kernel (before 5.11): {name} refused, the next method takes over");
         } else if is_btf && error.contains("unknown BTF type `btf_trace_") {
             eprintln!("NOTE: this kernel has no such tracepoint: {name} refused ({error})");
         } else {
