@@ -181,10 +181,29 @@ pub fn run_kernels(kernels: &[Kernel], options: &Options) -> Result<Outcome> {
         std::fs::metadata(&initrd)?.len() / 1024,
         started.elapsed().as_secs_f64()
     );
+    // Each guest is one QEMU process emulating one CPU: they run side by side, a host
+    // core each, and their console lines carry the kernel's name.
+    let results: Vec<(Kernel, Result<KernelRun>)> = std::thread::scope(|s| {
+        let guests: Vec<_> = kernels
+            .iter()
+            .map(|&kernel| {
+                let initrd = &initrd;
+                (kernel, s.spawn(move || run_kernel(kernel, initrd, options)))
+            })
+            .collect();
+        guests
+            .into_iter()
+            .map(|(kernel, guest)| {
+                let result = guest
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the guest's thread panicked")));
+                (kernel, result)
+            })
+            .collect()
+    });
     let mut summary = Vec::new();
     let (mut tests_passed, mut tests_failed) = (0, 0);
-    for &kernel in kernels {
-        let result = run_kernel(kernel, &initrd, options);
+    for (kernel, result) in results {
         if let Ok(run) = &result {
             tests_passed += run.tests.0;
             tests_failed += run.tests.1;
