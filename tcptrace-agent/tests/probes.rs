@@ -43,7 +43,7 @@ fn every_probe_gets_a_method_and_says_why_it_skipped_the_others() {
             assert!(["requirement", "load", "attach"].contains(&s["stage"].as_str().unwrap()));
         }
     }
-    let connect = probe(&plan, "tcp_v4_connect");
+    let connect = probe(plan, "tcp_v4_connect");
     let kprobes = plan["kernel"]["kprobes"] == true;
     let fexit_refused = connect["skipped"]
         .as_array()
@@ -266,7 +266,7 @@ fn a_reset_answering_a_syn_is_seen_as_a_segment_and_a_refusal() {
     std::thread::sleep(Duration::from_millis(300));
     // A kprobe cannot reach socket storage: where sockets live there, its segments
     // come without an owner.
-    let storage = probe(&plan, "socket_tracking")["method"] == "socket_storage";
+    let storage = probe(plan, "socket_tracking")["method"] == "socket_storage";
     for (tracer, method) in tracers.into_iter().zip(&methods) {
         let traced = tracer.stop();
         let mine = |e: &&Value| e["dport"] == port;
