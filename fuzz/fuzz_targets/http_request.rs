@@ -5,14 +5,19 @@
 use std::{sync::Arc, time::Instant};
 
 use libfuzzer_sys::fuzz_target;
-use tcptrace_agent::http::{serve_stream, slots::Progress, Limits, Response, Routes, StatusCode};
+use tcptrace_agent::exporter::http::{
+    serve_stream, slots::Progress, Limits, Response, Routes, StatusCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Paths;
 
 impl Routes for Paths {
     async fn get(&self, path: &str) -> Response {
-        assert!(path.starts_with('/'), "routed a path that is not absolute: {path:?}");
+        assert!(
+            path.starts_with('/'),
+            "routed a path that is not absolute: {path:?}"
+        );
         assert!(!path.contains('?'), "query string leaked into the path");
         match path {
             "/healthz" => Response::text(StatusCode::OK, "ok\n"),
@@ -34,7 +39,12 @@ fuzz_target!(|data: &[u8]| {
 async fn exchange(data: &[u8]) {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let progress = Arc::new(Progress::new(Instant::now()));
-    let served = tokio::spawn(serve_stream(server, progress, Arc::new(Paths), Limits::MAIN));
+    let served = tokio::spawn(serve_stream(
+        server,
+        progress,
+        Arc::new(Paths),
+        Limits::MAIN,
+    ));
     let (mut from_server, mut to_server) = tokio::io::split(client);
     let request = data.to_vec();
     // The server may answer (431) and close before taking every byte: write apart.

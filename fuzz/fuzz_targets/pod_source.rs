@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Cursor, Read, Write};
 
 use libfuzzer_sys::fuzz_target;
-use tcptrace_agent::{http_get, kube_api, pod_names};
+use tcptrace_agent::k8s::{api, http_get, pod_names};
 
 /// The fuzz input as the server's bytes; what the client sends goes nowhere.
 struct Server(Cursor<Vec<u8>>);
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     // The input as a body on its own (framing aside): a pod list, or watch lines.
     let names = pod_names::Shared::default();
     for line in data.split(|b| *b == b'\n') {
-        let _ = kube_api::apply_line(line, &names);
+        let _ = api::apply_line(line, &names);
     }
     let _ = pod_names::parse_list(data);
     let Ok(response) = http_get::get(Server(Cursor::new(data.to_vec())), "h", "/", &[]) else {
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(body.len() <= data.len());
     let names = pod_names::Shared::default();
     for line in body.split(|b| *b == b'\n') {
-        let _ = kube_api::apply_line(line, &names);
+        let _ = api::apply_line(line, &names);
     }
     if let Ok(list) = pod_names::parse_list(&body) {
         names

@@ -3,7 +3,11 @@
 //! Run with `cargo xtask bench micro` (or `cargo bench -p tcptrace-agent --bench micro`).
 use std::{collections::HashMap, hint::black_box, time::Instant};
 
-use tcptrace_agent::{clock::Clock, events, exposition, output};
+use tcptrace_agent::{
+    event::{self, clock::Clock},
+    exporter::exposition,
+    trace::render,
+};
 use tcptrace_common::{Event, EventKind, TcpState, AF_INET};
 
 /// Median seconds per call of `f` over `rounds` rounds of `iters` calls.
@@ -102,7 +106,7 @@ fn drain_rate() {
     let ours = time_per_call(9, 1, || {
         let mut by_transition: HashMap<(u8, u8, u8), u64> = HashMap::new();
         for record in bytes.chunks_exact(size) {
-            let e = events::decode(record).unwrap();
+            let e = event::decode(record).unwrap();
             *by_transition
                 .entry((e.kind, e.old_state, e.new_state))
                 .or_default() += 1;
@@ -127,7 +131,7 @@ fn drain_rate() {
     );
     let one = &bytes[..size];
     let decode = time_per_call(9, 200_000, || {
-        black_box(events::decode(black_box(one)));
+        black_box(event::decode(black_box(one)));
     });
     let copy = time_per_call(9, 200_000, || {
         black_box(black_box(one).to_vec());
@@ -138,13 +142,13 @@ fn drain_rate() {
         copy * 1e9,
         decode / copy
     );
-    let e = events::decode(one).unwrap();
+    let e = event::decode(one).unwrap();
     let clock = Clock::new();
     let json = time_per_call(9, 50_000, || {
-        black_box(output::json_line(black_box(&e), &clock));
+        black_box(render::json_line(black_box(&e), &clock));
     });
     let text = time_per_call(9, 50_000, || {
-        black_box(output::text_line(black_box(&e), &clock));
+        black_box(render::text_line(black_box(&e), &clock));
     });
     println!(
         "| render one event | {:.0} ns JSON | {:.0} ns text | {:.2}x | |",

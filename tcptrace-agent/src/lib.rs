@@ -1,34 +1,10 @@
-//! tcptrace's agent as a library: the `tcptrace` binary's commands, and the pieces the
-//! fuzz targets and benchmarks exercise directly.
-pub mod attach;
-pub mod btf;
-pub mod census;
-pub mod clock;
+//! tcptrace's agent as a library, by pipeline stage: `kernel` (probes, loading,
+//! layouts, counter maps, the ring), `event` (records decoded once, and their names),
+//! then the sinks: `trace` (the live view), `exporter` (`run`: metrics over HTTP),
+//! `doctor` (the checklist); `k8s` names what cgroups say. ARCHITECTURE.md draws it.
 pub mod doctor;
-pub mod events;
-pub mod exposition;
-pub mod filter;
-pub mod http;
-pub mod http_get;
-pub mod kernel_counters;
-pub mod kube_api;
-pub mod metrics;
-pub mod offsets;
-pub mod output;
-pub mod pod_names;
-pub mod privileges;
-pub mod probe_report;
-pub mod probes;
-pub mod ring;
-pub mod run;
-pub mod series_budget;
-pub mod settings;
-pub mod sock_diag;
-pub mod sysctl;
-pub mod timeouts;
-pub mod tp_format;
+pub mod event;
+pub mod exporter;
+pub mod k8s;
+pub mod kernel;
 pub mod trace;
-pub mod tracefs;
-pub mod workload;
-pub mod workload_metrics;
-pub mod worst_case;

@@ -4,9 +4,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tcptrace_agent::{
-    clock, doctor, filter, probe_report, probes, run,
-    settings::{self, LogFormat},
-    trace,
+    doctor,
+    event::clock,
+    exporter::{
+        self,
+        settings::{self, LogFormat},
+    },
+    kernel::{self, report},
+    trace::{self, filter},
 };
 
 /// Watch the kernel's TCP state machine: handshakes, state changes and retransmits,
@@ -24,7 +29,7 @@ struct Cli {
     /// Use only this attach method for a probe, e.g. `tcp_v4_connect=tracepoint` to
     /// compare a function hook with its tracepoint-derived fallback. Repeatable.
     /// `tcptrace probes` lists the probes and their methods.
-    #[arg(long, global = true, value_name = "PROBE=METHOD", value_parser = probes::parse_forced)]
+    #[arg(long, global = true, value_name = "PROBE=METHOD", value_parser = kernel::parse_forced)]
     probe_method: Vec<(String, String)>,
     #[command(subcommand)]
     command: Command,
@@ -251,12 +256,12 @@ struct TraceArgs {
     count: Option<u64>,
     /// Ring buffer size in bytes: a power of two from 4096 to 1 GiB. Events that find
     /// it full are lost and counted, never silently dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = settings::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
+    #[arg(long, value_name = "BYTES", default_value_t = kernel::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     ring_bytes: u32,
     /// How many sockets the fallback socket map tracks at once (owner and state
     /// timing), where the kernel offers no socket storage to tracing programs (before
     /// 5.11, or without BTF); sockets beyond it are counted and reported without owner.
-    #[arg(long, value_name = "N", default_value_t = settings::DEFAULT_MAX_SOCKETS, value_parser = parse_max_sockets)]
+    #[arg(long, value_name = "N", default_value_t = kernel::DEFAULT_MAX_SOCKETS, value_parser = parse_max_sockets)]
     max_sockets: u32,
 }
 
@@ -278,14 +283,14 @@ fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    settings::check_ring_bytes(
+    kernel::check_ring_bytes(
         s.parse()
             .map_err(|_| format!("`{s}` is not a byte count"))?,
     )
 }
 
 fn parse_max_sockets(s: &str) -> Result<u32, String> {
-    settings::check_max_sockets(s.parse().map_err(|_| format!("`{s}` is not a number"))?)
+    kernel::check_max_sockets(s.parse().map_err(|_| format!("`{s}` is not a number"))?)
 }
 
 impl TraceArgs {
@@ -301,7 +306,7 @@ impl TraceArgs {
             events: Some(self.events.clone()),
         })?;
         Ok(trace::TraceOptions {
-            load: probes::LoadOptions {
+            load: kernel::LoadOptions {
                 ring_bytes: self.ring_bytes,
                 max_sockets: self.max_sockets,
                 filter,
@@ -362,13 +367,13 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(&e),
             };
             init_logging(s.log_level, s.log_format);
-            block_on(run::run(run::RunOptions {
+            block_on(exporter::run(exporter::RunOptions {
                 listen: s.listen,
                 health_listen: s.health_listen,
-                load: probes::LoadOptions {
+                load: kernel::LoadOptions {
                     ring_bytes: s.ring_bytes,
                     max_sockets: s.max_sockets,
-                    filter: run::event_filter(s.labels.is_some()),
+                    filter: exporter::event_filter(s.labels.is_some()),
                     forced: cli.probe_method.clone(),
                 },
                 labels: s.labels,
@@ -379,7 +384,7 @@ fn main() -> ExitCode {
                 cli.log_level.unwrap_or(log::LevelFilter::Error),
                 cli.log_format.unwrap_or(LogFormat::Text),
             );
-            block_on(probe_report::run(args.json, cli.probe_method.clone()))
+            block_on(report::run(args.json, cli.probe_method.clone()))
         }
         Command::Doctor(args) => {
             init_logging(

@@ -17,7 +17,10 @@ use std::{
 };
 
 use common::*;
-use tcptrace_agent::{settings::DEFAULT_MAX_SERIES, workload_metrics::BUDGET_FAMILIES, worst_case};
+use tcptrace_agent::{
+    exporter::settings::DEFAULT_MAX_SERIES, exporter::workloads::BUDGET_FAMILIES,
+    exporter::worst_case,
+};
 
 /// Accept connections on `listener` and hand each to `handle` (with the stop flag, for
 /// answers that stay open) on a thread of its own, until the returned flag is set.

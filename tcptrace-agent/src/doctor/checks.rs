@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::measure::Measured;
-use crate::{census::Census, sysctl::TcpSysctls, timeouts};
+use crate::{doctor::census::Census, doctor::sysctl::TcpSysctls, doctor::timeouts};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,9 +13,9 @@ use tcptrace_common::{
 };
 
 use crate::{
-    events::{self, errno_name},
-    probes::{self, LoadOptions},
-    ring,
+    event::{self, errno_name},
+    kernel::ring,
+    kernel::{self, LoadOptions},
 };
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -54,13 +54,13 @@ struct Tally {
 
 /// Attach, collect for `window`, detach.
 pub async fn measure(window: Duration) -> Result<Measured> {
-    let mut loaded = probes::load(&LoadOptions::defaults(Vec::new()))?;
+    let mut loaded = kernel::load(&LoadOptions::defaults(Vec::new()))?;
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
-    let counters = crate::kernel_counters::KernelCounters::take(&mut loaded.ebpf)?;
+    let counters = crate::kernel::counters::KernelCounters::take(&mut loaded.ebpf)?;
     let mut tally = Tally::default();
     let deadline = tokio::time::sleep(window);
     tokio::pin!(deadline);
-    let mut poll = tokio::time::interval(probes::DRAIN_EVERY);
+    let mut poll = tokio::time::interval(kernel::DRAIN_EVERY);
     loop {
         tokio::select! {
             _ = poll.tick() => { ring::drain(ring.get_mut(), |e| { tally.add(e); true }); }
@@ -96,8 +96,8 @@ impl Tally {
             self.syn_sent_at.insert(e.skaddr, e.ts_ns);
         }
         if e.old_state == TcpState::Established as u8 && e.new_state == TcpState::FinWait1 as u8 {
-            let who = match events::owner_pid(e) {
-                Some(pid) => format!("{} ({pid})", events::comm(&e.comm)),
+            let who = match event::owner_pid(e) {
+                Some(pid) => format!("{} ({pid})", event::comm(&e.comm)),
                 None => "unknown (socket older than the measurement)".to_string(),
             };
             *self.closers.entry(who).or_insert(0) += 1;
@@ -111,7 +111,7 @@ impl Tally {
         if e.outcome == OUTCOME_ESTABLISHED {
             self.handshake_ns.push(e.duration_ns);
         } else {
-            *self.failed.entry(events::failure_reason(e)).or_insert(0) += 1;
+            *self.failed.entry(event::failure_reason(e)).or_insert(0) += 1;
         }
     }
 
@@ -121,7 +121,7 @@ impl Tally {
         match kind {
             RetransmitKind::Syn => self.syn_times.entry(e.skaddr).or_default().push(e.ts_ns),
             RetransmitKind::Data => {
-                let remote = SocketAddr::new(events::ip(e.family, &e.daddr), e.dport);
+                let remote = SocketAddr::new(event::ip(e.family, &e.daddr), e.dport);
                 *self.by_remote.entry(remote).or_insert(0) += 1;
             }
             RetransmitKind::SynAck => {}

@@ -2,8 +2,12 @@
 //! namespace: TIME_WAIT and ephemeral ports, keep-alive and idle connections, what the
 //! retry settings mean in seconds, and (for `--measure` seconds) what the kernel did.
 //! Read-only: it changes no setting.
+pub mod census;
 mod checks;
 mod measure;
+pub mod sock_diag;
+pub mod sysctl;
+pub mod timeouts;
 
 use std::{io::Write as _, time::Duration};
 
@@ -12,7 +16,7 @@ use serde::Serialize;
 
 pub use checks::{Finding, Severity};
 
-use crate::{census::Census, sysctl::TcpSysctls};
+use crate::{doctor::census::Census, doctor::sysctl::TcpSysctls};
 
 pub struct DoctorOptions {
     pub json: bool,

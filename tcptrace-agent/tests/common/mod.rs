@@ -664,7 +664,7 @@ pub struct CgroupTree {
 
 impl CgroupTree {
     pub fn create(levels: &[String]) -> CgroupTree {
-        let mut dir = tcptrace_agent::workload::cgroup2_root().expect("a cgroup2 hierarchy");
+        let mut dir = tcptrace_agent::k8s::cgroup::cgroup2_root().expect("a cgroup2 hierarchy");
         let mut created = Vec::new();
         for level in levels {
             dir = dir.join(level);

@@ -10,7 +10,7 @@ use aya::{
 use tcptrace_common::Event;
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::events::decode;
+use crate::event::decode;
 
 /// Wrap a ring buffer (ours or aya-log's) so tokio wakes us when it has records.
 pub fn watch<T: AsRawFd>(inner: T) -> Result<AsyncFd<T>> {

@@ -20,8 +20,8 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use serde::Deserialize;
 
 use crate::{
-    http_get,
-    pod_names::{self, Pod, Shared},
+    k8s::http_get,
+    k8s::pod_names::{self, Pod, Shared},
 };
 
 /// Where a pod running with a service account finds its credentials.

@@ -10,11 +10,12 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
-use crate::{kube_api, pod_names::NameSource};
+use crate::{
+    k8s::{api, pod_names::NameSource},
+    kernel::{check_max_sockets, check_ring_bytes, DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES},
+};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
-pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
-pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
 pub const DEFAULT_MAX_SERIES: u64 = 2000;
 pub const DEFAULT_SERIES_TTL_SECS: u64 = 600;
 
@@ -30,7 +31,7 @@ pub fn parse_labels(s: &str) -> Result<bool, String> {
 /// Exposed series: at least room for the four `other` series and as much again for one
 /// label set of each family.
 pub fn check_max_series(n: u64) -> Result<u64, String> {
-    let min = 2 * crate::workload_metrics::OTHER_SERIES as u64;
+    let min = 2 * crate::exporter::workloads::OTHER_SERIES as u64;
     if !(min..=1_000_000).contains(&n) {
         return Err(format!(
             "{n} must be between {min} and 1000000 (exposed time series; the `other` series alone take {})",
@@ -55,23 +56,6 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         return Ok(SocketAddr::new(ip, port.parse().map_err(|_| bad())?));
     }
     s.parse().map_err(|_| bad())
-}
-
-/// The ring buffer must be a power of two pages: 4 KiB .. 1 GiB.
-pub fn check_ring_bytes(n: u64) -> Result<u32, String> {
-    if !(4096..=1 << 30).contains(&n) || !n.is_power_of_two() {
-        return Err(format!(
-            "{n} must be a power of two between 4096 and 1073741824"
-        ));
-    }
-    Ok(n as u32)
-}
-
-pub fn check_max_sockets(n: u64) -> Result<u32, String> {
-    if !(64..=16_777_216).contains(&n) {
-        return Err(format!("{n} must be between 64 and 16777216"));
-    }
-    Ok(n as u32)
 }
 
 pub fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -156,7 +140,7 @@ pub struct Settings {
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
     /// Per-workload series, when `labels` is set.
-    pub labels: Option<crate::workload_metrics::LabelOptions>,
+    pub labels: Option<crate::exporter::workloads::LabelOptions>,
 }
 
 /// Name the config key in a value's error.
@@ -205,7 +189,7 @@ pub fn resolve(flags: Flags, file: ConfigFile) -> Result<Settings> {
 fn labels(
     flags: &Flags,
     file: &ConfigFile,
-) -> Result<Option<crate::workload_metrics::LabelOptions>> {
+) -> Result<Option<crate::exporter::workloads::LabelOptions>> {
     let names = name_source(flags, file)?;
     let remote = match (flags.labels, &file.labels) {
         (Some(v), _) => v,
@@ -226,7 +210,7 @@ fn labels(
         (None, Some(n)) => std::time::Duration::from_secs(n),
         (None, None) => std::time::Duration::from_secs(DEFAULT_SERIES_TTL_SECS),
     };
-    Ok(Some(crate::workload_metrics::LabelOptions {
+    Ok(Some(crate::exporter::workloads::LabelOptions {
         remote,
         max_series: max_series as usize,
         ttl,
@@ -249,10 +233,7 @@ fn name_source(flags: &Flags, file: &ConfigFile) -> Result<NameSource> {
     let url = match api.as_str() {
         "in-cluster" => None,
         url => {
-            checked(
-                "kube_api",
-                kube_api::host_port(url).map_err(|e| e.to_string()),
-            )?;
+            checked("kube_api", api::host_port(url).map_err(|e| e.to_string()))?;
             Some(api)
         }
     };
@@ -270,8 +251,8 @@ fn name_source(flags: &Flags, file: &ConfigFile) -> Result<NameSource> {
         .kube_credentials
         .clone()
         .or_else(|| file.kube_credentials.clone())
-        .unwrap_or_else(|| kube_api::IN_CLUSTER_CREDENTIALS.into());
-    Ok(NameSource::Api(kube_api::ApiTarget {
+        .unwrap_or_else(|| api::IN_CLUSTER_CREDENTIALS.into());
+    Ok(NameSource::Api(api::ApiTarget {
         url,
         credentials,
         node,
@@ -365,9 +346,9 @@ mod tests {
         let l = resolve(Flags::default(), file).unwrap().labels.unwrap();
         assert_eq!(
             l.names,
-            NameSource::Api(kube_api::ApiTarget {
+            NameSource::Api(api::ApiTarget {
                 url: None,
-                credentials: kube_api::IN_CLUSTER_CREDENTIALS.into(),
+                credentials: api::IN_CLUSTER_CREDENTIALS.into(),
                 node: "node-7".into(),
             })
         );

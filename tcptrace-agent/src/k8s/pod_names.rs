@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
-use crate::http_get;
+use crate::k8s::http_get;
 
 pub const REFRESH: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,7 +56,7 @@ pub enum NameSource {
     Kubelet(String),
     /// The API server's pods of this node, listed and watched: RBAC `list` and `watch`
     /// on `pods`, nothing else (see kube_api).
-    Api(crate::kube_api::ApiTarget),
+    Api(crate::k8s::api::ApiTarget),
 }
 
 /// A name source checked and ready to start.
@@ -68,7 +68,7 @@ pub struct Follower {
 enum Checked {
     None,
     Kubelet(String),
-    Api(crate::kube_api::Client),
+    Api(crate::k8s::api::Client),
 }
 
 /// Check `source` before anything is loaded: a source that cannot work as configured
@@ -78,7 +78,7 @@ pub fn prepare(source: &NameSource) -> Result<Follower> {
         NameSource::None => Checked::None,
         NameSource::Kubelet(url) => Checked::Kubelet(url.clone()),
         NameSource::Api(target) => {
-            Checked::Api(crate::kube_api::Client::new(target).context("--kube-api")?)
+            Checked::Api(crate::k8s::api::Client::new(target).context("--kube-api")?)
         }
     };
     Ok(Follower {
@@ -310,7 +310,7 @@ mod tests {
 
     fn recorded() -> Names {
         let mut names = Names::default();
-        let list = parse_list(include_bytes!("../tests/kubelet/pods.json")).unwrap();
+        let list = parse_list(include_bytes!("../../tests/kubelet/pods.json")).unwrap();
         names.replace_all(list.items, Instant::now());
         names
     }
@@ -347,7 +347,7 @@ mod tests {
         // A pod listed again before its retention ends stays.
         let mut names = recorded();
         names.retire(WEB_UID, t0);
-        let list = parse_list(include_bytes!("../tests/kubelet/pods.json")).unwrap();
+        let list = parse_list(include_bytes!("../../tests/kubelet/pods.json")).unwrap();
         names.replace_all(list.items, t0 + Duration::from_secs(1));
         names.purge(t0 + RETAIN * 2);
         assert!(names.pods.contains_key(WEB_UID));

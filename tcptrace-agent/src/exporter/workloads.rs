@@ -14,11 +14,11 @@ use tcptrace_common::{
 };
 
 use crate::{
-    events,
-    exposition::{counter, gauge, histogram, Family, HistogramSeries},
-    pod_names,
-    series_budget::{Budget, Landing},
-    workload::CgroupIndex,
+    event,
+    exporter::budget::{Budget, Landing},
+    exporter::exposition::{counter, gauge, histogram, Family, HistogramSeries},
+    k8s::cgroup::CgroupIndex,
+    k8s::pod_names,
 };
 
 /// Upper bounds (ns) of the per-workload handshake buckets, exposed in seconds. Few,
@@ -165,7 +165,7 @@ pub struct WorkloadMetrics {
 impl WorkloadMetrics {
     /// Series named from `names` (filled by the name source, see `pod_names`).
     pub fn new(opts: LabelOptions, names: pod_names::Shared) -> WorkloadMetrics {
-        let ephemeral = crate::sysctl::TcpSysctls::read()
+        let ephemeral = crate::doctor::sysctl::TcpSysctls::read()
             .map(|s| s.local_port_range)
             .unwrap_or((32768, 60999));
         WorkloadMetrics {
@@ -243,7 +243,7 @@ impl WorkloadMetrics {
             detail,
         };
         let remotes = if self.opts.remote {
-            let ip = events::ip(e.family, &e.daddr);
+            let ip = event::ip(e.family, &e.daddr);
             vec![
                 self.endpoint(ip, e.dport),
                 ip.to_string(),
@@ -290,7 +290,7 @@ impl WorkloadMetrics {
             }),
             (None, _) => format!(
                 "host/{}",
-                w.unit.clone().unwrap_or_else(|| events::comm(&e.comm))
+                w.unit.clone().unwrap_or_else(|| event::comm(&e.comm))
             ),
         };
         match &w.pod_uid {
@@ -477,9 +477,12 @@ fn classify(e: &Event) -> Option<(Kind, &'static str)> {
             HandshakeSide::from_u8(e.detail).map_or("unknown", HandshakeSide::name),
         ),
         EventKind::Handshake if e.detail == HandshakeSide::Client as u8 => {
-            (Kind::ConnectFailures, events::failure_reason(e))
+            (Kind::ConnectFailures, event::failure_reason(e))
         }
-        EventKind::Reset => (Kind::Resets, crate::output::reset_direction(e.detail)),
+        EventKind::Reset => (
+            Kind::Resets,
+            crate::trace::render::reset_direction(e.detail),
+        ),
         _ => return None,
     })
 }
@@ -512,7 +515,7 @@ fn capped(value: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exposition;
+    use crate::exporter::exposition;
     use std::collections::HashMap;
     use tcptrace_common::{
         event::{FLAG_SK_ERR_READ, OUTCOME_FAILED},

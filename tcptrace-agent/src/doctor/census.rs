@@ -12,8 +12,8 @@ use serde::Serialize;
 use tcptrace_common::TcpState;
 
 use crate::{
-    sock_diag::{self, InetDiagMsg, TcpInfo, TIMER_KEEPALIVE},
-    sysctl::TcpSysctls,
+    doctor::sock_diag::{self, InetDiagMsg, TcpInfo, TIMER_KEEPALIVE},
+    doctor::sysctl::TcpSysctls,
 };
 
 /// At most this many idle connections are listed (all are counted).

@@ -1,4 +1,6 @@
 //! `tcptrace trace`: print every event as it happens, then a summary.
+pub mod filter;
+pub mod render;
 use std::{
     io::{self, Write},
     time::Duration,
@@ -10,13 +12,9 @@ use tcptrace_common::{Event, EventKind, Stat};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    clock::Clock,
-    events,
-    kernel_counters::KernelCounters,
-    output, privileges,
-    probes::{self, LoadOptions},
-    ring,
-    workload::CgroupIndex,
+    event::{self, clock::Clock},
+    k8s::cgroup::CgroupIndex,
+    kernel::{self, counters::KernelCounters, privileges, ring, LoadOptions},
 };
 
 pub struct TraceOptions {
@@ -46,8 +44,8 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     // the summary, rather than kill the process with the default action.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut loaded = probes::load(&opts.load)?;
-    probes::log_report(&loaded.hooks);
+    let mut loaded = kernel::load(&opts.load)?;
+    kernel::log_report(&loaded.hooks);
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
     let stats = KernelCounters::take(&mut loaded.ebpf)?;
     privileges::drop_all()?;
@@ -58,7 +56,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     };
     let mut out = io::BufWriter::new(io::stdout().lock());
     if !opts.json {
-        writeln!(out, "{}", output::TEXT_HEADER)?;
+        writeln!(out, "{}", render::TEXT_HEADER)?;
         out.flush()?;
     }
     let mut tally = Tally::default();
@@ -71,7 +69,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
 
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
-    let mut poll = tokio::time::interval(probes::DRAIN_EVERY);
+    let mut poll = tokio::time::interval(kernel::DRAIN_EVERY);
 
     while !done(&tally, opts.count) {
         tokio::select! {
@@ -88,7 +86,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     }
     // Whatever the kernel produced before we stopped is still reported.
     drain(ring.get_mut(), &opts, &mut printer, &mut out, &mut tally);
-    let missed: u64 = probes::missed_by_hook(&loaded.hooks, &stats.recovered())
+    let missed: u64 = kernel::missed_by_hook(&loaded.hooks, &stats.recovered())
         .iter()
         .map(|(_, n)| n)
         .sum();
@@ -129,12 +127,12 @@ fn drain(
 
 fn write_event(e: &Event, printer: &mut Printer, out: &mut impl Write, tally: &mut Tally) {
     let written = if printer.json {
-        let workload = events::owner_pid(e)
+        let workload = event::owner_pid(e)
             .filter(|_| e.cgroup_id != 0)
             .and_then(|_| printer.cgroups.lookup(e.cgroup_id));
-        output::write_json_line(out, e, &printer.clock, workload)
+        render::write_json_line(out, e, &printer.clock, workload)
     } else {
-        writeln!(out, "{}", output::text_line(e, &printer.clock))
+        writeln!(out, "{}", render::text_line(e, &printer.clock))
     };
     if written.is_err() {
         // Reader went away (`| head`): stop quietly, like any well-behaved filter.

@@ -4,7 +4,7 @@
 use log::{info, warn};
 use tcptrace_common::{config::OFFSET_UNKNOWN, Config, TpLayout};
 
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 

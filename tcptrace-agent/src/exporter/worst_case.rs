@@ -13,14 +13,14 @@ use tcptrace_common::{
     RetransmitKind, TcpState,
 };
 
-use crate::{
-    attach::Stage,
-    census::Census,
+use super::{
     exposition::{self, Family},
-    kernel_counters::Snapshot,
     metrics,
-    probes::{self, HookStatus, Skipped},
-    workload_metrics::{WorkloadMetrics, BUDGET_FAMILIES},
+    workloads::{WorkloadMetrics, BUDGET_FAMILIES},
+};
+use crate::{
+    doctor::census::Census,
+    kernel::{attach::Stage, counters::Snapshot, plan::Skipped, probes::PROBES, HookStatus},
 };
 
 /// Every sample value prints in at most this many bytes. Counts are u64: at most 20
@@ -77,7 +77,7 @@ pub fn node(max_series: usize, remote: bool) -> Bound {
 /// Every family but the per-workload ones, at its largest.
 fn node_families() -> Vec<Family> {
     let mut families = metrics::kernel_families(&every_key());
-    let missed = probes::PROBES.iter().map(|p| (p.name, 1)).collect();
+    let missed = PROBES.iter().map(|p| (p.name, 1)).collect();
     families.extend(metrics::agent_families(
         &|_| 1,
         1,
@@ -121,7 +121,7 @@ fn every_key() -> Snapshot {
 /// Every probe with every method of its plan tried: one `tcptrace_probe_attached`
 /// series each.
 fn every_method_tried() -> Vec<HookStatus> {
-    probes::PROBES
+    PROBES
         .iter()
         .map(|p| {
             let (used, tried) = p.methods.split_last().expect("every probe has a method");
@@ -176,7 +176,7 @@ fn process_families() -> Family {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::DEFAULT_MAX_SERIES;
+    use crate::exporter::settings::DEFAULT_MAX_SERIES;
 
     #[test]
     fn values_print_within_the_widest_value() {
@@ -201,7 +201,7 @@ mod tests {
         let widest = (large.bytes - small.bytes) / 1000;
         // Four label values at their longest, a remote, a name: over a kilobyte.
         assert!(
-            widest > 4 * crate::workload_metrics::MAX_LABEL_BYTES,
+            widest > 4 * crate::exporter::workloads::MAX_LABEL_BYTES,
             "{widest}"
         );
         assert!(
@@ -215,7 +215,7 @@ mod tests {
     /// the first: they must be the ones computed here.
     #[test]
     fn the_docs_give_the_computed_figures() {
-        let doc = include_str!("../../METRICS.md");
+        let doc = include_str!("../../../METRICS.md");
         let max = DEFAULT_MAX_SERIES as usize;
         for (labels, remote) in [("workload", false), ("workload,remote", true)] {
             let b = node(max, remote);
@@ -239,7 +239,9 @@ mod tests {
             }
         }
         // DEPLOY.md's Cardinality section repeats the DaemonSet's figures.
-        let deploy: Vec<&str> = include_str!("../../DEPLOY.md").split_whitespace().collect();
+        let deploy: Vec<&str> = include_str!("../../../DEPLOY.md")
+            .split_whitespace()
+            .collect();
         let b = node(max, false);
         let figures = format!(
             "{} series and {} bytes",

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::probes::{self, HookStatus, KernelFacts, LoadOptions};
+use crate::kernel::{HookStatus, KernelFacts, LoadOptions};
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -23,8 +23,8 @@ struct ProgramCheck {
 }
 
 pub async fn run(json: bool, forced: Vec<(String, String)>) -> Result<()> {
-    let mut loaded = probes::load(&LoadOptions::defaults(forced))?;
-    let programs = probes::verify_all(&mut loaded.ebpf)
+    let mut loaded = super::load(&LoadOptions::defaults(forced))?;
+    let programs = super::plan::verify_all(&mut loaded.ebpf)
         .into_iter()
         .map(|(program, r)| ProgramCheck {
             program,

@@ -1,4 +1,5 @@
 //! Decoding ring-buffer records and naming what they contain.
+pub mod clock;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tcptrace_common::{

@@ -18,13 +18,19 @@ use tcptrace_common::{
     HandshakeSide, RetransmitKind, Stat, TcpState,
 };
 
-use crate::{
-    census::Census,
-    events::{errno_name, reason_for},
+use super::{
     exposition::{self, counter, gauge, histogram, Family, HistogramSeries},
-    kernel_counters::{Histogram, KernelCounters, Snapshot},
-    probes::{self, HookStatus},
-    workload_metrics::WorkloadMetrics,
+    workloads::WorkloadMetrics,
+};
+use crate::{
+    doctor::census::Census,
+    event::{errno_name, reason_for},
+    kernel::{
+        self,
+        counters::{Histogram, KernelCounters, Snapshot},
+        probes::PROBES,
+        HookStatus,
+    },
 };
 
 /// Exported histogram buckets: 2^4 us (16 us) .. 2^28 us (268 s, beyond the 127 s a
@@ -76,7 +82,7 @@ impl Metrics {
                 &|s| counters.stat(s),
                 self.agent.events_delivered.load(Ordering::Relaxed),
                 &self.hooks,
-                probes::missed_by_hook(&self.hooks, &counters.recovered()),
+                kernel::missed_by_hook(&self.hooks, &counters.recovered()),
                 &counters.recovered(),
             ));
             f
@@ -186,7 +192,7 @@ pub fn agent_families(
 
 /// Recovered runs of the attached probes that pair a main program with a backup.
 fn recovered_by_probe(hooks: &[HookStatus], recovered: &[u64]) -> Vec<(Vec<&'static str>, f64)> {
-    probes::PROBES
+    PROBES
         .iter()
         .filter_map(|p| Some((p.name, p.guarded?)))
         .filter(|(name, _)| hooks.iter().any(|h| h.hook == *name && h.attached))
@@ -381,7 +387,7 @@ pub const PORT_USE_SERIES: usize = 10;
 
 /// The families computed from one sock_diag pass over the agent's namespace.
 fn socket_families() -> Vec<Family> {
-    let census = crate::sysctl::TcpSysctls::read().and_then(|sysctls| {
+    let census = crate::doctor::sysctl::TcpSysctls::read().and_then(|sysctls| {
         let census = Census::take(&sysctls, IDLE_AFTER)?;
         Ok((census.port_use(&sysctls, PORT_USE_SERIES), census))
     });

@@ -8,9 +8,9 @@ use tcptrace_common::{
 };
 
 use crate::{
-    clock::{Clock, Rfc3339},
-    events::{self, comm, errno_name, failure_reason, owner_pid},
-    workload::Workload,
+    event::clock::{Clock, Rfc3339},
+    event::{self, comm, errno_name, failure_reason, owner_pid},
+    k8s::cgroup::Workload,
 };
 
 pub const TEXT_HEADER: &str = "TIME(UTC)       EVENT      PID     COMM             NETNS      LOCAL                                  REMOTE                                 DETAIL";
@@ -59,7 +59,7 @@ fn endpoint(e: &Event, local: bool) -> String {
     } else {
         (&e.daddr, e.dport)
     };
-    match events::ip(e.family, addr) {
+    match event::ip(e.family, addr) {
         std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
         a => format!("{a}:{port}"),
     }
@@ -261,16 +261,16 @@ pub fn json_event<'a>(e: &'a Event, clock: &Clock) -> JsonEvent<'a> {
         ts_ns: e.ts_ns,
         event: kind.map_or("unknown", kind_name),
         pid,
-        comm: pid.map(|_| events::comm_str(&e.comm)),
+        comm: pid.map(|_| event::comm_str(&e.comm)),
         cgroup_id: pid.map(|_| e.cgroup_id),
         family: if e.family == tcptrace_common::AF_INET {
             4
         } else {
             6
         },
-        saddr: Shown(events::ip(e.family, &e.saddr)),
+        saddr: Shown(event::ip(e.family, &e.saddr)),
         sport: e.sport,
-        daddr: Shown(events::ip(e.family, &e.daddr)),
+        daddr: Shown(event::ip(e.family, &e.daddr)),
         dport: e.dport,
         skaddr: Shown(Hex(e.skaddr)),
         netns: (e.netns != 0).then_some(e.netns),

@@ -1,6 +1,13 @@
 //! `tcptrace run`: the long-running agent (the DaemonSet's entrypoint). Keeps the
 //! programs attached, drains the ring buffer and serves `/metrics`, `/healthz` and
 //! `/readyz` until SIGTERM or SIGINT.
+pub mod budget;
+pub mod exposition;
+pub mod http;
+pub mod metrics;
+pub mod settings;
+pub mod workloads;
+pub mod worst_case;
 use std::{
     net::SocketAddr,
     sync::{
@@ -20,14 +27,13 @@ use tokio::{
     sync::watch,
 };
 
+use http::{single_flight::SingleFlight, Response, StatusCode};
+use metrics::Metrics;
+use workloads::WorkloadMetrics;
+
 use crate::{
-    http::{self, single_flight::SingleFlight, Response, StatusCode},
-    kernel_counters::KernelCounters,
-    metrics::Metrics,
-    pod_names, privileges,
-    probes::{self, LoadOptions},
-    ring,
-    workload_metrics::WorkloadMetrics,
+    k8s::pod_names,
+    kernel::{self, counters::KernelCounters, privileges, ring, LoadOptions},
 };
 
 pub struct RunOptions {
@@ -36,7 +42,7 @@ pub struct RunOptions {
     pub health_listen: Option<SocketAddr>,
     pub load: LoadOptions,
     /// `--labels workload`: per-workload series, with these settings.
-    pub labels: Option<crate::workload_metrics::LabelOptions>,
+    pub labels: Option<crate::exporter::workloads::LabelOptions>,
 }
 
 /// The ring buffer counts as drained when the drain loop checked in this recently.
@@ -79,8 +85,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .as_ref()
         .map(|l| pod_names::prepare(&l.names))
         .transpose()?;
-    let mut loaded = probes::load(&opts.load)?;
-    probes::log_report(&loaded.hooks);
+    let mut loaded = kernel::load(&opts.load)?;
+    kernel::log_report(&loaded.hooks);
     let mut ring = ring::take_events(&mut loaded.ebpf)?;
     let metrics = Arc::new(Metrics::new(
         KernelCounters::take(&mut loaded.ebpf)?,
@@ -121,7 +127,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         info!("serving http://{addr}/healthz and /readyz");
     }
 
-    let mut tick = tokio::time::interval(probes::DRAIN_EVERY);
+    let mut tick = tokio::time::interval(kernel::DRAIN_EVERY);
     loop {
         tokio::select! {
             ready = ring.readable_mut() => {

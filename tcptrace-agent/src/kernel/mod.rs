@@ -1,0 +1,212 @@
+//! The kernel side of the agent: which probes to attach and how (`probes`, `plan`,
+//! `attach`), what the programs read (tracepoint `layouts` from tracefs `format` files,
+//! struct `offsets` from `btf`), loading the object, and what comes back from it
+//! (`counters`, the event `ring`). `load` does it all; `privileges` checks what it needs
+//! and drops it after; `report` is `tcptrace probes`.
+//!
+//! Each probe lists its attach methods in order of preference: a hook on the kernel
+//! function itself (fentry/fexit, then kprobe) or a tracepoint with a guard of its own
+//! (BTF-typed, then raw) where the kernel allows it, else the same information from
+//! classic tracepoints. The planner attaches the first method that works, records why
+//! each one before it was skipped, and keeps going; only the state tracepoint is
+//! indispensable.
+pub mod attach;
+pub mod btf;
+pub mod counters;
+pub mod format;
+pub mod layouts;
+pub mod offsets;
+pub mod plan;
+pub mod privileges;
+pub mod probes;
+pub mod report;
+pub mod ring;
+pub mod tracefs;
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use aya::{Ebpf, EbpfLoader};
+use log::warn;
+use serde::Serialize;
+use tcptrace_common::{Config, Filter, FIELD_ABSENT};
+
+pub use plan::{log_report, missed_by_hook, HookStatus};
+pub use probes::parse_forced;
+
+use offsets::KernelOffsets;
+
+/// The eBPF object built by build.rs, embedded in the binary.
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
+
+/// The ring buffer must be a power of two pages: 4 KiB .. 1 GiB.
+pub fn check_ring_bytes(n: u64) -> Result<u32, String> {
+    if !(4096..=1 << 30).contains(&n) || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} must be a power of two between 4096 and 1073741824"
+        ));
+    }
+    Ok(n as u32)
+}
+
+pub fn check_max_sockets(n: u64) -> Result<u32, String> {
+    if !(64..=16_777_216).contains(&n) {
+        return Err(format!("{n} must be between 64 and 16777216"));
+    }
+    Ok(n as u32)
+}
+
+/// How often readers drain the ring buffer without being woken: below a quarter full
+/// the kernel does not wake them, which saves a wakeup per event under load.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Sizes, filters and method choices from the command line.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub ring_bytes: u32,
+    pub max_sockets: u32,
+    pub filter: Filter,
+    /// `--probe-method PROBE=METHOD`: use only this method for that probe.
+    pub forced: Vec<(String, String)>,
+}
+
+impl LoadOptions {
+    /// Default ring and socket-map sizes, no filter: what `probes` and `doctor` load.
+    pub fn defaults(forced: Vec<(String, String)>) -> LoadOptions {
+        LoadOptions {
+            ring_bytes: DEFAULT_RING_BYTES,
+            max_sockets: DEFAULT_MAX_SOCKETS,
+            filter: Filter::ANY,
+            forced,
+        }
+    }
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+    pub kernel: KernelFacts,
+}
+
+/// What `tcptrace probes` reports about the kernel besides the probes.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelFacts {
+    pub release: String,
+    pub btf: bool,
+    pub tracefs: String,
+    pub kprobes: bool,
+}
+
+impl KernelFacts {
+    fn gather(tracefs_root: &Path) -> KernelFacts {
+        KernelFacts {
+            release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+            btf: Path::new(offsets::VMLINUX_BTF).exists(),
+            tracefs: tracefs_root.display().to_string(),
+            kprobes: kprobes_available(tracefs_root),
+        }
+    }
+}
+
+/// kprobes need the kprobe PMU (4.17+) or the legacy `kprobe_events` file.
+fn kprobes_available(tracefs_root: &Path) -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || tracefs_root.join("kprobe_events").exists()
+}
+
+/// Mount tracefs if needed, resolve layouts, load the object and attach every probe it can.
+pub fn load(opts: &LoadOptions) -> Result<Loaded> {
+    privileges::check_can_load()?;
+    raise_memlock_limit();
+    let tracefs_root = tracefs::ensure_mounted()?;
+    let kernel = KernelFacts::gather(&tracefs_root);
+
+    let mut config = Config::DEFAULT;
+    config.filter = opts.filter;
+    // Batch wakeups: the reader is woken at a quarter full and polls every DRAIN_EVERY.
+    config.wakeup_bytes = opts.ring_bytes / 4;
+    let layout_errors = layouts::resolve_layouts(&tracefs_root, &mut config);
+    // Raw and BTF-typed programs read `err` as an argument where the record has it.
+    config.retransmit_err_arg = u32::from(config.retransmit_skb.err != FIELD_ABSENT);
+    let offsets = KernelOffsets::from_btf();
+    if opts.filter.netns != 0 && offsets.netns.is_none() {
+        bail!("--netns needs the network namespace offsets from kernel BTF (/sys/kernel/btf/vmlinux), which this kernel does not provide");
+    }
+    offsets.apply(&mut config);
+    release_free_memory();
+
+    if EBPF_OBJECT.is_empty() {
+        bail!("this binary was built with AYA_BUILD_SKIP and holds no eBPF object");
+    }
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", opts.ring_bytes)
+        .map_max_entries("SOCKETS", opts.max_sockets)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object into the kernel")?;
+    start_kernel_log(&mut ebpf);
+    // The loader parsed the kernel's BTF (megabytes of it) and freed it; hand that memory
+    // back before the planner parses it again for the fentry/fexit programs, so the
+    // parses (ours for offsets, the loader's, the planner's) do not add up in the peak RSS.
+    release_free_memory();
+
+    let hooks = plan::plan_all(&mut ebpf, &opts.forced, layout_errors, &offsets, &kernel)?;
+    release_free_memory();
+    plan::write_sources(&mut ebpf, &hooks)?;
+    offsets.log();
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        kernel,
+    })
+}
+
+/// Return freed heap pages to the kernel (glibc keeps them otherwise; musl's allocator,
+/// used by the static build of the container image, returns them by itself).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raising it needs
+/// CAP_SYS_RESOURCE; where that is missing, newer kernels do not need it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
+    }
+}
+
+/// Forward the programs' rare diagnostics (map full, ...) to the agent's log.
+fn start_kernel_log(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            tokio::spawn(async move {
+                let Ok(mut fd) = ring::watch(logger) else {
+                    return;
+                };
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => warn!("eBPF diagnostics unavailable: {e}"),
+    }
+}
