@@ -131,10 +131,10 @@ struct DoctorArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds_or_zero)]
     measure: Duration,
     /// Rerun every SECS seconds until Ctrl-C.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", value_parser = settings::parse_seconds)]
     watch: Option<Duration>,
     /// Connections without data for this long count as idle.
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = settings::parse_seconds)]
     idle_after: Duration,
 }
 
@@ -147,69 +147,14 @@ struct ProbesArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Address and port for /metrics, /healthz and /readyz: `0.0.0.0:9479` (default),
-    /// `127.0.0.1:9479`, `[::]:9479`, or `:9479` for every IPv4 address.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = settings::parse_listen)]
-    listen: Option<std::net::SocketAddr>,
-    /// A second, small listener serving only /healthz and /readyz (404 otherwise), for
-    /// the kubelet's probes: answered even while every connection of --listen is taken.
-    /// Same forms as --listen; at most 8 connections, 2 s each. Off by default.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = settings::parse_listen)]
-    health_listen: Option<std::net::SocketAddr>,
-    /// TOML file with any of: listen, health_listen, ring_bytes, max_sockets, log_level,
-    /// log_format, labels, max_series, series_ttl (seconds), kubelet, kube_api,
-    /// kube_credentials, node_name.
-    /// Unknown keys and bad values are refused before anything is loaded.
+    #[command(flatten)]
+    settings: settings::RunSettings,
+    /// TOML file with any of these settings, each as a key named like its flag with `_`
+    /// for `-` (`ring_bytes = 8388608`, `labels = "workload"`), and `log_level`,
+    /// `log_format`. Flags win over the file. Unknown keys and bad values are refused
+    /// before anything is loaded.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Ring buffer size in bytes: a power of two from 4096 to 1 GiB (default 4 MiB).
-    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
-    ring_bytes: Option<u32>,
-    /// Sockets the fallback socket map tracks at once (default 65536), on kernels
-    /// without socket storage for tracing programs (before 5.11, or without BTF).
-    /// Sockets beyond it are counted, without owner or handshake latency; their counts
-    /// stay exact.
-    #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
-    max_sockets: Option<u32>,
-    /// Per-workload series: `workload` (namespace, pod, container and controller from
-    /// the owner's cgroup and, with --kube-api or --kubelet, the pod's names; container id or
-    /// host process outside Kubernetes), optionally `,remote` (the peer's ip:port,
-    /// ephemeral ports collapsed). Off by default.
-    #[arg(long, value_name = "LIST", value_parser = settings::parse_labels)]
-    labels: Option<bool>,
-    /// The most time series the per-workload families expose at once (default 2000),
-    /// as Prometheus counts them: 1 per counter label set, 9 per handshake histogram
-    /// label set (6 buckets, +Inf, _sum, _count), the `other` series included. Beyond
-    /// it a new label set loses its remote's port, then its remote (with `,remote`),
-    /// then goes to its family's `other` series; tcptrace_series_folded_total counts
-    /// each step.
-    #[arg(long, value_name = "N", value_parser = parse_max_series)]
-    max_series: Option<u64>,
-    /// Drop workload series not updated for this many seconds (default 600).
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    series_ttl: Option<Duration>,
-    /// The kubelet's pod list, for pod and container names: an http:// URL such as
-    /// http://127.0.0.1:10255/pods (the read-only port) or a local proxy.
-    /// Not with --kube-api.
-    #[arg(long, value_name = "URL")]
-    kubelet: Option<String>,
-    /// Pod and container names from the Kubernetes API server: the pods of this node
-    /// only, listed then watched. `in-cluster` (in a pod: KUBERNETES_SERVICE_HOST and
-    /// _PORT) or https://HOST:PORT. Needs RBAC get/list/watch on pods (see DEPLOY.md).
-    #[arg(long, value_name = "in-cluster|URL")]
-    kube_api: Option<String>,
-    /// With --kube-api: a directory holding the service account's `token` and the
-    /// cluster's `ca.crt` (default /var/run/secrets/kubernetes.io/serviceaccount).
-    #[arg(long, value_name = "DIR")]
-    kube_credentials: Option<PathBuf>,
-    /// With --kube-api: this node's name (default: the NODE_NAME environment variable,
-    /// which the DaemonSet sets from spec.nodeName).
-    #[arg(long, value_name = "NAME")]
-    node_name: Option<String>,
-}
-
-fn parse_max_series(s: &str) -> Result<u64, String> {
-    settings::check_max_series(s.parse().map_err(|_| format!("`{s}` is not a number"))?)
 }
 
 #[derive(Args)]
@@ -249,48 +194,27 @@ struct TraceArgs {
     )]
     events: String,
     /// Stop after this many seconds (fractions allowed).
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", value_parser = settings::parse_seconds)]
     duration: Option<Duration>,
     /// Stop after printing this many events.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Ring buffer size in bytes: a power of two from 4096 to 1 GiB. Events that find
     /// it full are lost and counted, never silently dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = kernel::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
+    #[arg(long, value_name = "BYTES", default_value_t = kernel::DEFAULT_RING_BYTES, value_parser = settings::parse_ring_bytes)]
     ring_bytes: u32,
     /// How many sockets the fallback socket map tracks at once (owner and state
     /// timing), where the kernel offers no socket storage to tracing programs (before
     /// 5.11, or without BTF); sockets beyond it are counted and reported without owner.
-    #[arg(long, value_name = "N", default_value_t = kernel::DEFAULT_MAX_SOCKETS, value_parser = parse_max_sockets)]
+    #[arg(long, value_name = "N", default_value_t = kernel::DEFAULT_MAX_SOCKETS, value_parser = settings::parse_max_sockets)]
     max_sockets: u32,
-}
-
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(secs > 0.0 && secs.is_finite() && secs < 1e9) {
-        return Err(format!("`{s}` must be a positive number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    parse_seconds(s)
-}
-
-fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    kernel::check_ring_bytes(
-        s.parse()
-            .map_err(|_| format!("`{s}` is not a byte count"))?,
-    )
-}
-
-fn parse_max_sockets(s: &str) -> Result<u32, String> {
-    kernel::check_max_sockets(s.parse().map_err(|_| format!("`{s}` is not a number"))?)
+    settings::parse_seconds(s)
 }
 
 impl TraceArgs {
@@ -320,27 +244,18 @@ impl TraceArgs {
 }
 
 impl RunArgs {
+    /// Flags (the global log ones included) over the config file over defaults.
     fn settings(&self, cli: &Cli) -> anyhow::Result<settings::Settings> {
         let file = match &self.config {
-            Some(path) => settings::ConfigFile::load(path)?,
-            None => settings::ConfigFile::default(),
+            Some(path) => settings::RunSettings::load(path)?,
+            None => settings::RunSettings::default(),
         };
-        let flags = settings::Flags {
-            listen: self.listen,
-            health_listen: self.health_listen,
-            ring_bytes: self.ring_bytes,
-            max_sockets: self.max_sockets,
+        let flags = settings::RunSettings {
             log_level: cli.log_level,
             log_format: cli.log_format,
-            labels: self.labels,
-            max_series: self.max_series,
-            series_ttl: self.series_ttl,
-            kubelet: self.kubelet.clone(),
-            kube_api: self.kube_api.clone(),
-            kube_credentials: self.kube_credentials.clone(),
-            node_name: self.node_name.clone(),
+            ..self.settings.clone()
         };
-        settings::resolve(flags, file)
+        settings::resolve(flags.or(file))
     }
 }
 

@@ -1,14 +1,15 @@
 //! Validated settings of `tcptrace run`: command-line flags over an optional TOML config
-//! file over defaults. Every value is checked here, before anything touches the kernel,
-//! with a message that names the value and where it came from. The flag parsers use the
-//! same checks, so a value means the same in both places.
+//! file over defaults. Each setting is declared once (`run_settings!`): its flag, its
+//! config-file key (the flag's name with `_`) and the function that parses and checks
+//! it, the same for both, so a value means the same in both places. Every value is
+//! checked before anything touches the kernel, with a message that names it.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result};
-use serde::Deserialize;
+use anyhow::{bail, Context as _, Result};
 
 use crate::{
     k8s::{api, pod_names::NameSource},
@@ -77,58 +78,163 @@ pub enum LogFormat {
     Json,
 }
 
-/// The config file as written: every key optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    pub listen: Option<String>,
-    /// A second listener for /healthz and /readyz only; off when absent.
-    pub health_listen: Option<String>,
-    pub ring_bytes: Option<u64>,
-    pub max_sockets: Option<u64>,
-    pub log_level: Option<String>,
-    pub log_format: Option<String>,
-    /// `workload` or `workload,remote`.
-    pub labels: Option<String>,
-    pub max_series: Option<u64>,
-    /// Seconds.
-    pub series_ttl: Option<u64>,
-    pub kubelet: Option<String>,
-    /// `in-cluster` or `https://HOST:PORT`.
-    pub kube_api: Option<String>,
-    pub kube_credentials: Option<PathBuf>,
-    pub node_name: Option<String>,
+/// A positive number of seconds, fractions allowed.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite() && secs < 1e9) {
+        return Err(format!("`{s}` must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
-impl ConfigFile {
-    pub fn load(path: &Path) -> Result<ConfigFile> {
+pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    check_ring_bytes(
+        s.parse()
+            .map_err(|_| format!("`{s}` is not a byte count"))?,
+    )
+}
+
+pub fn parse_max_sockets(s: &str) -> Result<u32, String> {
+    check_max_sockets(s.parse().map_err(|_| format!("`{s}` is not a number"))?)
+}
+
+pub fn parse_max_series(s: &str) -> Result<u64, String> {
+    check_max_series(s.parse().map_err(|_| format!("`{s}` is not a number"))?)
+}
+
+fn any_text(s: &str) -> Result<String, String> {
+    Ok(s.to_string())
+}
+
+fn any_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
+/// Declares `RunSettings` from one list: each setting's doc (its `--help`), its clap
+/// attributes, its type and its parser; the config-file key is the field's name.
+macro_rules! run_settings {
+    ($( $(#[$attr:meta])* $name:ident: $ty:ty = $parse:expr; )*) => {
+        /// `tcptrace run`'s settings as given, each one optional: from the flags, or
+        /// from a `--config` file (`RunSettings::from_toml`); `resolve` adds defaults.
+        #[derive(clap::Args, Clone, Debug, Default, PartialEq)]
+        pub struct RunSettings {
+            $( $(#[$attr])* pub $name: Option<$ty>, )*
+        }
+
+        impl RunSettings {
+            /// Every key a config file may hold.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// These settings where given, else `other`'s (flags over the file).
+            pub fn or(self, other: RunSettings) -> RunSettings {
+                RunSettings { $( $name: self.$name.or(other.$name), )* }
+            }
+
+            /// The settings a TOML config file gives, each checked like its flag.
+            pub fn from_toml(text: &str) -> Result<RunSettings> {
+                let mut table: toml::Table = toml::from_str(text)?;
+                let mut given = RunSettings::default();
+                $(
+                    if let Some(value) = table.remove(stringify!($name)) {
+                        let key = stringify!($name);
+                        given.$name = Some(checked(key, toml_text(key, &value).and_then(|t| $parse(&t)))?);
+                    }
+                )*
+                if let Some(key) = table.keys().next() {
+                    bail!("unknown field `{key}`: the keys are {}", Self::KEYS.join(", "));
+                }
+                Ok(given)
+            }
+        }
+    };
+}
+
+run_settings! {
+    /// Address and port for /metrics, /healthz and /readyz: `0.0.0.0:9479` (default),
+    /// `127.0.0.1:9479`, `[::]:9479`, `[10.0.0.5]:9479`, or `:9479` for every IPv4
+    /// address.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+    listen: SocketAddr = parse_listen;
+    /// A second, small listener serving only /healthz and /readyz (404 otherwise), for
+    /// the kubelet's probes: answered even while every connection of --listen is taken.
+    /// Same forms as --listen; at most 8 connections, 2 s each. Off by default.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+    health_listen: SocketAddr = parse_listen;
+    /// Ring buffer size in bytes: a power of two from 4096 to 1 GiB (default 4 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    ring_bytes: u32 = parse_ring_bytes;
+    /// Sockets the fallback socket map tracks at once (default 65536), on kernels
+    /// without socket storage for tracing programs (before 5.11, or without BTF).
+    /// Sockets beyond it are counted, without owner or handshake latency; their counts
+    /// stay exact.
+    #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
+    max_sockets: u32 = parse_max_sockets;
+    /// (The global --log-level; `log_level` in the config file.)
+    #[arg(skip)]
+    log_level: log::LevelFilter = parse_log_level;
+    /// (The global --log-format; `log_format` in the config file.)
+    #[arg(skip)]
+    log_format: LogFormat = parse_log_format;
+    /// Per-workload series: `workload` (namespace, pod, container and controller from
+    /// the owner's cgroup and, with --kube-api or --kubelet, the pod's names; container id or
+    /// host process outside Kubernetes), optionally `,remote` (the peer's ip:port,
+    /// ephemeral ports collapsed). Off by default.
+    #[arg(long, value_name = "LIST", value_parser = parse_labels)]
+    labels: bool = parse_labels;
+    /// The most time series the per-workload families expose at once (default 2000),
+    /// as Prometheus counts them: 1 per counter label set, 9 per handshake histogram
+    /// label set (6 buckets, +Inf, _sum, _count), the `other` series included. Beyond
+    /// it a new label set loses its remote's port, then its remote (with `,remote`),
+    /// then goes to its family's `other` series; tcptrace_series_folded_total counts
+    /// each step.
+    #[arg(long, value_name = "N", value_parser = parse_max_series)]
+    max_series: u64 = parse_max_series;
+    /// Drop workload series not updated for this many seconds (default 600).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    series_ttl: Duration = parse_seconds;
+    /// The kubelet's pod list, for pod and container names: an http:// URL such as
+    /// http://127.0.0.1:10255/pods (the read-only port) or a local proxy.
+    /// Not with --kube-api.
+    #[arg(long, value_name = "URL")]
+    kubelet: String = any_text;
+    /// Pod and container names from the Kubernetes API server: the pods of this node
+    /// only, listed then watched. `in-cluster` (in a pod: KUBERNETES_SERVICE_HOST and
+    /// _PORT) or https://HOST:PORT. Needs RBAC list and watch on pods (see DEPLOY.md).
+    #[arg(long, value_name = "in-cluster|URL")]
+    kube_api: String = any_text;
+    /// With --kube-api: a directory holding the service account's `token` and the
+    /// cluster's `ca.crt` (default /var/run/secrets/kubernetes.io/serviceaccount).
+    #[arg(long, value_name = "DIR")]
+    kube_credentials: PathBuf = any_path;
+    /// With --kube-api: this node's name (default: the NODE_NAME environment variable,
+    /// which the DaemonSet sets from spec.nodeName).
+    #[arg(long, value_name = "NAME")]
+    node_name: String = any_text;
+}
+
+impl RunSettings {
+    pub fn load(path: &Path) -> Result<RunSettings> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        ConfigFile::parse(&text).with_context(|| format!("config file {}", path.display()))
-    }
-
-    pub fn parse(text: &str) -> Result<ConfigFile> {
-        Ok(toml::from_str(text)?)
+        RunSettings::from_toml(&text).with_context(|| format!("config file {}", path.display()))
     }
 }
 
-/// Flags as given on the command line (`None` = not given).
-#[derive(Debug, Default)]
-pub struct Flags {
-    pub listen: Option<SocketAddr>,
-    pub health_listen: Option<SocketAddr>,
-    pub ring_bytes: Option<u32>,
-    pub max_sockets: Option<u32>,
-    pub log_level: Option<log::LevelFilter>,
-    pub log_format: Option<LogFormat>,
-    /// `--labels`: whether `remote` is on.
-    pub labels: Option<bool>,
-    pub max_series: Option<u64>,
-    pub series_ttl: Option<std::time::Duration>,
-    pub kubelet: Option<String>,
-    pub kube_api: Option<String>,
-    pub kube_credentials: Option<PathBuf>,
-    pub node_name: Option<String>,
+/// A config-file value as its flag would be written: strings as they are, numbers and
+/// booleans in decimal.
+fn toml_text(key: &str, value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(n) => Ok(n.to_string()),
+        toml::Value::Float(x) => Ok(x.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "{key} must be a string or a number, not a {}",
+            other.type_str()
+        )),
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -148,81 +254,44 @@ fn checked<T>(key: &str, r: Result<T, String>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!("{key}: {e}"))
 }
 
-/// Flags win over the file, the file over defaults; file values are checked like flags.
-pub fn resolve(flags: Flags, file: ConfigFile) -> Result<Settings> {
-    let labels = labels(&flags, &file)?;
+/// The settings given (flags over the file), with defaults for the rest.
+pub fn resolve(given: RunSettings) -> Result<Settings> {
     Ok(Settings {
-        listen: match (flags.listen, file.listen) {
-            (Some(v), _) => v,
-            (None, Some(s)) => checked("listen", parse_listen(&s))?,
-            (None, None) => parse_listen(DEFAULT_LISTEN).map_err(anyhow::Error::msg)?,
+        labels: labels(&given)?,
+        listen: match given.listen {
+            Some(v) => v,
+            None => parse_listen(DEFAULT_LISTEN).map_err(anyhow::Error::msg)?,
         },
-        health_listen: match (flags.health_listen, file.health_listen) {
-            (Some(v), _) => Some(v),
-            (None, Some(s)) => Some(checked("health_listen", parse_listen(&s))?),
-            (None, None) => None,
-        },
-        ring_bytes: match (flags.ring_bytes, file.ring_bytes) {
-            (Some(v), _) => v,
-            (None, Some(n)) => checked("ring_bytes", check_ring_bytes(n))?,
-            (None, None) => DEFAULT_RING_BYTES,
-        },
-        max_sockets: match (flags.max_sockets, file.max_sockets) {
-            (Some(v), _) => v,
-            (None, Some(n)) => checked("max_sockets", check_max_sockets(n))?,
-            (None, None) => DEFAULT_MAX_SOCKETS,
-        },
-        log_level: match (flags.log_level, file.log_level) {
-            (Some(v), _) => v,
-            (None, Some(s)) => checked("log_level", parse_log_level(&s))?,
-            (None, None) => log::LevelFilter::Info,
-        },
-        log_format: match (flags.log_format, file.log_format) {
-            (Some(v), _) => v,
-            (None, Some(s)) => checked("log_format", parse_log_format(&s))?,
-            (None, None) => LogFormat::Text,
-        },
-        labels,
+        health_listen: given.health_listen,
+        ring_bytes: given.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
+        max_sockets: given.max_sockets.unwrap_or(DEFAULT_MAX_SOCKETS),
+        log_level: given.log_level.unwrap_or(log::LevelFilter::Info),
+        log_format: given.log_format.unwrap_or(LogFormat::Text),
     })
 }
 
-fn labels(
-    flags: &Flags,
-    file: &ConfigFile,
-) -> Result<Option<crate::exporter::workloads::LabelOptions>> {
-    let names = name_source(flags, file)?;
-    let remote = match (flags.labels, &file.labels) {
-        (Some(v), _) => v,
-        (None, Some(s)) => checked("labels", parse_labels(s))?,
-        (None, None) if names == NameSource::None => return Ok(None),
-        (None, None) => anyhow::bail!(
+fn labels(given: &RunSettings) -> Result<Option<crate::exporter::workloads::LabelOptions>> {
+    let names = name_source(given)?;
+    let remote = match given.labels {
+        Some(v) => v,
+        None if names == NameSource::None => return Ok(None),
+        None => anyhow::bail!(
             "a pod name source (kubelet, kube_api) names per-workload series: add --labels workload"
         ),
     };
-    let max_series = match (flags.max_series, file.max_series) {
-        (Some(v), _) => v,
-        (None, Some(n)) => checked("max_series", check_max_series(n))?,
-        (None, None) => DEFAULT_MAX_SERIES,
-    };
-    let ttl = match (flags.series_ttl, file.series_ttl) {
-        (Some(v), _) => v,
-        (None, Some(0)) => anyhow::bail!("series_ttl: must be at least 1 second"),
-        (None, Some(n)) => std::time::Duration::from_secs(n),
-        (None, None) => std::time::Duration::from_secs(DEFAULT_SERIES_TTL_SECS),
-    };
     Ok(Some(crate::exporter::workloads::LabelOptions {
         remote,
-        max_series: max_series as usize,
-        ttl,
+        max_series: given.max_series.unwrap_or(DEFAULT_MAX_SERIES) as usize,
+        ttl: given
+            .series_ttl
+            .unwrap_or(Duration::from_secs(DEFAULT_SERIES_TTL_SECS)),
         names,
     }))
 }
 
 /// `--kubelet` or `--kube-api` (with the node's name and the credentials), not both.
-fn name_source(flags: &Flags, file: &ConfigFile) -> Result<NameSource> {
-    let kubelet = flags.kubelet.clone().or_else(|| file.kubelet.clone());
-    let api = flags.kube_api.clone().or_else(|| file.kube_api.clone());
-    let api = match (kubelet, api) {
+fn name_source(given: &RunSettings) -> Result<NameSource> {
+    let api = match (given.kubelet.clone(), given.kube_api.clone()) {
         (Some(_), Some(_)) => {
             anyhow::bail!("kubelet and kube_api are two sources of pod names: choose one")
         }
@@ -237,20 +306,18 @@ fn name_source(flags: &Flags, file: &ConfigFile) -> Result<NameSource> {
             Some(api)
         }
     };
-    let node = flags
+    let node = given
         .node_name
         .clone()
-        .or_else(|| file.node_name.clone())
         .or_else(|| std::env::var("NODE_NAME").ok())
         .filter(|n| !n.is_empty())
         .context(
             "kube_api watches the pods of this node: give --node-name or set NODE_NAME \
              (in a DaemonSet, from the downward API: fieldRef spec.nodeName)",
         )?;
-    let credentials = flags
+    let credentials = given
         .kube_credentials
         .clone()
-        .or_else(|| file.kube_credentials.clone())
         .unwrap_or_else(|| api::IN_CLUSTER_CREDENTIALS.into());
     Ok(NameSource::Api(api::ApiTarget {
         url,
@@ -265,27 +332,21 @@ mod tests {
 
     #[test]
     fn flags_override_file_override_defaults() {
-        let file = ConfigFile::parse(
+        let file = RunSettings::from_toml(
             "listen = \"127.0.0.1:1234\"\nring_bytes = 8192\nlog_format = \"json\"\n",
         )
         .unwrap();
-        let flags = Flags {
+        let flags = RunSettings {
             ring_bytes: Some(16384),
             ..Default::default()
         };
-        let s = resolve(flags, file).unwrap();
+        let s = resolve(flags.or(file)).unwrap();
         assert_eq!(s.listen, "127.0.0.1:1234".parse().unwrap());
         assert_eq!(s.health_listen, None, "off unless asked for");
         assert_eq!(s.ring_bytes, 16384);
         assert_eq!(s.max_sockets, DEFAULT_MAX_SOCKETS);
         assert_eq!(s.log_format, LogFormat::Json);
-        assert_eq!(
-            resolve(Flags::default(), ConfigFile::default())
-                .unwrap()
-                .listen
-                .port(),
-            9479
-        );
+        assert_eq!(resolve(RunSettings::default()).unwrap().listen.port(), 9479);
     }
 
     #[test]
@@ -293,9 +354,7 @@ mod tests {
         let err = |text: &str| {
             format!(
                 "{:#}",
-                ConfigFile::parse(text)
-                    .and_then(|f| resolve(Flags::default(), f))
-                    .unwrap_err()
+                RunSettings::from_toml(text).and_then(resolve).unwrap_err()
             )
         };
         assert!(err("ring_bytes = 0").contains("ring_bytes: 0 must be a power of two"));
@@ -319,11 +378,11 @@ mod tests {
 
     #[test]
     fn workload_labels_from_the_file() {
-        let file = ConfigFile::parse(
+        let file = RunSettings::from_toml(
             "labels = \"workload,remote\"\nmax_series = 500\nkubelet = \"http://127.0.0.1:10255/pods\"\n",
         )
         .unwrap();
-        let l = resolve(Flags::default(), file).unwrap().labels.unwrap();
+        let l = resolve(file).unwrap().labels.unwrap();
         assert!(l.remote);
         assert_eq!(l.max_series, 500);
         assert_eq!(l.ttl.as_secs(), DEFAULT_SERIES_TTL_SECS);
@@ -331,19 +390,16 @@ mod tests {
             l.names,
             NameSource::Kubelet("http://127.0.0.1:10255/pods".into())
         );
-        assert!(resolve(Flags::default(), ConfigFile::default())
-            .unwrap()
-            .labels
-            .is_none());
+        assert!(resolve(RunSettings::default()).unwrap().labels.is_none());
     }
 
     #[test]
     fn the_api_server_as_name_source() {
-        let file = ConfigFile::parse(
+        let file = RunSettings::from_toml(
             "labels = \"workload\"\nkube_api = \"in-cluster\"\nnode_name = \"node-7\"\n",
         )
         .unwrap();
-        let l = resolve(Flags::default(), file).unwrap().labels.unwrap();
+        let l = resolve(file).unwrap().labels.unwrap();
         assert_eq!(
             l.names,
             NameSource::Api(api::ApiTarget {
@@ -352,21 +408,20 @@ mod tests {
                 node: "node-7".into(),
             })
         );
-        let err =
-            |flags: Flags| format!("{:#}", resolve(flags, ConfigFile::default()).unwrap_err());
-        let api = |url: &str| Flags {
+        let err = |flags: RunSettings| format!("{:#}", resolve(flags).unwrap_err());
+        let api = |url: &str| RunSettings {
             labels: Some(false),
             kube_api: Some(url.into()),
             node_name: Some("n".into()),
             ..Default::default()
         };
         assert!(err(api("http://10.0.0.1")).contains("https:// only"));
-        assert!(err(Flags {
+        assert!(err(RunSettings {
             kubelet: Some("http://127.0.0.1:10255/pods".into()),
             ..api("in-cluster")
         })
         .contains("choose one"));
-        assert!(err(Flags {
+        assert!(err(RunSettings {
             labels: None,
             ..api("in-cluster")
         })
@@ -375,19 +430,46 @@ mod tests {
 
     #[test]
     fn health_listen_from_the_file_or_the_flag() {
-        let file = ConfigFile::parse("health_listen = \":9480\"\n").unwrap();
+        let file = RunSettings::from_toml("health_listen = \":9480\"\n").unwrap();
         assert_eq!(
-            resolve(Flags::default(), file).unwrap().health_listen,
+            resolve(file).unwrap().health_listen,
             Some("0.0.0.0:9480".parse().unwrap())
         );
-        let file = ConfigFile::parse("health_listen = \":9480\"\n").unwrap();
-        let flags = Flags {
+        let file = RunSettings::from_toml("health_listen = \":9480\"\n").unwrap();
+        let flags = RunSettings {
             health_listen: Some("10.1.2.3:9481".parse().unwrap()),
             ..Default::default()
         };
         assert_eq!(
-            resolve(flags, file).unwrap().health_listen,
+            resolve(flags.or(file)).unwrap().health_listen,
             Some("10.1.2.3:9481".parse().unwrap())
+        );
+    }
+
+    /// One declaration: every flag is a config-file key of the same name (`-` as `_`),
+    /// and every key but the global log ones is a flag.
+    #[test]
+    fn every_flag_is_a_config_key_and_back() {
+        use clap::Args as _;
+        let command = RunSettings::augment_args(clap::Command::new("run"));
+        let mut flags: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .map(|l| l.replace('-', "_"))
+            .collect();
+        flags.sort();
+        let mut keys: Vec<String> = RunSettings::KEYS
+            .iter()
+            .filter(|k| !["log_level", "log_format"].contains(k))
+            .map(|k| k.to_string())
+            .collect();
+        keys.sort();
+        assert_eq!(flags, keys);
+        // And a key parses like its flag: the same function, the same message.
+        let err = format!("{:#}", RunSettings::from_toml("max_sockets = 1").unwrap_err());
+        assert_eq!(
+            err,
+            format!("max_sockets: {}", parse_max_sockets("1").unwrap_err())
         );
     }
 
