@@ -4,9 +4,9 @@
 use std::{collections::HashMap, hint::black_box, time::Instant};
 
 use tcptrace_agent::{
-    event::{self, clock::Clock},
+    event::{clock::Clock, TcpEvent, What},
     exporter::exposition,
-    trace::render,
+    trace::render::Renderer,
 };
 use tcptrace_common::{Event, EventKind, TcpState, AF_INET};
 
@@ -106,10 +106,10 @@ fn drain_rate() {
     let ours = time_per_call(9, 1, || {
         let mut by_transition: HashMap<(u8, u8, u8), u64> = HashMap::new();
         for record in bytes.chunks_exact(size) {
-            let e = event::decode(record).unwrap();
-            *by_transition
-                .entry((e.kind, e.old_state, e.new_state))
-                .or_default() += 1;
+            let e = TcpEvent::decode(record).unwrap();
+            if let What::State { from, to, .. } = e.what {
+                *by_transition.entry((e.kind() as u8, from, to)).or_default() += 1;
+            }
         }
         black_box(by_transition);
     });
@@ -131,7 +131,7 @@ fn drain_rate() {
     );
     let one = &bytes[..size];
     let decode = time_per_call(9, 200_000, || {
-        black_box(event::decode(black_box(one)));
+        black_box(TcpEvent::decode(black_box(one)));
     });
     let copy = time_per_call(9, 200_000, || {
         black_box(black_box(one).to_vec());
@@ -142,13 +142,18 @@ fn drain_rate() {
         copy * 1e9,
         decode / copy
     );
-    let e = event::decode(one).unwrap();
-    let clock = Clock::new();
+    let e = TcpEvent::decode(one).unwrap();
+    let mut renderer = Renderer::new(Clock::new());
+    let mut out = Vec::with_capacity(512);
     let json = time_per_call(9, 50_000, || {
-        black_box(render::json_line(black_box(&e), &clock));
+        out.clear();
+        renderer.json(&mut out, black_box(&e), None);
+        black_box(&out);
     });
     let text = time_per_call(9, 50_000, || {
-        black_box(render::text_line(black_box(&e), &clock));
+        out.clear();
+        renderer.text(&mut out, black_box(&e));
+        black_box(&out);
     });
     println!(
         "| render one event | {:.0} ns JSON | {:.0} ns text | {:.2}x | |",

@@ -8,12 +8,10 @@ use std::{
 
 use anyhow::Result;
 use serde::Serialize;
-use tcptrace_common::{
-    event::OUTCOME_ESTABLISHED, Event, EventKind, HandshakeSide, RetransmitKind, TcpState,
-};
+use tcptrace_common::{HandshakeSide, RetransmitKind, TcpState};
 
 use crate::{
-    event::{self, errno_name},
+    event::{errno_name, TcpEvent, What},
     kernel::ring,
     kernel::{self, LoadOptions},
 };
@@ -76,54 +74,55 @@ pub async fn measure(window: Duration) -> Result<Measured> {
 }
 
 impl Tally {
-    fn add(&mut self, e: &Event) {
-        match EventKind::from_u8(e.kind) {
-            Some(EventKind::StateChange) => self.state_change(e),
-            Some(EventKind::Handshake) => self.handshake(e),
-            Some(EventKind::Retransmit) => self.retransmit(e),
-            Some(EventKind::ConnectError) => {
-                *self.connect_errors.entry(errno_name(e.err)).or_insert(0) += 1
+    fn add(&mut self, e: &TcpEvent) {
+        match &e.what {
+            What::State { from, to, .. } => self.state_change(e, *from, *to),
+            What::Handshake {
+                side: HandshakeSide::Client,
+                duration_ns,
+                failure,
+                ..
+            } => match failure {
+                None => self.handshake_ns.push(*duration_ns),
+                Some(f) => *self.failed.entry(f.reason.name()).or_insert(0) += 1,
+            },
+            What::Retransmit { kind, segments, .. } => {
+                self.retransmit(e, *kind, segments.unwrap_or(1).max(1))
             }
-            Some(EventKind::SocketError) => {
-                *self.socket_errors.entry(errno_name(e.err)).or_insert(0) += 1
+            What::ConnectError { errno, .. } => {
+                *self
+                    .connect_errors
+                    .entry(errno_name(*errno).into_owned())
+                    .or_insert(0) += 1
+            }
+            What::SocketError { errno } => {
+                *self
+                    .socket_errors
+                    .entry(errno_name(*errno).into_owned())
+                    .or_insert(0) += 1
             }
             _ => {}
         }
     }
 
-    fn state_change(&mut self, e: &Event) {
-        if e.new_state == TcpState::SynSent as u8 {
+    fn state_change(&mut self, e: &TcpEvent, from: u8, to: u8) {
+        if to == TcpState::SynSent as u8 {
             self.syn_sent_at.insert(e.skaddr, e.ts_ns);
         }
-        if e.old_state == TcpState::Established as u8 && e.new_state == TcpState::FinWait1 as u8 {
-            let who = match event::owner_pid(e) {
-                Some(pid) => format!("{} ({pid})", event::comm(&e.comm)),
+        if from == TcpState::Established as u8 && to == TcpState::FinWait1 as u8 {
+            let who = match &e.owner {
+                Some(owner) => format!("{} ({})", owner.comm(), owner.pid),
                 None => "unknown (socket older than the measurement)".to_string(),
             };
             *self.closers.entry(who).or_insert(0) += 1;
         }
     }
 
-    fn handshake(&mut self, e: &Event) {
-        if e.detail != HandshakeSide::Client as u8 {
-            return;
-        }
-        if e.outcome == OUTCOME_ESTABLISHED {
-            self.handshake_ns.push(e.duration_ns);
-        } else {
-            *self.failed.entry(event::failure_reason(e)).or_insert(0) += 1;
-        }
-    }
-
-    fn retransmit(&mut self, e: &Event) {
-        let kind = RetransmitKind::from_u8(e.detail).unwrap_or(RetransmitKind::Data);
-        *self.retransmits.entry(kind.name()).or_insert(0) += u64::from(e.segs.max(1));
+    fn retransmit(&mut self, e: &TcpEvent, kind: RetransmitKind, segments: u16) {
+        *self.retransmits.entry(kind.name()).or_insert(0) += u64::from(segments);
         match kind {
             RetransmitKind::Syn => self.syn_times.entry(e.skaddr).or_default().push(e.ts_ns),
-            RetransmitKind::Data => {
-                let remote = SocketAddr::new(event::ip(e.family, &e.daddr), e.dport);
-                *self.by_remote.entry(remote).or_insert(0) += 1;
-            }
+            RetransmitKind::Data => *self.by_remote.entry(e.remote).or_insert(0) += 1,
             RetransmitKind::SynAck => {}
         }
     }

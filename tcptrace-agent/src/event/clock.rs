@@ -60,6 +60,23 @@ impl Clock {
     pub fn rfc3339_display(&self, mono_ns: u64) -> Rfc3339 {
         Rfc3339(self.unix_ns(mono_ns))
     }
+
+    /// The Unix second of a monotonic instant, and the microseconds into it.
+    pub fn unix_second_and_micros(&self, mono_ns: u64) -> (i64, u32) {
+        let ns = self.unix_ns(mono_ns);
+        (
+            ns.div_euclid(1_000_000_000) as i64,
+            (ns.rem_euclid(1_000_000_000) / 1000) as u32,
+        )
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS` of a Unix second, in UTC.
+    pub fn date_time(&self, second: i64) -> [u8; 19] {
+        let text = Rfc3339(second as i128 * 1_000_000_000).to_string();
+        let mut out = [b'0'; 19];
+        out.copy_from_slice(&text.as_bytes()[..19]);
+        out
+    }
 }
 
 /// A wall-clock instant (Unix nanoseconds) shown as RFC 3339 UTC with microseconds.
@@ -117,5 +134,10 @@ mod tests {
         assert_eq!(c.time_of_day(0), "12:30:52.000000");
         assert_eq!(Clock::fixed(0).rfc3339(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(
+            c.unix_second_and_micros(123_456_789),
+            (1_795_696_252, 123_456)
+        );
+        assert_eq!(&c.date_time(1_795_696_252), b"2026-11-26T12:30:52");
     }
 }

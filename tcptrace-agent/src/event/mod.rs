@@ -1,24 +1,199 @@
-//! Decoding ring-buffer records and naming what they contain.
+//! Events as the agent's consumers see them: each ring-buffer record decoded once, at
+//! the boundary, into a `TcpEvent` — the socket it is about (endpoints, namespace,
+//! owner) and what happened to it (`What`, one variant per kind, with typed fields).
+//! The trace renderers, the per-workload series and doctor all read these; none reads
+//! the raw `#[repr(C)]` record. Their words come from `names`.
 pub mod clock;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+pub mod names;
 
-use tcptrace_common::{
-    event::{FLAG_OWNER_UNKNOWN, FLAG_RST_RECEIVED, FLAG_SK_ERR_READ},
-    Event, HandshakeSide, AF_INET,
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-/// Copy a record out of the ring buffer. `None` for a record of the wrong size, which
-/// means the agent and the eBPF object disagree on the layout.
-pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < std::mem::size_of::<Event>() {
-        return None;
-    }
-    // SAFETY: Event is plain old data and the slice holds at least size_of::<Event>()
-    // bytes; read_unaligned makes no alignment assumption.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+use tcptrace_common::{
+    config::Source,
+    event::{FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED},
+    Event, EventKind, HandshakeSide, RetransmitKind, AF_INET,
+};
+
+pub use names::{errno_name, FailureReason, ResetDirection};
+
+/// One event, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC when it happened.
+    pub ts_ns: u64,
+    /// The kernel's socket address: joins the events of one socket.
+    pub skaddr: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The socket's network namespace (inode), where the kernel's offsets are known.
+    pub netns: Option<u32>,
+    /// The process that connected or listened, where tcptrace saw it do so.
+    pub owner: Option<Owner>,
+    pub what: What,
 }
 
-pub fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+/// The process a socket belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub cgroup_id: u64,
+    /// The command (thread) name, as the kernel keeps it: at most 15 bytes.
+    comm: [u8; 16],
+}
+
+impl Owner {
+    pub fn new(pid: u32, cgroup_id: u64, name: &str) -> Owner {
+        let mut comm = [0u8; 16];
+        let n = name.len().min(15);
+        comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Owner {
+            pid,
+            cgroup_id,
+            comm,
+        }
+    }
+
+    /// The command name, borrowed when it is valid UTF-8 (it nearly always is).
+    pub fn comm(&self) -> Cow<'_, str> {
+        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end])
+    }
+}
+
+/// What happened, by kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum What {
+    /// A state transition; the time spent in `from` where tcptrace saw it entered.
+    State {
+        from: u8,
+        to: u8,
+        time_in_from_ns: Option<u64>,
+    },
+    /// A socket left SYN_SENT (client) or SYN_RECV (server): established, or failed.
+    Handshake {
+        side: HandshakeSide,
+        duration_ns: u64,
+        failure: Option<Failure>,
+    },
+    Retransmit {
+        kind: RetransmitKind,
+        state: u8,
+        /// Segments in the retransmitted skb (GSO), where the kernel offset is known.
+        segments: Option<u16>,
+        /// The error the kernel retransmitted with (the retransmit was not sent).
+        error: Option<i32>,
+    },
+    /// connect() failed before a SYN left; `seen_by` the function hook or the fallback.
+    ConnectError { errno: i32, seen_by: Source },
+    /// A segment received in LISTEN, SYN_SENT or SYN_RECV.
+    Segment { state: u8, flags: u8 },
+    /// The kernel reported an error on the socket.
+    SocketError { errno: i32 },
+    Reset {
+        direction: ResetDirection,
+        state: u8,
+    },
+}
+
+/// Why a handshake failed, and the socket's error where the kernel gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: FailureReason,
+    pub errno: Option<i32>,
+}
+
+impl TcpEvent {
+    /// Decode one ring-buffer record; `None` for one of the wrong size (the agent and
+    /// the eBPF object would disagree on the layout) or of an unknown kind.
+    pub fn decode(bytes: &[u8]) -> Option<TcpEvent> {
+        if bytes.len() < std::mem::size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: Event is plain old data and the slice holds at least
+        // size_of::<Event>() bytes; read_unaligned makes no alignment assumption.
+        let e = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+        TcpEvent::from_record(&e)
+    }
+
+    /// The same from a record already copied out.
+    pub fn from_record(e: &Event) -> Option<TcpEvent> {
+        let owned = e.flags & FLAG_OWNER_UNKNOWN == 0 && e.pid != 0;
+        Some(TcpEvent {
+            ts_ns: e.ts_ns,
+            skaddr: e.skaddr,
+            local: SocketAddr::new(ip(e.family, &e.saddr), e.sport),
+            remote: SocketAddr::new(ip(e.family, &e.daddr), e.dport),
+            netns: (e.netns != 0).then_some(e.netns),
+            owner: owned.then_some(Owner {
+                pid: e.pid,
+                cgroup_id: e.cgroup_id,
+                comm: e.comm,
+            }),
+            what: what(e)?,
+        })
+    }
+
+    pub fn kind(&self) -> EventKind {
+        match self.what {
+            What::State { .. } => EventKind::StateChange,
+            What::Handshake { .. } => EventKind::Handshake,
+            What::Retransmit { .. } => EventKind::Retransmit,
+            What::ConnectError { .. } => EventKind::ConnectError,
+            What::Segment { .. } => EventKind::Segment,
+            What::SocketError { .. } => EventKind::SocketError,
+            What::Reset { .. } => EventKind::Reset,
+        }
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.local.is_ipv6()
+    }
+}
+
+fn what(e: &Event) -> Option<What> {
+    Some(match EventKind::from_u8(e.kind)? {
+        EventKind::StateChange => What::State {
+            from: e.old_state,
+            to: e.new_state,
+            time_in_from_ns: (e.duration_ns != 0).then_some(e.duration_ns),
+        },
+        EventKind::Handshake => {
+            let sk_err = (e.flags & FLAG_SK_ERR_READ != 0).then_some(e.err);
+            What::Handshake {
+                side: HandshakeSide::from_u8(e.detail)?,
+                duration_ns: e.duration_ns,
+                failure: (e.outcome != OUTCOME_ESTABLISHED).then(|| Failure {
+                    reason: FailureReason::classify(e.detail, e.flags, sk_err),
+                    errno: sk_err,
+                }),
+            }
+        }
+        EventKind::Retransmit => What::Retransmit {
+            kind: RetransmitKind::from_u8(e.detail)?,
+            state: e.old_state,
+            segments: (e.segs != 0).then_some(e.segs),
+            error: (e.err != 0).then_some(-e.err),
+        },
+        EventKind::ConnectError => What::ConnectError {
+            errno: e.err,
+            seen_by: Source::from_u8(e.detail),
+        },
+        EventKind::Segment => What::Segment {
+            state: e.old_state,
+            flags: e.detail,
+        },
+        EventKind::SocketError => What::SocketError { errno: e.err },
+        EventKind::Reset => What::Reset {
+            direction: ResetDirection::from_slot(e.detail),
+            state: e.old_state,
+        },
+    })
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
     if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
     } else {
@@ -26,159 +201,71 @@ pub fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
-pub fn comm(raw: &[u8; 16]) -> String {
-    comm_str(raw).into_owned()
-}
-
-/// `comm`, borrowed from the event when it is valid UTF-8 (it nearly always is).
-pub fn comm_str(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
-    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end])
-}
-
-/// The owning process, or `None` when tcptrace never saw it act on the socket.
-pub fn owner_pid(e: &Event) -> Option<u32> {
-    (e.flags & FLAG_OWNER_UNKNOWN == 0 && e.pid != 0).then_some(e.pid)
-}
-
-/// Why a handshake failed, as the `reason` of `tcptrace_connect_failures_total`:
-/// refused | timeout | reset | unreachable | other.
-pub fn failure_reason(e: &Event) -> &'static str {
-    reason_for(e.detail, e.flags, e.err)
-}
-
-/// The same classification from what the kernel's failure counter keeps per key.
-pub fn reason_for(side: u8, flags: u8, err: i32) -> &'static str {
-    if flags & FLAG_SK_ERR_READ != 0 && err != 0 {
-        return match err {
-            libc::ECONNREFUSED => "refused",
-            libc::ETIMEDOUT => "timeout",
-            libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED => "reset",
-            libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN => {
-                "unreachable"
-            }
-            _ => "other",
-        };
-    }
-    if flags & FLAG_RST_RECEIVED != 0 {
-        // A RST answering a SYN is a refusal; one arriving later resets the handshake.
-        return match HandshakeSide::from_u8(side) {
-            Some(HandshakeSide::Client) => "refused",
-            _ => "reset",
-        };
-    }
-    "other"
-}
-
-/// The symbolic name of an errno value tcptrace reports.
-pub fn errno_name(err: i32) -> String {
-    let name = match err {
-        0 => "none",
-        libc::EPIPE => "EPIPE",
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::ENETDOWN => "ENETDOWN",
-        libc::ENETUNREACH => "ENETUNREACH",
-        libc::ECONNABORTED => "ECONNABORTED",
-        libc::ECONNRESET => "ECONNRESET",
-        libc::ENOBUFS => "ENOBUFS",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        libc::EHOSTDOWN => "EHOSTDOWN",
-        libc::EHOSTUNREACH => "EHOSTUNREACH",
-        libc::ENOMEM => "ENOMEM",
-        libc::EAGAIN => "EAGAIN",
-        libc::EPERM => "EPERM",
-        _ => return format!("errno {err}"),
-    };
-    name.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tcptrace_common::{Event, AF_INET6};
+    use tcptrace_common::{event::FLAG_RST_RECEIVED, AF_INET6};
 
-    fn handshake(side: HandshakeSide, err: i32, flags: u8) -> Event {
-        let mut e = Event::zeroed();
-        e.detail = side as u8;
-        e.err = err;
-        e.flags = flags;
-        e
-    }
-
-    #[test]
-    fn decode_round_trips_and_rejects_short_records() {
-        let mut e = Event::zeroed();
-        e.sport = 443;
-        e.comm[..4].copy_from_slice(b"curl");
-        let bytes = unsafe {
+    fn bytes(e: &Event) -> &[u8] {
+        // SAFETY: Event is plain old data.
+        unsafe {
             std::slice::from_raw_parts(
-                (&e as *const Event).cast::<u8>(),
+                (e as *const Event).cast::<u8>(),
                 std::mem::size_of::<Event>(),
             )
-        };
-        let back = decode(bytes).unwrap();
-        assert_eq!(back.sport, 443);
-        assert_eq!(comm(&back.comm), "curl");
-        assert!(decode(&bytes[..50]).is_none());
+        }
     }
 
     #[test]
-    fn addresses() {
-        let mut raw = [0u8; 16];
-        raw[..4].copy_from_slice(&[127, 0, 0, 1]);
-        assert_eq!(ip(AF_INET, &raw).to_string(), "127.0.0.1");
-        let v6 = Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(ip(AF_INET6, &v6).to_string(), "::1");
-    }
-
-    #[test]
-    fn failure_reasons() {
-        let read = FLAG_SK_ERR_READ;
-        assert_eq!(
-            failure_reason(&handshake(HandshakeSide::Client, libc::ECONNREFUSED, read)),
-            "refused"
-        );
-        assert_eq!(
-            failure_reason(&handshake(HandshakeSide::Client, libc::ETIMEDOUT, read)),
-            "timeout"
-        );
-        assert_eq!(
-            failure_reason(&handshake(HandshakeSide::Client, libc::EHOSTUNREACH, read)),
-            "unreachable"
-        );
-        assert_eq!(
-            failure_reason(&handshake(HandshakeSide::Server, libc::ECONNRESET, read)),
-            "reset"
-        );
-        assert_eq!(
-            failure_reason(&handshake(HandshakeSide::Client, 0, read)),
-            "other"
-        );
-        // Without BTF: the RST flag still tells refusal from reset.
-        assert_eq!(
-            failure_reason(&handshake(HandshakeSide::Client, 0, FLAG_RST_RECEIVED)),
-            "refused"
-        );
-        assert_eq!(
-            failure_reason(&handshake(HandshakeSide::Server, 0, FLAG_RST_RECEIVED)),
-            "reset"
-        );
-        assert_eq!(
-            failure_reason(&handshake(HandshakeSide::Client, 0, 0)),
-            "other"
-        );
-        assert_eq!(errno_name(libc::ECONNREFUSED), "ECONNREFUSED");
-        assert_eq!(errno_name(4242), "errno 4242");
-    }
-
-    #[test]
-    fn unknown_owner_has_no_pid() {
+    fn a_record_becomes_its_typed_event_once() {
         let mut e = Event::zeroed();
+        e.kind = EventKind::Handshake as u8;
+        e.detail = HandshakeSide::Client as u8;
+        e.outcome = 1;
+        e.flags = FLAG_SK_ERR_READ;
+        e.err = libc::ECONNREFUSED;
+        e.family = AF_INET;
+        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        e.sport = 40000;
+        e.dport = 443;
+        e.pid = 42;
+        e.netns = 4026531840;
+        e.comm[..4].copy_from_slice(b"curl");
+        let t = TcpEvent::decode(bytes(&e)).unwrap();
+        assert_eq!(t.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(t.remote, "10.0.0.2:443".parse().unwrap());
+        assert_eq!(t.netns, Some(4026531840));
+        assert_eq!(t.owner.as_ref().unwrap().comm(), "curl");
+        assert_eq!(t.kind(), EventKind::Handshake);
+        assert_eq!(
+            t.what,
+            What::Handshake {
+                side: HandshakeSide::Client,
+                duration_ns: 0,
+                failure: Some(Failure {
+                    reason: FailureReason::Refused,
+                    errno: Some(libc::ECONNREFUSED)
+                })
+            }
+        );
+        assert!(TcpEvent::decode(&bytes(&e)[..50]).is_none());
+    }
+
+    #[test]
+    fn unknown_owners_kinds_and_families() {
+        let mut e = Event::zeroed();
+        e.kind = EventKind::Reset as u8;
         e.pid = 7;
-        assert_eq!(owner_pid(&e), Some(7));
-        e.flags = FLAG_OWNER_UNKNOWN;
-        assert_eq!(owner_pid(&e), None);
+        e.flags = FLAG_OWNER_UNKNOWN | FLAG_RST_RECEIVED;
+        e.family = AF_INET6;
+        e.saddr = Ipv6Addr::LOCALHOST.octets();
+        let t = TcpEvent::from_record(&e).unwrap();
+        assert_eq!(t.owner, None);
+        assert_eq!(t.netns, None);
+        assert!(t.is_ipv6());
+        assert_eq!(t.local.ip().to_string(), "::1");
+        e.kind = 0;
+        assert!(TcpEvent::from_record(&e).is_none());
     }
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use tcptrace_common::{
     counters::{handshake_bucket_upper_seconds, HANDSHAKE_BUCKETS, SEGMENT_FLAGS, SEGMENT_STATES},
+    event::FLAG_SK_ERR_READ,
     state::state_name,
     HandshakeSide, RetransmitKind, Stat, TcpState,
 };
@@ -24,7 +25,7 @@ use super::{
 };
 use crate::{
     doctor::census::Census,
-    event::{errno_name, reason_for},
+    event::{errno_name, FailureReason},
     kernel::{
         self,
         counters::{Histogram, KernelCounters, Snapshot},
@@ -37,8 +38,6 @@ use crate::{
 /// default SYN-retry budget can take), then +Inf.
 const FIRST_EXPORTED_BUCKET: u32 = 4;
 const LAST_EXPORTED_BUCKET: u32 = 28;
-
-pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "reset", "unreachable", "other"];
 
 /// What the agent knows about itself, updated by the ring-buffer drain.
 #[derive(Default)]
@@ -321,7 +320,7 @@ fn by_errno(counts: &BTreeMap<i32, u64>, always: i32) -> Vec<(String, f64)> {
     series.entry(always).or_insert(0);
     series
         .into_iter()
-        .map(|(errno, n)| (errno_name(errno), n as f64))
+        .map(|(errno, n)| (errno_name(errno).into_owned(), n as f64))
         .collect()
 }
 
@@ -361,18 +360,19 @@ fn handshake_series<'a>(labels: Vec<&'a str>, h: &Histogram) -> HistogramSeries<
 
 /// Every reason is always present (0 until it happens), so rate() works from the start.
 fn failures_by_reason(s: &Snapshot, side: HandshakeSide) -> Vec<(Vec<&'static str>, f64)> {
-    FAILURE_REASONS
+    FailureReason::ALL
         .iter()
         .map(|reason| {
             let n: u64 = s
                 .failures
                 .iter()
                 .filter(|((sd, flags, err), _)| {
-                    *sd == side as u8 && reason_for(*sd, *flags, *err) == *reason
+                    let sk_err = (flags & FLAG_SK_ERR_READ != 0).then_some(*err);
+                    *sd == side as u8 && FailureReason::classify(*sd, *flags, sk_err) == *reason
                 })
                 .map(|(_, n)| n)
                 .sum();
-            (vec![*reason], n as f64)
+            (vec![reason.name()], n as f64)
         })
         .collect()
 }

@@ -466,7 +466,10 @@ mod tests {
         keys.sort();
         assert_eq!(flags, keys);
         // And a key parses like its flag: the same function, the same message.
-        let err = format!("{:#}", RunSettings::from_toml("max_sockets = 1").unwrap_err());
+        let err = format!(
+            "{:#}",
+            RunSettings::from_toml("max_sockets = 1").unwrap_err()
+        );
         assert_eq!(
             err,
             format!("max_sockets: {}", parse_max_sockets("1").unwrap_err())

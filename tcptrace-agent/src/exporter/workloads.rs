@@ -8,17 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_common::{
-    event::{FLAG_OWNER_UNKNOWN, OUTCOME_ESTABLISHED},
-    Event, EventKind, HandshakeSide, RetransmitKind,
-};
+use tcptrace_common::EventKind;
 
+use super::{
+    budget::{Budget, Landing},
+    exposition::{counter, gauge, histogram, Family, HistogramSeries},
+};
 use crate::{
-    event,
-    exporter::budget::{Budget, Landing},
-    exporter::exposition::{counter, gauge, histogram, Family, HistogramSeries},
-    k8s::cgroup::CgroupIndex,
-    k8s::pod_names,
+    event::{TcpEvent, What},
+    k8s::{cgroup::CgroupIndex, pod_names},
 };
 
 /// Upper bounds (ns) of the per-workload handshake buckets, exposed in seconds. Few,
@@ -192,7 +190,7 @@ impl WorkloadMetrics {
     ];
 
     /// Count one event from the ring buffer.
-    pub fn record(&mut self, e: &Event) {
+    pub fn record(&mut self, e: &TcpEvent) {
         let Some((kind, detail)) = classify(e) else {
             return;
         };
@@ -201,12 +199,14 @@ impl WorkloadMetrics {
         let now = Instant::now();
         let other = || other_key(kind, remote);
         let (landing, v) = self.budget.entry(choices, other, kind.cost(), now);
-        let added = match kind {
-            Kind::Retransmits => u64::from(e.segs.max(1)),
+        let added = match e.what {
+            What::Retransmit { segments, .. } => u64::from(segments.unwrap_or(1).max(1)),
             _ => 1,
         };
-        match kind {
-            Kind::Handshakes => v.observe(e.duration_ns),
+        match e.what {
+            What::Handshake { duration_ns, .. } if kind == Kind::Handshakes => {
+                v.observe(duration_ns)
+            }
             _ => v.count += added,
         }
         // Choice 0 is the event's own label set; every later level is a fold.
@@ -230,7 +230,7 @@ impl WorkloadMetrics {
         &mut self,
         kind: Kind,
         detail: &'static str,
-        e: &Event,
+        e: &TcpEvent,
     ) -> impl ExactSizeIterator<Item = Key> {
         let (namespace, pod, container, workload) = self.owner_labels(e);
         let key = Key {
@@ -243,9 +243,9 @@ impl WorkloadMetrics {
             detail,
         };
         let remotes = if self.opts.remote {
-            let ip = event::ip(e.family, &e.daddr);
+            let ip = e.remote.ip();
             vec![
-                self.endpoint(ip, e.dport),
+                self.endpoint(ip, e.remote.port()),
                 ip.to_string(),
                 OTHER.to_string(),
             ]
@@ -261,16 +261,16 @@ impl WorkloadMetrics {
     /// (namespace, pod, container, workload): names where the kubelet gave them, the
     /// pod UID and `runtime:id` otherwise, `host/<unit or command>` outside containers,
     /// `unresolved` for a cgroup that no longer exists, `unknown` without an owner.
-    fn owner_labels(&mut self, e: &Event) -> (String, String, String, String) {
-        if e.flags & FLAG_OWNER_UNKNOWN != 0 || e.cgroup_id == 0 {
+    fn owner_labels(&mut self, e: &TcpEvent) -> (String, String, String, String) {
+        let Some(owner) = e.owner.as_ref().filter(|o| o.cgroup_id != 0) else {
             return (
                 String::new(),
                 String::new(),
                 "unknown".into(),
                 String::new(),
             );
-        }
-        let Some(w) = self.cgroups.lookup(e.cgroup_id) else {
+        };
+        let Some(w) = self.cgroups.lookup(owner.cgroup_id) else {
             // The cgroup is gone (or beyond the index): say so rather than guess.
             return (
                 String::new(),
@@ -290,7 +290,7 @@ impl WorkloadMetrics {
             }),
             (None, _) => format!(
                 "host/{}",
-                w.unit.clone().unwrap_or_else(|| event::comm(&e.comm))
+                w.unit.clone().unwrap_or_else(|| owner.comm().into_owned())
             ),
         };
         match &w.pod_uid {
@@ -466,23 +466,20 @@ fn other_key(kind: Kind, remote: bool) -> Key {
 
 /// The family an event counts in, and its own label there (retransmit kind, handshake
 /// side, failure reason, reset direction); `None` for events no family counts.
-fn classify(e: &Event) -> Option<(Kind, &'static str)> {
-    Some(match EventKind::from_u8(e.kind)? {
-        EventKind::Retransmit => (
-            Kind::Retransmits,
-            RetransmitKind::from_u8(e.detail).map_or("unknown", RetransmitKind::name),
-        ),
-        EventKind::Handshake if e.outcome == OUTCOME_ESTABLISHED => (
-            Kind::Handshakes,
-            HandshakeSide::from_u8(e.detail).map_or("unknown", HandshakeSide::name),
-        ),
-        EventKind::Handshake if e.detail == HandshakeSide::Client as u8 => {
-            (Kind::ConnectFailures, event::failure_reason(e))
-        }
-        EventKind::Reset => (
-            Kind::Resets,
-            crate::trace::render::reset_direction(e.detail),
-        ),
+fn classify(e: &TcpEvent) -> Option<(Kind, &'static str)> {
+    Some(match &e.what {
+        What::Retransmit { kind, .. } => (Kind::Retransmits, kind.name()),
+        What::Handshake {
+            side,
+            failure: None,
+            ..
+        } => (Kind::Handshakes, side.name()),
+        What::Handshake {
+            side: tcptrace_common::HandshakeSide::Client,
+            failure: Some(f),
+            ..
+        } => (Kind::ConnectFailures, f.reason.name()),
+        What::Reset { direction, .. } => (Kind::Resets, direction.name()),
         _ => return None,
     })
 }
@@ -515,12 +512,11 @@ fn capped(value: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Failure, FailureReason};
     use crate::exporter::exposition;
     use std::collections::HashMap;
-    use tcptrace_common::{
-        event::{FLAG_SK_ERR_READ, OUTCOME_FAILED},
-        AF_INET,
-    };
+    use std::net::Ipv4Addr;
+    use tcptrace_common::HandshakeSide;
 
     fn metrics(remote: bool, max_series: usize) -> WorkloadMetrics {
         let opts = LabelOptions {
@@ -534,26 +530,28 @@ mod tests {
 
     /// A handshake with `ip:port` (the peer) that took `ns`, or a refused connect when
     /// `ns` is `None`. No owner: every event has the same workload labels.
-    fn handshake(side: HandshakeSide, ip: [u8; 4], port: u16, ns: Option<u64>) -> Event {
-        let mut e = Event::zeroed();
-        e.kind = EventKind::Handshake as u8;
-        e.detail = side as u8;
-        e.family = AF_INET;
-        e.daddr[..4].copy_from_slice(&ip);
-        e.dport = port;
-        e.flags = FLAG_OWNER_UNKNOWN;
-        match ns {
-            Some(ns) => e.duration_ns = ns,
-            None => {
-                e.outcome = OUTCOME_FAILED;
-                e.flags |= FLAG_SK_ERR_READ;
-                e.err = libc::ECONNREFUSED;
-            }
+    fn handshake(side: HandshakeSide, ip: [u8; 4], port: u16, ns: Option<u64>) -> TcpEvent {
+        let unspecified = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+        let failure = ns.is_none().then_some(Failure {
+            reason: FailureReason::Refused,
+            errno: Some(libc::ECONNREFUSED),
+        });
+        TcpEvent {
+            ts_ns: 0,
+            skaddr: 0,
+            local: unspecified,
+            remote: SocketAddr::new(Ipv4Addr::from(ip).into(), port),
+            netns: None,
+            owner: None,
+            what: What::Handshake {
+                side,
+                duration_ns: ns.unwrap_or(0),
+                failure,
+            },
         }
-        e
     }
 
-    fn client(ip: [u8; 4], port: u16, ns: Option<u64>) -> Event {
+    fn client(ip: [u8; 4], port: u16, ns: Option<u64>) -> TcpEvent {
         handshake(HandshakeSide::Client, ip, port, ns)
     }
 

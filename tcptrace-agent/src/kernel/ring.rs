@@ -7,10 +7,9 @@ use aya::{
     maps::{MapData, RingBuf},
     Ebpf,
 };
-use tcptrace_common::Event;
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::event::decode;
+use crate::event::TcpEvent;
 
 /// Wrap a ring buffer (ours or aya-log's) so tokio wakes us when it has records.
 pub fn watch<T: AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
@@ -28,12 +27,12 @@ pub fn take_events(ebpf: &mut Ebpf) -> Result<AsyncFd<RingBuf<MapData>>> {
     watch(RingBuf::try_from(map)?)
 }
 
-/// Hand every record to `each` until the ring is empty or `each` returns false.
-/// Returns how many records did not decode (a layout mismatch: never expected).
-pub fn drain(ring: &mut RingBuf<MapData>, mut each: impl FnMut(&Event) -> bool) -> u64 {
+/// Hand every record, decoded, to `each` until the ring is empty or `each` returns
+/// false. Returns how many records did not decode (a layout mismatch: never expected).
+pub fn drain(ring: &mut RingBuf<MapData>, mut each: impl FnMut(&TcpEvent) -> bool) -> u64 {
     let mut malformed = 0;
     while let Some(item) = ring.next() {
-        let Some(event) = decode(&item) else {
+        let Some(event) = TcpEvent::decode(&item) else {
             malformed += 1;
             continue;
         };

@@ -2,7 +2,9 @@
 use std::net::IpAddr;
 
 use anyhow::{bail, Context as _, Result};
-use tcptrace_common::{EventKind, Filter, AF_INET, AF_INET6};
+use tcptrace_common::{Filter, AF_INET, AF_INET6};
+
+use crate::event::names;
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
 pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
@@ -25,28 +27,26 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
     Ok((addr, prefix))
 }
 
-/// `states,handshakes,retransmits,connects,segments` (any subset) into the kind bit set.
+/// `states,handshakes,retransmits,...` (any subset of the words in `names::KINDS`,
+/// singular or plural) into the kind bit set.
 pub fn parse_kinds(s: &str) -> Result<u32> {
     let mut bits = 0;
     for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        bits |= match word {
-            "states" | "state" => EventKind::StateChange.bit(),
-            "handshakes" | "handshake" => EventKind::Handshake.bit(),
-            "retransmits" | "retransmit" => EventKind::Retransmit.bit(),
-            "connects" | "connect" => EventKind::ConnectError.bit(),
-            "segments" | "segment" => EventKind::Segment.bit(),
-            "errors" | "error" => EventKind::SocketError.bit(),
-            "resets" | "reset" => EventKind::Reset.bit(),
-            other => bail!("unknown event kind `{other}`: use {KINDS}"),
-        };
+        match names::kind_by_word(word) {
+            Some(kind) => bits |= kind.bit(),
+            None => bail!("unknown event kind `{word}`: use {}", kind_words()),
+        }
     }
     if bits == 0 {
-        bail!("--events needs at least one of {KINDS}");
+        bail!("--events needs at least one of {}", kind_words());
     }
     Ok(bits)
 }
 
-const KINDS: &str = "states, handshakes, retransmits, connects, segments, errors, resets";
+fn kind_words() -> String {
+    let words: Vec<&str> = names::KINDS.iter().map(|k| k.word).collect();
+    words.join(", ")
+}
 
 /// The kernel truncates command names to 15 bytes; a longer filter could never match.
 pub fn parse_comm(s: &str) -> Result<([u8; 16], u8)> {
@@ -180,12 +180,19 @@ mod tests {
 
     #[test]
     fn kinds() {
+        use tcptrace_common::EventKind;
         assert_eq!(
             parse_kinds("states,retransmits").unwrap(),
             EventKind::StateChange.bit() | EventKind::Retransmit.bit()
         );
         assert!(parse_kinds("bogus").is_err());
         assert!(parse_kinds(",").is_err());
+        // Every kind has a word, and the words together select every kind.
+        let all = kind_words().replace(' ', "");
+        assert_eq!(
+            parse_kinds(&all).unwrap().count_ones(),
+            names::KINDS.len() as u32
+        );
     }
 
     #[test]

@@ -8,11 +8,13 @@ use std::{
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use tcptrace_common::{Event, EventKind, Stat};
+use tcptrace_common::Stat;
 use tokio::signal::unix::{signal, SignalKind};
 
+use render::Renderer;
+
 use crate::{
-    event::{self, clock::Clock},
+    event::{clock::Clock, TcpEvent, What},
     k8s::cgroup::CgroupIndex,
     kernel::{self, counters::KernelCounters, privileges, ring, LoadOptions},
 };
@@ -51,10 +53,11 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
     privileges::drop_all()?;
     let mut printer = Printer {
         json: opts.json,
-        clock: Clock::new(),
+        renderer: Renderer::new(Clock::new()),
         cgroups: CgroupIndex::new(),
+        batch: Vec::with_capacity(1 << 16),
     };
-    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut out = io::stdout().lock();
     if !opts.json {
         writeln!(out, "{}", render::TEXT_HEADER)?;
         out.flush()?;
@@ -99,11 +102,13 @@ fn done(tally: &Tally, count: Option<u64>) -> bool {
     tally.stdout_closed || count.is_some_and(|c| tally.printed >= c)
 }
 
-/// How events are written: text or JSON, timestamps, and owners' cgroups (JSON).
+/// How events are written: text or JSON, and owners' cgroups (JSON); a drained batch
+/// is rendered into `batch` and written at once.
 struct Printer {
     json: bool,
-    clock: Clock,
+    renderer: Renderer,
     cgroups: CgroupIndex,
+    batch: Vec<u8>,
 }
 
 fn drain(
@@ -114,41 +119,50 @@ fn drain(
     tally: &mut Tally,
 ) {
     printer.cgroups.new_batch();
+    printer.batch.clear();
     if !done(tally, opts.count) {
         tally.malformed += ring::drain(ring, |event| {
-            write_event(event, printer, out, tally);
+            render_event(event, printer);
+            tally.add(event);
             !done(tally, opts.count)
         });
     }
-    if out.flush().is_err() {
+    // One write per batch; a reader that went away (`| head`) ends the trace quietly,
+    // like any well-behaved filter.
+    if out
+        .write_all(&printer.batch)
+        .and_then(|()| out.flush())
+        .is_err()
+    {
         tally.stdout_closed = true;
     }
 }
 
-fn write_event(e: &Event, printer: &mut Printer, out: &mut impl Write, tally: &mut Tally) {
-    let written = if printer.json {
-        let workload = event::owner_pid(e)
-            .filter(|_| e.cgroup_id != 0)
-            .and_then(|_| printer.cgroups.lookup(e.cgroup_id));
-        render::write_json_line(out, e, &printer.clock, workload)
+fn render_event(e: &TcpEvent, printer: &mut Printer) {
+    if printer.json {
+        let workload = e
+            .owner
+            .as_ref()
+            .filter(|o| o.cgroup_id != 0)
+            .and_then(|o| printer.cgroups.lookup(o.cgroup_id));
+        printer.renderer.json(&mut printer.batch, e, workload);
     } else {
-        writeln!(out, "{}", render::text_line(e, &printer.clock))
-    };
-    if written.is_err() {
-        // Reader went away (`| head`): stop quietly, like any well-behaved filter.
-        tally.stdout_closed = true;
-        return;
+        printer.renderer.text(&mut printer.batch, e);
     }
-    tally.printed += 1;
-    match EventKind::from_u8(e.kind) {
-        Some(EventKind::StateChange) => tally.states += 1,
-        Some(EventKind::Handshake) => tally.handshakes += 1,
-        Some(EventKind::Retransmit) => tally.retransmits += 1,
-        Some(EventKind::ConnectError) => tally.connect_errors += 1,
-        Some(EventKind::Segment) => tally.segments += 1,
-        Some(EventKind::SocketError) => tally.socket_errors += 1,
-        Some(EventKind::Reset) => tally.resets += 1,
-        None => {}
+}
+
+impl Tally {
+    fn add(&mut self, e: &TcpEvent) {
+        self.printed += 1;
+        *match e.what {
+            What::State { .. } => &mut self.states,
+            What::Handshake { .. } => &mut self.handshakes,
+            What::Retransmit { .. } => &mut self.retransmits,
+            What::ConnectError { .. } => &mut self.connect_errors,
+            What::Segment { .. } => &mut self.segments,
+            What::SocketError { .. } => &mut self.socket_errors,
+            What::Reset { .. } => &mut self.resets,
+        } += 1;
     }
 }
 

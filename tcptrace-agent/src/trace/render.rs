@@ -1,451 +1,550 @@
-//! Rendering events for `tcptrace trace`: aligned text lines or JSON lines.
-use serde::Serialize;
-use tcptrace_common::{
-    config::Source,
-    event::{FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED},
-    state::state_name,
-    Event, EventKind, HandshakeSide, RetransmitKind,
-};
+//! Rendering events for `tcptrace trace`: aligned text lines or JSON lines, written
+//! straight into the output buffer — integers and addresses formatted in place, the
+//! date and time of day formatted once per second, strings escaped as they are copied —
+//! so that rendering costs less than the kernel takes to produce an event.
+use std::{io::Write as _, net::SocketAddr};
+
+use tcptrace_common::state::state_name;
 
 use crate::{
-    event::clock::{Clock, Rfc3339},
-    event::{self, comm, errno_name, failure_reason, owner_pid},
+    event::{
+        clock::Clock,
+        errno_name,
+        names::{kind_name, tcp_flags},
+        Failure, TcpEvent, What,
+    },
     k8s::cgroup::Workload,
 };
 
 pub const TEXT_HEADER: &str = "TIME(UTC)       EVENT      PID     COMM             NETNS      LOCAL                                  REMOTE                                 DETAIL";
 
-pub fn text_line(e: &Event, clock: &Clock) -> String {
-    let kind = EventKind::from_u8(e.kind);
-    let pid = owner_pid(e).map_or_else(|| "-".to_string(), |p| p.to_string());
-    let name = if owner_pid(e).is_some() {
-        comm(&e.comm)
-    } else {
-        "-".to_string()
-    };
-    let netns = if e.netns == 0 {
-        "-".to_string()
-    } else {
-        e.netns.to_string()
-    };
-    format!(
-        "{} {:<10} {:<7} {:<16} {:<10} {:<38} {:<38} {}",
-        clock.time_of_day(e.ts_ns),
-        kind.map_or("unknown", kind_name),
-        pid,
-        name,
-        netns,
-        endpoint(e, true),
-        endpoint(e, false),
-        detail(e)
-    )
+/// Writes events; remembers the wall-clock second last written, whose text it reuses.
+pub struct Renderer {
+    clock: Clock,
+    /// Unix second of `date_time`.
+    second: i64,
+    /// `YYYY-MM-DDTHH:MM:SS` of `second`.
+    date_time: [u8; 19],
 }
 
-fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::StateChange => "state",
-        EventKind::Handshake => "handshake",
-        EventKind::Retransmit => "retransmit",
-        EventKind::ConnectError => "connect",
-        EventKind::Segment => "segment",
-        EventKind::SocketError => "error",
-        EventKind::Reset => "reset",
+impl Renderer {
+    pub fn new(clock: Clock) -> Renderer {
+        Renderer {
+            clock,
+            second: i64::MIN,
+            date_time: [b'0'; 19],
+        }
+    }
+
+    /// The date and time of `ts_ns` (monotonic) to the second, and its microseconds.
+    fn wall(&mut self, ts_ns: u64) -> (&[u8; 19], u32) {
+        let (second, micros) = self.clock.unix_second_and_micros(ts_ns);
+        if second != self.second {
+            self.second = second;
+            self.date_time = self.clock.date_time(second);
+        }
+        (&self.date_time, micros)
+    }
+
+    /// One aligned text line, with its newline.
+    pub fn text(&mut self, out: &mut Vec<u8>, e: &TcpEvent) {
+        let (date_time, micros) = self.wall(e.ts_ns);
+        out.extend_from_slice(&date_time[11..]);
+        out.push(b'.');
+        zero_padded(out, micros, 6);
+        out.push(b' ');
+        padded(out, 10, |o| {
+            o.extend_from_slice(kind_name(e.kind()).as_bytes())
+        });
+        match &e.owner {
+            Some(owner) => {
+                padded(out, 7, |o| number(o, owner.pid));
+                padded(out, 16, |o| o.extend_from_slice(owner.comm().as_bytes()));
+            }
+            None => out.extend_from_slice(b"-       -                "),
+        }
+        match e.netns {
+            Some(netns) => padded(out, 10, |o| number(o, netns)),
+            None => out.extend_from_slice(b"-          "),
+        }
+        padded(out, 38, |o| endpoint(o, e.local));
+        padded(out, 38, |o| endpoint(o, e.remote));
+        detail(out, &e.what);
+        out.push(b'\n');
+    }
+
+    /// One JSON object, with its newline; the owner's workload where it is known.
+    /// Field names are part of the interface (README, "JSON lines").
+    pub fn json(&mut self, out: &mut Vec<u8>, e: &TcpEvent, workload: Option<&Workload>) {
+        let (date_time, micros) = self.wall(e.ts_ns);
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(date_time);
+        out.push(b'.');
+        zero_padded(out, micros, 6);
+        out.extend_from_slice(b"Z\",\"ts_ns\":");
+        number(out, e.ts_ns);
+        string_field(out, "event", kind_name(e.kind()));
+        match &e.owner {
+            Some(owner) => {
+                number_field(out, "pid", owner.pid);
+                string_field(out, "comm", &owner.comm());
+                number_field(out, "cgroup_id", owner.cgroup_id);
+            }
+            None => out.extend_from_slice(b",\"pid\":null,\"comm\":null,\"cgroup_id\":null"),
+        }
+        number_field(out, "family", if e.is_ipv6() { 6u8 } else { 4 });
+        key(out, "saddr");
+        quoted(out, |o| ip(o, e.local));
+        number_field(out, "sport", e.local.port());
+        key(out, "daddr");
+        quoted(out, |o| ip(o, e.remote));
+        number_field(out, "dport", e.remote.port());
+        key(out, "skaddr");
+        let _ = write!(out, "\"{:#x}\"", e.skaddr);
+        match e.netns {
+            Some(netns) => number_field(out, "netns", netns),
+            None => out.extend_from_slice(b",\"netns\":null"),
+        }
+        what_fields(out, &e.what);
+        if let Some(w) = workload {
+            workload_fields(out, w);
+        }
+        out.extend_from_slice(b"}\n");
     }
 }
 
-fn endpoint(e: &Event, local: bool) -> String {
-    let (addr, port) = if local {
-        (&e.saddr, e.sport)
-    } else {
-        (&e.daddr, e.dport)
-    };
-    match event::ip(e.family, addr) {
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-        a => format!("{a}:{port}"),
-    }
-}
-
-fn detail(e: &Event) -> String {
-    match EventKind::from_u8(e.kind) {
-        Some(EventKind::StateChange) => {
-            let (from, to) = (state_name(e.old_state), state_name(e.new_state));
-            if e.duration_ns == 0 {
-                format!("{from} -> {to}")
-            } else {
-                format!(
-                    "{from} -> {to} (in {from} {})",
-                    human_duration(e.duration_ns)
-                )
+/// The kind-specific fields of a JSON line.
+fn what_fields(out: &mut Vec<u8>, what: &What) {
+    match *what {
+        What::State {
+            from,
+            to,
+            time_in_from_ns,
+        } => {
+            string_field(out, "old_state", state_name(from));
+            string_field(out, "new_state", state_name(to));
+            if let Some(ns) = time_in_from_ns {
+                number_field(out, "duration_ns", ns);
             }
         }
-        Some(EventKind::Handshake) => {
-            let side = HandshakeSide::from_u8(e.detail).map_or("?", HandshakeSide::name);
-            let took = human_duration(e.duration_ns);
-            if e.outcome == OUTCOME_ESTABLISHED {
-                format!("{side} established in {took}")
-            } else if e.flags & FLAG_SK_ERR_READ != 0 {
-                format!(
-                    "{side} failed after {took}: {} ({})",
-                    failure_reason(e),
-                    errno_name(e.err)
-                )
-            } else {
-                format!("{side} failed after {took}: {}", failure_reason(e))
+        What::Handshake {
+            side,
+            duration_ns,
+            failure,
+        } => {
+            number_field(out, "duration_ns", duration_ns);
+            string_field(out, "side", side.name());
+            match failure {
+                None => string_field(out, "outcome", "established"),
+                Some(Failure { reason, errno }) => {
+                    string_field(out, "outcome", "failed");
+                    string_field(out, "reason", reason.name());
+                    if let Some(errno) = errno {
+                        string_field(out, "error", &errno_name(errno));
+                    }
+                }
             }
         }
-        Some(EventKind::Retransmit) => {
-            let kind = RetransmitKind::from_u8(e.detail).map_or("?", RetransmitKind::name);
-            let mut s = format!("{kind} in {}", state_name(e.old_state));
-            if e.segs > 1 {
-                s.push_str(&format!(", {} segments", e.segs));
+        What::Retransmit {
+            kind,
+            state,
+            segments,
+            error,
+        } => {
+            string_field(out, "retransmit", kind.name());
+            string_field(out, "state", state_name(state));
+            if let Some(segments) = segments {
+                number_field(out, "segments", segments);
             }
-            if e.err != 0 {
-                s.push_str(&format!(" (not sent: {})", errno_name(-e.err)));
+            if let Some(error) = error {
+                string_field(out, "error", &errno_name(error));
             }
-            s
         }
-        Some(EventKind::ConnectError) => format!(
-            "connect() failed: {} (seen by {})",
-            errno_name(e.err),
-            Source::from_u8(e.detail).name()
-        ),
-        Some(EventKind::Segment) => format!(
-            "{} received in {}",
-            tcp_flags(e.detail),
-            state_name(e.old_state)
-        ),
-        Some(EventKind::SocketError) => format!("socket error {}", errno_name(e.err)),
-        Some(EventKind::Reset) => format!(
-            "RST {} in {}",
-            reset_direction(e.detail),
-            state_name(e.old_state)
-        ),
-        None => format!("unknown event kind {}", e.kind),
+        What::ConnectError { errno, seen_by } => {
+            string_field(out, "error", &errno_name(errno));
+            string_field(out, "source", seen_by.name());
+        }
+        What::Segment { state, flags } => {
+            string_field(out, "state", state_name(state));
+            string_field(out, "flags", &tcp_flags(flags));
+        }
+        What::SocketError { errno } => string_field(out, "error", &errno_name(errno)),
+        What::Reset { direction, state } => {
+            string_field(out, "direction", direction.name());
+            string_field(out, "state", state_name(state));
+        }
     }
 }
 
-/// `sent` or `received`, from a reset event's detail (the `RESETS` slot).
-pub fn reset_direction(detail: u8) -> &'static str {
-    if u32::from(detail) == tcptrace_common::counters::RESET_RECEIVED {
-        "received"
-    } else {
-        "sent"
+/// What the owner's cgroup path says: each field only where the path says it.
+fn workload_fields(out: &mut Vec<u8>, w: &Workload) {
+    string_field(out, "cgroup", &w.cgroup);
+    let optional = [
+        ("runtime", w.runtime),
+        ("container_id", w.container_id.as_deref()),
+        ("pod_uid", w.pod_uid.as_deref()),
+        ("qos", w.qos),
+        ("unit", w.unit.as_deref()),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            string_field(out, name, value);
+        }
     }
 }
 
-/// `SYN,ACK`: the flags of a TCP segment, in header order.
-pub fn tcp_flags(flags: u8) -> String {
-    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
-    let set: Vec<&str> = (0..8)
-        .filter(|bit| flags & (1 << bit) != 0)
-        .map(|bit| NAMES[bit])
-        .collect();
-    if set.is_empty() {
-        "no flags".to_string()
-    } else {
-        set.join(",")
+/// The text line's last column.
+fn detail(out: &mut Vec<u8>, what: &What) {
+    match *what {
+        What::State {
+            from,
+            to,
+            time_in_from_ns,
+        } => {
+            let _ = write!(out, "{} -> {}", state_name(from), state_name(to));
+            if let Some(ns) = time_in_from_ns {
+                let _ = write!(out, " (in {} ", state_name(from));
+                duration(out, ns);
+                out.push(b')');
+            }
+        }
+        What::Handshake {
+            side,
+            duration_ns,
+            failure,
+        } => {
+            out.extend_from_slice(side.name().as_bytes());
+            match failure {
+                None => out.extend_from_slice(b" established in "),
+                Some(_) => out.extend_from_slice(b" failed after "),
+            }
+            duration(out, duration_ns);
+            if let Some(Failure { reason, errno }) = failure {
+                let _ = write!(out, ": {}", reason.name());
+                if let Some(errno) = errno {
+                    let _ = write!(out, " ({})", errno_name(errno));
+                }
+            }
+        }
+        What::Retransmit {
+            kind,
+            state,
+            segments,
+            error,
+        } => {
+            let _ = write!(out, "{} in {}", kind.name(), state_name(state));
+            if let Some(n) = segments.filter(|n| *n > 1) {
+                let _ = write!(out, ", {n} segments");
+            }
+            if let Some(error) = error {
+                let _ = write!(out, " (not sent: {})", errno_name(error));
+            }
+        }
+        What::ConnectError { errno, seen_by } => {
+            let _ = write!(
+                out,
+                "connect() failed: {} (seen by {})",
+                errno_name(errno),
+                seen_by.name()
+            );
+        }
+        What::Segment { state, flags } => {
+            let _ = write!(
+                out,
+                "{} received in {}",
+                tcp_flags(flags),
+                state_name(state)
+            );
+        }
+        What::SocketError { errno } => {
+            let _ = write!(out, "socket error {}", errno_name(errno));
+        }
+        What::Reset { direction, state } => {
+            let _ = write!(out, "RST {} in {}", direction.name(), state_name(state));
+        }
     }
 }
 
-/// `1.234s`, `12.3ms`, `45us`: three significant digits are plenty for a terminal.
-pub fn human_duration(ns: u64) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.3}s", ns as f64 / 1e9)
+/// `1.234s`, `12.346ms`, `45us`: three decimals are plenty for a terminal.
+fn duration(out: &mut Vec<u8>, ns: u64) {
+    let (value, unit) = if ns >= 1_000_000_000 {
+        ((ns + 500_000) / 1_000_000, "s")
     } else if ns >= 1_000_000 {
-        format!("{:.3}ms", ns as f64 / 1e6)
+        ((ns + 500) / 1000, "ms")
     } else {
-        format!("{}us", ns / 1000)
-    }
-}
-
-/// A value serialized as the JSON string of its `Display`, written in place: no
-/// intermediate `String` per field per event.
-pub struct Shown<T>(pub T);
-
-impl<T: std::fmt::Display> Serialize for Shown<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// `0x...`, the socket address as the kernel prints pointers in hex.
-pub struct Hex(pub u64);
-
-impl std::fmt::Display for Hex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
-
-/// One JSON object per event. Field names are part of the interface (see README).
-#[derive(Serialize)]
-pub struct JsonEvent<'a> {
-    pub time: Shown<Rfc3339>,
-    pub ts_ns: u64,
-    pub event: &'static str,
-    pub pid: Option<u32>,
-    pub comm: Option<std::borrow::Cow<'a, str>>,
-    pub cgroup_id: Option<u64>,
-    pub family: u8,
-    pub saddr: Shown<std::net::IpAddr>,
-    pub sport: u16,
-    pub daddr: Shown<std::net::IpAddr>,
-    pub dport: u16,
-    pub skaddr: Shown<Hex>,
-    /// The socket's network namespace (inode); `null` when the kernel offsets are unknown.
-    pub netns: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub old_state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_state: Option<&'static str>,
-    /// state: time spent in old_state (absent when unknown); handshake: its duration.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ns: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub side: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retransmit: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<&'static str>,
-    /// retransmit: segments re-sent (several under GSO); absent when unknown.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub segments: Option<u16>,
-    /// segment: the TCP flags of a segment received in a handshake state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub flags: Option<String>,
-    /// connect: which hook saw the error (`function` or `tracepoint`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<&'static str>,
-    /// reset: `sent` or `received`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub direction: Option<&'static str>,
-    /// The owner's cgroup and what it says: container runtime and id, pod UID, QoS,
-    /// unit (`Workload`'s fields, inline: serde's `flatten` turns the whole object into
-    /// a map, which doubled the cost of every line).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub qos: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unit: Option<&'a str>,
-}
-
-impl<'a> JsonEvent<'a> {
-    fn attribute(&mut self, w: &'a Workload) {
-        self.cgroup = Some(&w.cgroup);
-        self.runtime = w.runtime;
-        self.container_id = w.container_id.as_deref();
-        self.pod_uid = w.pod_uid.as_deref();
-        self.qos = w.qos;
-        self.unit = w.unit.as_deref();
-    }
-}
-
-pub fn json_event<'a>(e: &'a Event, clock: &Clock) -> JsonEvent<'a> {
-    let pid = owner_pid(e);
-    let kind = EventKind::from_u8(e.kind);
-    let mut j = JsonEvent {
-        time: Shown(clock.rfc3339_display(e.ts_ns)),
-        ts_ns: e.ts_ns,
-        event: kind.map_or("unknown", kind_name),
-        pid,
-        comm: pid.map(|_| event::comm_str(&e.comm)),
-        cgroup_id: pid.map(|_| e.cgroup_id),
-        family: if e.family == tcptrace_common::AF_INET {
-            4
-        } else {
-            6
-        },
-        saddr: Shown(event::ip(e.family, &e.saddr)),
-        sport: e.sport,
-        daddr: Shown(event::ip(e.family, &e.daddr)),
-        dport: e.dport,
-        skaddr: Shown(Hex(e.skaddr)),
-        netns: (e.netns != 0).then_some(e.netns),
-        old_state: None,
-        new_state: None,
-        duration_ns: None,
-        side: None,
-        outcome: None,
-        reason: None,
-        error: None,
-        retransmit: None,
-        state: None,
-        segments: None,
-        flags: None,
-        source: None,
-        direction: None,
-        cgroup: None,
-        runtime: None,
-        container_id: None,
-        pod_uid: None,
-        qos: None,
-        unit: None,
+        number(out, ns / 1000);
+        out.extend_from_slice(b"us");
+        return;
     };
-    match kind {
-        Some(EventKind::StateChange) => {
-            j.old_state = Some(state_name(e.old_state));
-            j.new_state = Some(state_name(e.new_state));
-            j.duration_ns = (e.duration_ns != 0).then_some(e.duration_ns);
+    number(out, value / 1000);
+    out.push(b'.');
+    zero_padded(out, (value % 1000) as u32, 3);
+    out.extend_from_slice(unit.as_bytes());
+}
+
+/// `duration` as a `String` (doctor's report, tests).
+pub fn human_duration(ns: u64) -> String {
+    let mut out = Vec::new();
+    duration(&mut out, ns);
+    String::from_utf8(out).expect("digits and units")
+}
+
+/// Write with `write`, then spaces up to `width` and one more.
+fn padded(out: &mut Vec<u8>, width: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    write(out);
+    let written = out.len() - start;
+    out.resize(out.len() + width.saturating_sub(written) + 1, b' ');
+}
+
+fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn zero_padded(out: &mut Vec<u8>, n: u32, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
+    out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
+    out.extend_from_slice(digits.as_bytes());
+}
+
+/// `"name":`, after a comma: every field follows `time`.
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn number_field(out: &mut Vec<u8>, name: &str, n: impl itoa::Integer) {
+    key(out, name);
+    number(out, n);
+}
+
+fn string_field(out: &mut Vec<u8>, name: &str, value: &str) {
+    key(out, name);
+    quoted(out, |o| escaped(o, value));
+}
+
+fn quoted(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    out.push(b'"');
+    write(out);
+    out.push(b'"');
+}
+
+/// A JSON string's content: `"`, `\` and control characters escaped.
+fn escaped(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+            _ => out.push(b),
         }
-        Some(EventKind::Handshake) => {
-            j.side = HandshakeSide::from_u8(e.detail).map(HandshakeSide::name);
-            j.duration_ns = Some(e.duration_ns);
-            if e.outcome == OUTCOME_ESTABLISHED {
-                j.outcome = Some("established");
-            } else {
-                j.outcome = Some("failed");
-                j.reason = Some(failure_reason(e));
-                j.error = (e.flags & FLAG_SK_ERR_READ != 0).then(|| errno_name(e.err));
+    }
+}
+
+/// The address alone: IPv4 digit by digit, IPv6 through its `Display`.
+fn ip(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            for (i, octet) in a.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                number(out, *octet);
             }
         }
-        Some(EventKind::Retransmit) => {
-            j.retransmit = RetransmitKind::from_u8(e.detail).map(RetransmitKind::name);
-            j.state = Some(state_name(e.old_state));
-            j.segments = (e.segs != 0).then_some(e.segs);
-            j.error = (e.err != 0).then(|| errno_name(-e.err));
+        SocketAddr::V6(a) => {
+            let _ = write!(out, "{}", a.ip());
         }
-        Some(EventKind::ConnectError) => {
-            j.error = Some(errno_name(e.err));
-            j.source = Some(Source::from_u8(e.detail).name());
-        }
-        Some(EventKind::Segment) => {
-            j.state = Some(state_name(e.old_state));
-            j.flags = Some(tcp_flags(e.detail));
-        }
-        Some(EventKind::SocketError) => j.error = Some(errno_name(e.err)),
-        Some(EventKind::Reset) => {
-            j.direction = Some(reset_direction(e.detail));
-            j.state = Some(state_name(e.old_state));
-        }
-        None => {}
     }
-    j
 }
 
-pub fn json_line(e: &Event, clock: &Clock) -> String {
-    let mut line = Vec::new();
-    write_json_line(&mut line, e, clock, None).expect("writing to a Vec");
-    String::from_utf8(line).expect("serde_json writes UTF-8")
-}
-
-/// One JSON line (with its newline) straight into `out`, with the owner's workload
-/// (resolved from its cgroup id) when known.
-pub fn write_json_line(
-    out: &mut impl std::io::Write,
-    e: &Event,
-    clock: &Clock,
-    workload: Option<&Workload>,
-) -> std::io::Result<()> {
-    let mut j = json_event(e, clock);
-    if let Some(w) = workload {
-        j.attribute(w);
+/// `ip:port`, `[ipv6]:port`.
+fn endpoint(out: &mut Vec<u8>, addr: SocketAddr) {
+    if addr.is_ipv6() {
+        out.push(b'[');
+        ip(out, addr);
+        out.push(b']');
+    } else {
+        ip(out, addr);
     }
-    serde_json::to_writer(&mut *out, &j)?;
-    out.write_all(b"\n")
+    out.push(b':');
+    number(out, addr.port());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tcptrace_common::{TcpState, AF_INET};
+    use crate::event::{names::ResetDirection, FailureReason, Owner};
+    use tcptrace_common::{config::Source, HandshakeSide, RetransmitKind, TcpState};
 
-    fn state_event() -> Event {
-        let mut e = Event::zeroed();
-        e.kind = EventKind::StateChange as u8;
-        e.family = AF_INET;
-        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        e.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        e.sport = 40000;
-        e.dport = 80;
-        e.pid = 42;
-        e.netns = 4026531840;
-        e.comm[..4].copy_from_slice(b"curl");
-        e.old_state = TcpState::SynSent as u8;
-        e.new_state = TcpState::Established as u8;
-        e.duration_ns = 1_500_000;
-        e
+    fn state_event() -> TcpEvent {
+        TcpEvent {
+            ts_ns: 0,
+            skaddr: 0xffff888100000000,
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:80".parse().unwrap(),
+            netns: Some(4026531840),
+            owner: Some(Owner::new(42, 7, "curl")),
+            what: What::State {
+                from: TcpState::SynSent as u8,
+                to: TcpState::Established as u8,
+                time_in_from_ns: Some(1_500_000),
+            },
+        }
+    }
+
+    fn text(e: &TcpEvent) -> String {
+        let mut out = Vec::new();
+        Renderer::new(Clock::fixed(0)).text(&mut out, e);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn json(e: &TcpEvent, workload: Option<&Workload>) -> serde_json::Value {
+        let mut out = Vec::new();
+        Renderer::new(Clock::fixed(1_795_696_252 * 1_000_000_000)).json(&mut out, e, workload);
+        assert_eq!(out.last(), Some(&b'\n'));
+        serde_json::from_slice(&out).unwrap()
     }
 
     #[test]
-    fn text_has_every_column() {
-        let line = text_line(&state_event(), &Clock::fixed(0));
-        assert!(line.contains("state"), "{line}");
-        assert!(line.contains(" 42 "), "{line}");
-        assert!(line.contains("curl"), "{line}");
-        assert!(line.contains(" 4026531840 "), "{line}");
-        assert!(line.contains("127.0.0.1:40000"), "{line}");
-        assert!(line.contains("127.0.0.1:80"), "{line}");
+    fn text_has_every_column_where_the_header_says() {
+        let line = text(&state_event());
+        assert_eq!(
+            line,
+            "00:00:00.000000 state      42      curl             4026531840 127.0.0.1:40000                        127.0.0.1:80                           SYN_SENT -> ESTABLISHED (in SYN_SENT 1.500ms)\n"
+        );
+        for column in ["EVENT", "PID", "COMM", "NETNS", "LOCAL", "REMOTE", "DETAIL"] {
+            let at = TEXT_HEADER.find(column).unwrap();
+            assert_ne!(line.as_bytes()[at], b' ', "{column} starts at {at}: {line}");
+            assert_eq!(line.as_bytes()[at - 1], b' ', "{column}: {line}");
+        }
+        let mut unknown = state_event();
+        unknown.owner = None;
+        unknown.netns = None;
+        let line = text(&unknown);
+        let at = TEXT_HEADER.find("LOCAL").unwrap();
+        assert_eq!(&line[at..at + 9], "127.0.0.1", "{line}");
         assert!(
-            line.contains("SYN_SENT -> ESTABLISHED (in SYN_SENT 1.500ms)"),
+            line.contains(" -       -                -          127"),
             "{line}"
         );
     }
 
     #[test]
     fn json_fields() {
-        let v: serde_json::Value =
-            serde_json::from_str(&json_line(&state_event(), &Clock::fixed(0))).unwrap();
+        let v = json(&state_event(), None);
+        assert_eq!(v["time"], "2026-11-26T12:30:52.000000Z");
         assert_eq!(v["event"], "state");
         assert_eq!(v["pid"], 42);
+        assert_eq!(v["comm"], "curl");
+        assert_eq!(v["cgroup_id"], 7);
         assert_eq!(v["old_state"], "SYN_SENT");
         assert_eq!(v["new_state"], "ESTABLISHED");
         assert_eq!(v["duration_ns"], 1_500_000);
         assert_eq!(v["family"], 4);
+        assert_eq!(v["saddr"], "127.0.0.1");
+        assert_eq!(v["sport"], 40000);
         assert_eq!(v["netns"], 4026531840u32);
+        assert_eq!(v["skaddr"], "0xffff888100000000");
         assert!(v.get("retransmit").is_none());
-    }
-
-    #[test]
-    fn failed_handshake_json() {
         let mut e = state_event();
-        e.kind = EventKind::Handshake as u8;
-        e.outcome = tcptrace_common::event::OUTCOME_FAILED;
-        e.err = libc::ECONNREFUSED;
-        e.flags = FLAG_SK_ERR_READ;
-        let v: serde_json::Value = serde_json::from_str(&json_line(&e, &Clock::fixed(0))).unwrap();
-        assert_eq!(v["outcome"], "failed");
-        assert_eq!(v["reason"], "refused");
-        assert_eq!(v["error"], "ECONNREFUSED");
-        assert_eq!(v["side"], "client");
-    }
-
-    #[test]
-    fn connect_error_and_segment_lines() {
-        let mut e = state_event();
-        e.kind = EventKind::ConnectError as u8;
-        e.err = libc::EADDRNOTAVAIL;
-        e.detail = Source::Tracepoint as u8;
-        let line = text_line(&e, &Clock::fixed(0));
-        assert!(
-            line.contains("connect() failed: EADDRNOTAVAIL (seen by tracepoint)"),
-            "{line}"
-        );
-        let v: serde_json::Value = serde_json::from_str(&json_line(&e, &Clock::fixed(0))).unwrap();
+        e.owner = None;
+        e.netns = None;
+        e.local = "[::1]:40000".parse().unwrap();
+        let v = json(&e, None);
+        assert!(v["pid"].is_null() && v["comm"].is_null() && v["netns"].is_null());
         assert_eq!(
-            (v["event"].as_str(), v["error"].as_str()),
-            (Some("connect"), Some("EADDRNOTAVAIL"))
+            (v["family"].as_u64(), v["saddr"].as_str()),
+            (Some(6), Some("::1"))
         );
+    }
 
-        e.kind = EventKind::Segment as u8;
-        e.old_state = TcpState::SynSent as u8;
-        e.detail = 0x14;
-        let line = text_line(&e, &Clock::fixed(0));
-        assert!(line.contains("RST,ACK received in SYN_SENT"), "{line}");
-        assert_eq!(tcp_flags(0x12), "SYN,ACK");
-        assert_eq!(tcp_flags(0), "no flags");
+    #[test]
+    fn strings_are_escaped_and_workloads_inline() {
+        let mut e = state_event();
+        e.owner = Some(Owner::new(1, 2, "a\"b\\c\u{1}"));
+        let w = Workload {
+            cgroup: "/kubepods/pod1".into(),
+            runtime: Some("cri"),
+            ..Workload::default()
+        };
+        let v = json(&e, Some(&w));
+        assert_eq!(v["comm"], "a\"b\\c\u{1}");
+        assert_eq!(v["cgroup"], "/kubepods/pod1");
+        assert_eq!(v["runtime"], "cri");
+        assert!(v.get("pod_uid").is_none());
+    }
+
+    #[test]
+    fn every_kind_in_text_and_json() {
+        let cases = [
+            (
+                What::Handshake {
+                    side: HandshakeSide::Client,
+                    duration_ns: 771_000,
+                    failure: Some(Failure {
+                        reason: FailureReason::Refused,
+                        errno: Some(libc::ECONNREFUSED),
+                    }),
+                },
+                "client failed after 771us: refused (ECONNREFUSED)",
+                serde_json::json!({"outcome": "failed", "reason": "refused", "error": "ECONNREFUSED", "side": "client"}),
+            ),
+            (
+                What::Retransmit {
+                    kind: RetransmitKind::Data,
+                    state: TcpState::Established as u8,
+                    segments: Some(3),
+                    error: Some(libc::ENOBUFS),
+                },
+                "data in ESTABLISHED, 3 segments (not sent: ENOBUFS)",
+                serde_json::json!({"retransmit": "data", "state": "ESTABLISHED", "segments": 3, "error": "ENOBUFS"}),
+            ),
+            (
+                What::ConnectError {
+                    errno: libc::EADDRNOTAVAIL,
+                    seen_by: Source::Tracepoint,
+                },
+                "connect() failed: EADDRNOTAVAIL (seen by tracepoint)",
+                serde_json::json!({"error": "EADDRNOTAVAIL", "source": "tracepoint"}),
+            ),
+            (
+                What::Segment {
+                    state: TcpState::SynSent as u8,
+                    flags: 0x14,
+                },
+                "RST,ACK received in SYN_SENT",
+                serde_json::json!({"state": "SYN_SENT", "flags": "RST,ACK"}),
+            ),
+            (
+                What::SocketError {
+                    errno: libc::ETIMEDOUT,
+                },
+                "socket error ETIMEDOUT",
+                serde_json::json!({"error": "ETIMEDOUT"}),
+            ),
+            (
+                What::Reset {
+                    direction: ResetDirection::Received,
+                    state: TcpState::SynSent as u8,
+                },
+                "RST received in SYN_SENT",
+                serde_json::json!({"direction": "received", "state": "SYN_SENT"}),
+            ),
+        ];
+        for (what, detail, fields) in cases {
+            let mut e = state_event();
+            e.what = what;
+            assert!(text(&e).ends_with(&format!("{detail}\n")), "{}", text(&e));
+            let v = json(&e, None);
+            for (k, want) in fields.as_object().unwrap() {
+                assert_eq!(&v[k], want, "{k} in {v}");
+            }
+        }
     }
 
     #[test]
@@ -453,5 +552,6 @@ mod tests {
         assert_eq!(human_duration(45_000), "45us");
         assert_eq!(human_duration(12_345_678), "12.346ms");
         assert_eq!(human_duration(3_000_000_000), "3.000s");
+        assert_eq!(human_duration(1_999_600_000), "2.000s");
     }
 }
