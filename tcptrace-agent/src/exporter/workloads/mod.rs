@@ -3,10 +3,9 @@
 //! process), optionally by remote endpoint, aggregated from the event stream under a
 //! series budget. The kernel's lossless counters stay unlabelled; these follow the ring
 //! buffer, so a full ring (counted in tcptrace_ringbuf_events_lost_total) undercounts them.
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
-};
+mod labels;
+
+use std::time::{Duration, Instant};
 
 use tcptrace_common::EventKind;
 
@@ -16,8 +15,10 @@ use super::{
 };
 use crate::{
     event::{TcpEvent, What},
-    k8s::{cgroup::CgroupIndex, pod_names},
+    k8s::pod_names,
 };
+use labels::Labeler;
+pub use labels::MAX_LABEL_BYTES;
 
 /// Upper bounds (ns) of the per-workload handshake buckets, exposed in seconds. Few,
 /// because each bucket is a time series for every label set; placed where handshakes of
@@ -56,12 +57,6 @@ pub const BUDGET_FAMILIES: [&str; 4] = [
     "tcptrace_workload_resets_total",
     "tcptrace_workload_handshake_duration_seconds",
 ];
-
-/// Label values (namespace, pod, container, workload) are cut to this many bytes as
-/// exposed, escapes included: the longest Kubernetes name (a DNS subdomain) fits whole,
-/// and a line of /metrics has a bound (see `worst_case`). Longer values can only come
-/// from outside Kubernetes (a systemd unit, a custom controller kind).
-pub const MAX_LABEL_BYTES: usize = 253;
 
 /// `into` of tcptrace_series_folded_total, for each coarser level an update can land
 /// in (with `remote`: the address alone, `remote="other"`, then the family's `other`).
@@ -150,36 +145,29 @@ impl Value {
 
 pub struct WorkloadMetrics {
     opts: LabelOptions,
-    cgroups: CgroupIndex,
-    names: pod_names::Shared,
+    labeler: Labeler,
     budget: Budget<Key, Value>,
     /// What landed in a coarser series than its own, by level (see `folded_into`):
     /// events, segments for retransmits.
     folded: Vec<u64>,
-    ephemeral: (u16, u16),
     expired_at: Instant,
 }
 
 impl WorkloadMetrics {
     /// Series named from `names` (filled by the name source, see `pod_names`).
     pub fn new(opts: LabelOptions, names: pod_names::Shared) -> WorkloadMetrics {
-        let ephemeral = crate::doctor::sysctl::TcpSysctls::read()
-            .map(|s| s.local_port_range)
-            .unwrap_or((32768, 60999));
         WorkloadMetrics {
             budget: Budget::new(opts.max_series, OTHER_SERIES, opts.ttl),
             folded: vec![0; folded_into(opts.remote).len()],
             opts,
-            cgroups: CgroupIndex::new(),
-            names,
-            ephemeral,
+            labeler: Labeler::new(names),
             expired_at: Instant::now(),
         }
     }
 
     /// A new drain of the ring buffer begins (cgroups may have appeared since the last).
     pub fn new_batch(&mut self) {
-        self.cgroups.new_batch();
+        self.labeler.new_batch();
     }
 
     /// The event kinds `record` counts; the kernel sends `run` no others.
@@ -232,20 +220,20 @@ impl WorkloadMetrics {
         detail: &'static str,
         e: &TcpEvent,
     ) -> impl ExactSizeIterator<Item = Key> {
-        let (namespace, pod, container, workload) = self.owner_labels(e);
+        let owner = self.labeler.owner(e);
         let key = Key {
             kind,
-            namespace: capped(namespace),
-            pod: capped(pod),
-            container: capped(container),
-            workload: capped(workload),
+            namespace: owner.namespace,
+            pod: owner.pod,
+            container: owner.container,
+            workload: owner.workload,
             remote: String::new(),
             detail,
         };
         let remotes = if self.opts.remote {
             let ip = e.remote.ip();
             vec![
-                self.endpoint(ip, e.remote.port()),
+                self.labeler.endpoint(ip, e.remote.port()),
                 ip.to_string(),
                 OTHER.to_string(),
             ]
@@ -256,67 +244,6 @@ impl WorkloadMetrics {
             remote,
             ..key.clone()
         })
-    }
-
-    /// (namespace, pod, container, workload): names where the kubelet gave them, the
-    /// pod UID and `runtime:id` otherwise, `host/<unit or command>` outside containers,
-    /// `unresolved` for a cgroup that no longer exists, `unknown` without an owner.
-    fn owner_labels(&mut self, e: &TcpEvent) -> (String, String, String, String) {
-        let Some(owner) = e.owner.as_ref().filter(|o| o.cgroup_id != 0) else {
-            return (
-                String::new(),
-                String::new(),
-                "unknown".into(),
-                String::new(),
-            );
-        };
-        let Some(w) = self.cgroups.lookup(owner.cgroup_id) else {
-            // The cgroup is gone (or beyond the index): say so rather than guess.
-            return (
-                String::new(),
-                String::new(),
-                "unresolved".into(),
-                String::new(),
-            );
-        };
-        let names = self.names.read().unwrap_or_else(|p| p.into_inner());
-        let container = match (&w.container_id, w.runtime) {
-            (Some(id), runtime) => names.containers.get(id).cloned().unwrap_or_else(|| {
-                format!(
-                    "{}:{}",
-                    runtime.unwrap_or("container"),
-                    &id[..id.len().min(12)]
-                )
-            }),
-            (None, _) => format!(
-                "host/{}",
-                w.unit.clone().unwrap_or_else(|| owner.comm().into_owned())
-            ),
-        };
-        match &w.pod_uid {
-            Some(uid) => match names.pods.get(uid) {
-                Some(p) => (
-                    p.namespace.clone(),
-                    p.name.clone(),
-                    container,
-                    p.workload.clone(),
-                ),
-                None => (String::new(), uid.clone(), container, String::new()),
-            },
-            None => (String::new(), String::new(), container, String::new()),
-        }
-    }
-
-    /// `ip:port`, or `ip:ephemeral` for a port of the local ephemeral range.
-    fn endpoint(&self, ip: IpAddr, port: u16) -> String {
-        if (self.ephemeral.0..=self.ephemeral.1).contains(&port) {
-            match ip {
-                IpAddr::V6(a) => format!("[{a}]:ephemeral"),
-                a => format!("{a}:ephemeral"),
-            }
-        } else {
-            SocketAddr::new(ip, port).to_string()
-        }
     }
 
     pub fn families(&self) -> Vec<Family> {
@@ -493,29 +420,13 @@ fn folded_into(remote: bool) -> &'static [&'static str] {
     }
 }
 
-/// `value` cut (at a character boundary) to `MAX_LABEL_BYTES` as exposed, where `"`,
-/// `\\` and a newline take two bytes.
-fn capped(value: String) -> String {
-    let mut exposed = 0;
-    for (i, c) in value.char_indices() {
-        exposed += match c {
-            '"' | '\\' | '\n' => 2,
-            c => c.len_utf8(),
-        };
-        if exposed > MAX_LABEL_BYTES {
-            return value[..i].to_string();
-        }
-    }
-    value
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{Failure, FailureReason};
     use crate::exporter::exposition;
     use std::collections::HashMap;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     use tcptrace_common::HandshakeSide;
 
     fn metrics(remote: bool, max_series: usize) -> WorkloadMetrics {
@@ -706,20 +617,5 @@ mod tests {
         let sum = m[&format!("tcptrace_workload_handshake_duration_seconds_sum{{{labels}}}")];
         let expected_sum = took_ns.iter().sum::<u64>() as f64 / 1e9;
         assert!((sum - expected_sum).abs() < 1e-9, "{sum} != {expected_sum}");
-    }
-
-    #[test]
-    fn long_label_values_are_cut_to_the_exposed_limit() {
-        let long = "p".repeat(300);
-        assert_eq!(capped(long).len(), MAX_LABEL_BYTES);
-        let quotes = "\"".repeat(200);
-        assert_eq!(
-            capped(quotes).len(),
-            MAX_LABEL_BYTES / 2,
-            "escaped: 2 bytes each"
-        );
-        let multibyte = "é".repeat(200); // 2 bytes each: cut at a character boundary
-        assert_eq!(capped(multibyte).len(), MAX_LABEL_BYTES - 1);
-        assert_eq!(capped("web".into()), "web");
     }
 }
