@@ -536,6 +536,12 @@ mod tests {
                 serde_json::json!({"direction": "received", "state": "SYN_SENT"}),
             ),
         ];
+        // Every kind of the vocabulary has a case here (state: `state_event` itself).
+        let mut covered: Vec<_> = cases.iter().map(|c| kind_of(&c.0)).collect();
+        covered.push(state_event().kind());
+        for k in crate::event::names::KINDS {
+            assert!(covered.contains(&k.kind), "no rendering case for {}", k.name);
+        }
         for (what, detail, fields) in cases {
             let mut e = state_event();
             e.what = what;
@@ -545,6 +551,12 @@ mod tests {
                 assert_eq!(&v[k], want, "{k} in {v}");
             }
         }
+    }
+
+    fn kind_of(what: &What) -> tcptrace_common::EventKind {
+        let mut e = state_event();
+        e.what = what.clone();
+        e.kind()
     }
 
     #[test]
