@@ -221,4 +221,132 @@ mod tests {
             assert!(text.contains(line), "{line} in\n{text}");
         }
     }
+
+    /// The `prometheus` crate's encoder writes the same bytes for the same families:
+    /// ours is hand-written only because it is faster (BENCHMARKS.md), not different.
+    /// Label values with every character the format escapes, values across the range
+    /// f64 formatting treats differently, and the per-workload handshake buckets.
+    /// (One difference, kept on purpose: an infinite sample value is `+Inf` here, as the
+    /// format spells it; the crate writes Rust's `inf`.)
+    #[test]
+    fn same_bytes_as_the_prometheus_crate_encoder() {
+        use prometheus::proto::{self, MetricType};
+
+        let labels = ["namespace", "pod"];
+        let series: Vec<(Vec<&str>, f64)> = vec![
+            (vec!["default", "web-0"], 0.0),
+            (vec!["q\"uote", "back\\slash\nnewline"], 1.0),
+            (vec!["ünïcødé", ""], 0.5),
+            (vec!["big", "x"], 123_456_789_012.0),
+            (vec!["2^53", "x"], 9_007_199_254_740_992.0),
+            (vec!["tiny", "x"], 1e-9),
+            (vec!["neg", "x"], -3.25),
+        ];
+        let buckets: Vec<(f64, u64)> = crate::exporter::workloads::HANDSHAKE_LE_NS
+            .iter()
+            .enumerate()
+            .map(|(i, le)| (*le as f64 / 1e9, i as u64 * 3))
+            .collect();
+        let help = "Help with a \\ backslash\nand a newline.";
+        let ours = encode(vec![
+            counter("c_total", help, &labels, series.clone()),
+            gauge("g", "Gauge.", &[], vec![(vec![], 42.0)]),
+            gauge("g_labelled", "Gauge.", &labels, series.clone()),
+            histogram(
+                "h_seconds",
+                "Histogram.",
+                &labels,
+                vec![HistogramSeries {
+                    labels: vec!["default", "web-0"],
+                    buckets: buckets.clone(),
+                    count: 20,
+                    sum: 0.123456,
+                }],
+            ),
+        ]);
+
+        let metric = |values: &[&str]| {
+            let pairs = labels
+                .iter()
+                .zip(values)
+                .map(|(n, v)| {
+                    let mut p = proto::LabelPair::new();
+                    p.set_name(n.to_string());
+                    p.set_value(v.to_string());
+                    p
+                })
+                .collect();
+            proto::Metric::from_label(pairs)
+        };
+        let family = |name: &str, help: &str, kind: MetricType, metrics: Vec<proto::Metric>| {
+            let mut f = proto::MetricFamily::default();
+            f.set_name(name.into());
+            f.set_help(help.into());
+            f.set_field_type(kind);
+            f.set_metric(metrics);
+            f
+        };
+        let scalars = |kind: MetricType, series: &[(Vec<&str>, f64)]| -> Vec<proto::Metric> {
+            series
+                .iter()
+                .map(|(values, v)| {
+                    let mut m = metric(values);
+                    if kind == MetricType::COUNTER {
+                        let mut c = proto::Counter::new();
+                        c.set_value(*v);
+                        m.set_counter(c);
+                    } else {
+                        let mut g = proto::Gauge::new();
+                        g.set_value(*v);
+                        m.set_gauge(g);
+                    }
+                    m
+                })
+                .collect()
+        };
+        let mut h = proto::Histogram::new();
+        h.set_sample_count(20);
+        h.set_sample_sum(0.123456);
+        h.set_bucket(
+            buckets
+                .iter()
+                .map(|(le, n)| {
+                    let mut b = proto::Bucket::new();
+                    b.set_upper_bound(*le);
+                    b.set_cumulative_count(*n);
+                    b
+                })
+                .collect(),
+        );
+        let mut hm = metric(&["default", "web-0"]);
+        hm.set_histogram(h);
+        let mut unlabelled = proto::Gauge::new();
+        unlabelled.set_value(42.0);
+        let theirs = prometheus::TextEncoder::new()
+            .encode_to_string(&[
+                family(
+                    "c_total",
+                    help,
+                    MetricType::COUNTER,
+                    scalars(MetricType::COUNTER, &series),
+                ),
+                family(
+                    "g",
+                    "Gauge.",
+                    MetricType::GAUGE,
+                    vec![proto::Metric::from_gauge(unlabelled)],
+                ),
+                family(
+                    "g_labelled",
+                    "Gauge.",
+                    MetricType::GAUGE,
+                    scalars(MetricType::GAUGE, &series),
+                ),
+                family("h_seconds", "Histogram.", MetricType::HISTOGRAM, vec![hm]),
+            ])
+            .expect("the crate encodes these families");
+        assert_eq!(ours, theirs);
+        let inf = encode(vec![gauge("g", "G.", &[], vec![(vec![], f64::INFINITY)])]);
+        assert!(inf.ends_with("g +Inf\n"), "{inf}");
+    }
 }

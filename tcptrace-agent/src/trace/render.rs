@@ -540,7 +540,11 @@ mod tests {
         let mut covered: Vec<_> = cases.iter().map(|c| kind_of(&c.0)).collect();
         covered.push(state_event().kind());
         for k in crate::event::names::KINDS {
-            assert!(covered.contains(&k.kind), "no rendering case for {}", k.name);
+            assert!(
+                covered.contains(&k.kind),
+                "no rendering case for {}",
+                k.name
+            );
         }
         for (what, detail, fields) in cases {
             let mut e = state_event();
