@@ -15,23 +15,9 @@ set -eu
 AGENT_IMAGE=$1 CLIENT_IMAGE=$2 PORT=$3 PROFILE=$4 PROFILE_NO_BPF=$5 PROFILE_NO_PERF=$6
 # Every container of this run is named $RUN-*, and removed on exit, passed or failed.
 RUN=tcptrace-verify-$$
-HOST_IP=$(hostname -I | cut -d' ' -f1)
-[ -n "$HOST_IP" ] || { echo "image-verify: this host has no address but loopback"; exit 1; }
-if [ -f /sys/fs/cgroup/unified/cgroup.controllers ]; then
-    for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
-        mkdir -p "/tmp/tcptrace-v1-$c-$$"
-        mount -t cgroup -o "$c" none "/tmp/tcptrace-v1-$c-$$"
-    done
-fi
-cleanup() {
-    podman ps -aq --filter "name=^$RUN-" | xargs -r podman rm -f >/dev/null 2>&1 || true
-    # The v1 mount points made below (their mounts end with this namespace anyway).
-    for d in /tmp/tcptrace-v1-*-$$; do
-        umount "$d" 2>/dev/null || true
-        rmdir "$d" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
+NAME=image-verify
+. "$(dirname "$0")/podman-host.sh"
+trap podman_host_cleanup EXIT
 
 # The DaemonSet's settings (deploy/tcptrace.yaml), one variable per privilege.
 NETWORK=--network=host                                       # hostNetwork: true

@@ -12,21 +12,11 @@
 set -eu
 AGENT_IMAGE=$1 POD_IMAGE=$2 PORT=$3 HEALTH=$4 PROFILE=$5
 RUN=tcptrace-node-$$
-HOST_IP=$(hostname -I | cut -d' ' -f1)
-[ -n "$HOST_IP" ] || { echo "node-sim: this host has no address but loopback"; exit 1; }
-if [ -f /sys/fs/cgroup/unified/cgroup.controllers ]; then
-    for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
-        mkdir -p "/tmp/tcptrace-v1-$c-$$"
-        mount -t cgroup -o "$c" none "/tmp/tcptrace-v1-$c-$$"
-    done
-fi
+NAME=node-sim
+. "$(dirname "$0")/podman-host.sh"
 cleanup() {
     [ -n "${POLLER:-}" ] && kill "$POLLER" 2>/dev/null || true
-    podman ps -aq --filter "name=^$RUN-" | xargs -r podman rm -f -t 0 >/dev/null 2>&1 || true
-    for d in /tmp/tcptrace-v1-*-$$; do
-        umount "$d" 2>/dev/null || true
-        rmdir "$d" 2>/dev/null || true
-    done
+    podman_host_cleanup
     rm -f "/tmp/$RUN-health"
 }
 trap cleanup EXIT
