@@ -270,7 +270,7 @@ mod tests {
                 .iter()
                 .zip(values)
                 .map(|(n, v)| {
-                    let mut p = proto::LabelPair::new();
+                    let mut p = proto::LabelPair::default();
                     p.set_name(n.to_string());
                     p.set_value(v.to_string());
                     p
@@ -292,11 +292,11 @@ mod tests {
                 .map(|(values, v)| {
                     let mut m = metric(values);
                     if kind == MetricType::COUNTER {
-                        let mut c = proto::Counter::new();
+                        let mut c = proto::Counter::default();
                         c.set_value(*v);
                         m.set_counter(c);
                     } else {
-                        let mut g = proto::Gauge::new();
+                        let mut g = proto::Gauge::default();
                         g.set_value(*v);
                         m.set_gauge(g);
                     }
@@ -304,14 +304,14 @@ mod tests {
                 })
                 .collect()
         };
-        let mut h = proto::Histogram::new();
+        let mut h = proto::Histogram::default();
         h.set_sample_count(20);
         h.set_sample_sum(0.123456);
         h.set_bucket(
             buckets
                 .iter()
                 .map(|(le, n)| {
-                    let mut b = proto::Bucket::new();
+                    let mut b = proto::Bucket::default();
                     b.set_upper_bound(*le);
                     b.set_cumulative_count(*n);
                     b
@@ -320,7 +320,7 @@ mod tests {
         );
         let mut hm = metric(&["default", "web-0"]);
         hm.set_histogram(h);
-        let mut unlabelled = proto::Gauge::new();
+        let mut unlabelled = proto::Gauge::default();
         unlabelled.set_value(42.0);
         let theirs = prometheus::TextEncoder::new()
             .encode_to_string(&[
