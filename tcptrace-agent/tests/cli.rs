@@ -156,7 +156,7 @@ fn help_teaches_the_flags() {
 
 #[test]
 fn without_capabilities_the_missing_ones_are_named() {
-    common::require_root();
+    common::require_root!();
     // Drop to an unprivileged user with no capabilities at all.
     let out = Command::new("setpriv")
         .args([
@@ -180,7 +180,7 @@ fn without_capabilities_the_missing_ones_are_named() {
 
 #[test]
 fn mounts_tracefs_when_the_host_has_not() {
-    common::require_root();
+    common::require_root!();
     // A private mount namespace where tracefs is not mounted, as on a fresh host.
     let script = format!(
         "umount /sys/kernel/tracing 2>/dev/null; \

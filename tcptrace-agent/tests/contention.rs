@@ -17,7 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{bracketed, delta, require_root, serial, total, value, Agent, Netns};
+use common::{
+    bracketed, delta, growth, host_and, require_root, serial, total, value, Agent, Netns,
+};
 
 const SERVER: &str = "10.213.0.2";
 const PORT: u16 = 8080;
@@ -43,9 +45,9 @@ impl LossyLink {
         ] {
             ns.exec(&["ip", "addr", "add", addr, "dev", dev]);
             ns.exec(&["ip", "link", "set", dev, "up"]);
-            ns.nft(
-                "table inet tcptrace_lossy {\n chain in {\n type filter hook input priority 0;\n \
-                 meta l4proto tcp numgen random mod 100 < 3 drop\n }\n}\n",
+            ns.drop_on_input(
+                "tcptrace_lossy",
+                &["meta l4proto tcp numgen random mod 100 < 3".into()],
             );
         }
         LossyLink { client, server }
@@ -53,11 +55,7 @@ impl LossyLink {
 
     /// Host plus both namespaces, as one reading.
     fn nstat(&self) -> HashMap<String, u64> {
-        let mut all = common::host_and(&self.client);
-        for (k, v) in self.server.nstat() {
-            *all.entry(k).or_insert(0) += v;
-        }
-        all
+        host_and(&[&self.client, &self.server])
     }
 }
 
@@ -84,6 +82,8 @@ fn serve(link: &LossyLink, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
                         let _ = std::io::copy(&mut s, &mut std::io::sink());
                     }
                 })),
+                // The server's idle loop, not a wait: a non-blocking accept every 2 ms,
+                // so that it sees the stop flag.
                 Err(_) => thread::sleep(Duration::from_millis(2)),
             }
         }
@@ -193,7 +193,7 @@ fn rounds(link: &LossyLink, agent: &Agent, n: usize, exact: bool) -> (f64, f64) 
         let (kernel_before, before) = settled();
         clients(link, 3).join().unwrap();
         let (kernel_after, after) = settled();
-        let grew = |name: &str| total(&after, name) - total(&before, name);
+        let grew = |name: &str| growth(&before, &after, name);
         let kernel = |name: &str| delta(&kernel_before, &kernel_after, name) as f64;
         let retransmits = kernel("TcpRetransSegs");
         assert!(
@@ -258,7 +258,7 @@ const CLASSIC: [&str; 12] = [
 /// skip runs (the kernel says how many), so the contention is real.
 #[test]
 fn retransmits_and_handshakes_are_exact_round_after_round_with_another_tool_busy() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let link = LossyLink::new();
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,10 +4,10 @@
 mod common;
 
 use std::{
-    io::{ErrorKind, Read, Write},
+    io::{ErrorKind, Read},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -17,20 +17,16 @@ use serde_json::Value;
 /// `tcptrace doctor --json` with these arguments, run in the caller's network namespace
 /// (call it from inside `in_private_netns`): the report and the exit status.
 fn doctor(args: &[&str]) -> (Value, i32) {
-    let out = Command::new(TCPTRACE)
-        .arg("doctor")
-        .arg("--json")
-        .args(args)
+    tcptrace_json(&[&["doctor", "--json"], args].concat())
+}
+
+/// Sockets in TIME_WAIT in the calling thread's network namespace, as `ss` counts them.
+fn time_wait_in_ss() -> u64 {
+    let ss = Command::new("ss")
+        .args(["-tanH", "state", "time-wait"])
         .output()
-        .expect("run tcptrace doctor");
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor printed no JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (report, out.status.code().unwrap_or(-1))
+        .unwrap();
+    String::from_utf8_lossy(&ss.stdout).lines().count() as u64
 }
 
 fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
@@ -39,7 +35,7 @@ fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
 
 #[test]
 fn time_wait_count_equals_ss() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let (doctor_count, ss_count) = in_private_netns(&[], || {
         let listener = TcpListener::bind("127.0.0.1:6000").unwrap();
@@ -50,17 +46,22 @@ fn time_wait_count_equals_ss() {
             drop(client); // the client closes first and keeps TIME_WAIT
             servers.push(server);
         }
-        // Let the servers see the FINs and close their side.
-        std::thread::sleep(Duration::from_millis(200));
+        // Each server sees its client's FIN (the end of its stream), then closes its side.
+        for server in &mut servers {
+            server
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            assert_eq!(server.read(&mut [0u8; 1]).unwrap(), 0, "a FIN, no data");
+        }
         drop(servers);
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until(Duration::from_secs(10), "every client in TIME_WAIT", || {
+            (time_wait_in_ss() >= 1000).then_some(())
+        });
         let (report, _) = doctor(&["--measure", "0"]);
-        let ss = Command::new("ss")
-            .args(["-tan", "state", "time-wait"])
-            .output()
-            .unwrap();
-        let ss_lines = String::from_utf8_lossy(&ss.stdout).lines().count() as u64 - 1;
-        (report["census"]["time_wait"].as_u64().unwrap(), ss_lines)
+        (
+            report["census"]["time_wait"].as_u64().unwrap(),
+            time_wait_in_ss(),
+        )
     });
     eprintln!("doctor {doctor_count}, ss {ss_count}");
     assert_eq!(doctor_count, ss_count);
@@ -69,7 +70,7 @@ fn time_wait_count_equals_ss() {
 
 #[test]
 fn an_exhausted_port_range_is_critical_and_eaddrnotavail_is_counted() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let (report, status) =
         in_private_netns(&[("net.ipv4.ip_local_port_range", "40000 40009")], || {
@@ -86,6 +87,7 @@ fn an_exhausted_port_range_is_critical_and_eaddrnotavail_is_counted() {
                     Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => refused += 1,
                     other => panic!("expected EADDRNOTAVAIL, got {other:?}"),
                 }
+                // The load: a failure every 100 ms for doctor to measure, not a wait.
                 std::thread::sleep(Duration::from_millis(100));
             }
             assert!(refused > 0);
@@ -129,19 +131,46 @@ fn set_keepalive(s: &TcpStream, idle_s: i32, intvl_s: i32, count: i32) {
     }
 }
 
+/// How long the kernel says a connection has moved no data, either way (what doctor
+/// calls idle).
+fn idle(s: &TcpStream) -> Duration {
+    // SAFETY: getsockopt(TCP_INFO) into a zeroed tcp_info of the size we pass.
+    let info = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info
+    };
+    let ms = info.tcpi_last_data_sent.min(info.tcpi_last_data_recv);
+    Duration::from_millis(ms.into())
+}
+
 #[test]
 fn idle_connections_are_split_by_keepalive_with_their_owner() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let me = std::process::id();
     in_private_netns(&[], move || {
         let listener = TcpListener::bind("127.0.0.1:6001").unwrap();
         let plain = TcpStream::connect("127.0.0.1:6001").unwrap();
-        let (_plain_server, _) = listener.accept().unwrap();
+        let (plain_server, _) = listener.accept().unwrap();
         let watched = TcpStream::connect("127.0.0.1:6001").unwrap();
         set_keepalive(&watched, 600, 60, 5);
-        let (_watched_server, _) = listener.accept().unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
+        let (watched_server, _) = listener.accept().unwrap();
+        let sockets = [&plain, &plain_server, &watched, &watched_server];
+        wait_until(Duration::from_secs(10), "every connection idle 1 s", || {
+            sockets
+                .iter()
+                .all(|s| idle(s) >= Duration::from_secs(1))
+                .then_some(())
+        });
         let (report, status) = doctor(&["--measure", "0", "--idle-after", "1"]);
         let census = &report["census"];
         // Client with SO_KEEPALIVE: armed. The other client and both server ends: not.
@@ -164,7 +193,7 @@ fn idle_connections_are_split_by_keepalive_with_their_owner() {
 
 #[test]
 fn the_namespace_sysctls_drive_the_computed_figures() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let tuned = in_private_netns(
         &[
@@ -218,7 +247,7 @@ fn the_namespace_sysctls_drive_the_computed_figures() {
 /// gives up on the connection with ETIMEDOUT, and the agent counts exactly that one.
 #[test]
 fn a_blackholed_peer_is_counted_as_an_etimedout_close() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&[]);
     let series = "tcptrace_socket_errors_total{errno=\"ETIMEDOUT\"}";
@@ -228,17 +257,10 @@ fn a_blackholed_peer_is_counted_as_an_etimedout_close() {
         let mut client = TcpStream::connect("127.0.0.1:6002").unwrap();
         let (_server, _) = listener.accept().unwrap();
         set_keepalive(&client, 1, 1, 2);
-        let mut nft = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        nft.stdin
-            .take()
-            .unwrap()
-            .write_all(b"table inet blackhole {\n chain input {\n  type filter hook input priority 0;\n  tcp dport 6002 drop\n  tcp sport 6002 drop\n }\n}\n")
-            .unwrap();
-        assert!(nft.wait().unwrap().success());
+        nft(&drop_on_input(
+            "blackhole",
+            &["tcp dport 6002".into(), "tcp sport 6002".into()],
+        ));
         client
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
@@ -246,7 +268,9 @@ fn a_blackholed_peer_is_counted_as_an_etimedout_close() {
         client.read(&mut buf).unwrap_err()
     });
     assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
-    std::thread::sleep(Duration::from_millis(300));
-    let after = value(&agent.scrape(), series);
+    let after = wait_until(Duration::from_secs(10), "the ETIMEDOUT counted", || {
+        let after = value(&agent.scrape(), series);
+        (after > before).then_some(after)
+    });
     assert_eq!(after - before, 1.0, "one connection timed out");
 }

@@ -14,14 +14,16 @@ use std::{
 };
 
 use common::{
-    churn, delta, free_port, http_request, require_root, serial, total, value, wait_until, Agent,
-    Netns,
+    bracketed, churn, connect_refused, delta, free_port, growth, host_and, http_request, label,
+    poll_until, require_root, serial, value, wait_until, Agent, KillOnDrop, Netns, TempDir,
 };
 
 /// One scrape is one TCP connection to the agent: between two snapshots, the first
 /// scrape's close (6 transitions) and the second's handshake (4 transitions, 2 handshake
 /// events) land in the counters, exactly one connection's worth.
 const SCRAPE_TRANSITIONS: f64 = 10.0;
+const SCRAPE_HANDSHAKES: f64 = 2.0;
+const HANDSHAKES: &str = "tcptrace_handshake_duration_seconds_count";
 
 /// Transitions to a different state. The agent shuts a scrape connection down for
 /// writing and then closes it; depending on whether the client's ACK or FIN came first,
@@ -31,69 +33,96 @@ const SCRAPE_TRANSITIONS: f64 = 10.0;
 fn state_changes(m: &HashMap<String, f64>) -> f64 {
     m.iter()
         .filter(|(series, _)| series.starts_with("tcptrace_state_transitions_total{"))
-        .filter(|(series, _)| {
-            let label = |name: &str| {
-                series
-                    .split(&format!("{name}=\""))
-                    .nth(1)
-                    .and_then(|r| r.split('"').next())
-            };
-            label("from") != label("to")
-        })
+        .filter(|(series, _)| label(series, "from") != label(series, "to"))
         .map(|(_, v)| v)
         .sum()
 }
-const SCRAPE_HANDSHAKES: f64 = 2.0;
 
-fn growth(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {
-    total(after, name) - total(before, name)
+/// Whether nothing but one scrape's own connection moved the counters from `a` to `b`.
+fn one_scrape_apart(a: &HashMap<String, f64>, b: &HashMap<String, f64>) -> bool {
+    state_changes(b) - state_changes(a) == SCRAPE_TRANSITIONS
+        && growth(a, b, HANDSHAKES) == SCRAPE_HANDSHAKES
 }
 
-fn settle() {
-    std::thread::sleep(Duration::from_millis(300));
+/// Scrapes until the last two are one scrape apart: then nothing but the scrapes moves
+/// the counters any more (the closes of the agent's readiness probes, or of a load just
+/// made, are done). Every scrape taken, in order.
+fn scrapes_until_quiet(agent: &Agent) -> Vec<HashMap<String, f64>> {
+    let mut scrapes = vec![agent.scrape()];
+    wait_until(
+        Duration::from_secs(10),
+        "two scrapes in a row one scrape apart",
+        || {
+            scrapes.push(agent.scrape());
+            let [.., a, b] = &scrapes[..] else {
+                unreachable!()
+            };
+            one_scrape_apart(a, b).then_some(())
+        },
+    );
+    scrapes
 }
 
-/// Scrape, open and close `n` loopback connections (and their listener), scrape again.
-fn scrapes_around_churn(agent: &Agent, n: usize) -> (HashMap<String, f64>, HashMap<String, f64>) {
+/// Two scrapes around a load, and how many scrapes' own connections (see
+/// `SCRAPE_TRANSITIONS`) their difference holds besides the load's.
+struct Around {
+    before: HashMap<String, f64>,
+    after: HashMap<String, f64>,
+    scrapes: f64,
+}
+
+/// Open and close `n` loopback connections (and their listener), between two scrapes.
+fn scrapes_around_churn(agent: &Agent, n: usize) -> Around {
     scrapes_around(agent, |l| {
         churn(l, n);
     })
 }
 
-/// Scrape, run `load` against a fresh listener, settle, scrape again.
-fn scrapes_around(
-    agent: &Agent,
-    load: impl FnOnce(&TcpListener),
-) -> (HashMap<String, f64>, HashMap<String, f64>) {
+/// Run `load` against a fresh listener between two scrapes, each taken once nothing but
+/// the scrapes moves the counters.
+fn scrapes_around(agent: &Agent, load: impl FnOnce(&TcpListener)) -> Around {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    settle();
-    let before = agent.scrape();
+    let before = scrapes_until_quiet(agent).pop().unwrap();
     load(&listener);
     drop(listener);
-    settle();
-    (before, agent.scrape())
+    let mut since = scrapes_until_quiet(agent);
+    // The last one only showed that the one before it was quiet.
+    since.pop();
+    let scrapes = since.len() as f64;
+    Around {
+        before,
+        after: since.pop().unwrap(),
+        scrapes,
+    }
 }
 
 #[test]
 fn transitions_and_handshakes_grow_by_exactly_our_connections() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&[]);
     const N: usize = 150;
-    let (before, after) = scrapes_around_churn(&agent, N);
+    let Around {
+        before,
+        after,
+        scrapes,
+    } = scrapes_around_churn(&agent, N);
 
     let transitions = state_changes(&after) - state_changes(&before);
     // Each connection: 5 client + 5 server transitions; the listener: LISTEN -> CLOSE.
-    assert_eq!(transitions, (N * 10 + 1) as f64 + SCRAPE_TRANSITIONS);
+    assert_eq!(
+        transitions,
+        (N * 10 + 1) as f64 + scrapes * SCRAPE_TRANSITIONS
+    );
     let listen_to_syn_recv = r#"tcptrace_state_transitions_total{from="LISTEN",to="SYN_RECV"}"#;
     assert_eq!(
-        value(&after, listen_to_syn_recv) - value(&before, listen_to_syn_recv),
-        N as f64 + 1.0
+        growth(&before, &after, listen_to_syn_recv),
+        N as f64 + scrapes
     );
-    let handshakes = growth(&before, &after, "tcptrace_handshake_duration_seconds_count");
+    let handshakes = growth(&before, &after, HANDSHAKES);
     assert_eq!(
         handshakes,
-        2.0 * N as f64 + SCRAPE_HANDSHAKES,
+        2.0 * N as f64 + scrapes * SCRAPE_HANDSHAKES,
         "client and server side of each"
     );
     for side in ["client", "server"] {
@@ -101,34 +130,41 @@ fn transitions_and_handshakes_grow_by_exactly_our_connections() {
         let inf =
             format!(r#"tcptrace_handshake_duration_seconds_bucket{{side="{side}",le="+Inf"}}"#);
         assert_eq!(value(&after, &count), value(&after, &inf));
-        assert_eq!(
-            value(&after, &count) - value(&before, &count),
-            N as f64 + 1.0
-        );
+        assert_eq!(growth(&before, &after, &count), N as f64 + scrapes);
     }
     assert_eq!(value(&after, "tcptrace_ringbuf_events_lost_total"), 0.0);
 }
 
 #[test]
 fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let ns = Netns::new("xrtx");
-    ns.exec(&["ip", "link", "set", "lo", "mtu", "1500"]);
+    ns.like_a_real_link();
     ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=1"]);
     let data_port = 21000 + (std::process::id() % 20000) as u16;
     let dark_port = data_port + 1;
-    // Drop on input (see the trace tests): 8% of the transfer both ways, every SYN to
-    // the dark port.
-    ns.nft(&format!(
-        "table inet tcptrace_xloss {{\n chain in {{\n type filter hook input priority 0;\n \
-         tcp dport {data_port} numgen random mod 100 < 8 drop\n \
-         tcp sport {data_port} numgen random mod 100 < 8 drop\n \
-         tcp dport {dark_port} drop\n }}\n}}\n"
-    ));
+    // 8% of the transfer both ways, every SYN to the dark port.
+    ns.drop_on_input(
+        "tcptrace_xloss",
+        &[
+            format!("tcp dport {data_port} numgen random mod 100 < 8"),
+            format!("tcp sport {data_port} numgen random mod 100 < 8"),
+            format!("tcp dport {dark_port}"),
+        ],
+    );
     let agent = Agent::start(&[]);
-    let kernel_before = ns.nstat();
-    let before = agent.scrape();
+    // tcptrace counts the whole machine: compare with the host's counters and the
+    // namespace's, each side read while neither moves.
+    let settled = || {
+        bracketed(
+            || host_and(&[&ns]),
+            &["TcpRetransSegs", "TcpExtTCPSynRetrans"],
+            &["tcptrace_retransmits_total"],
+            || agent.scrape(),
+        )
+    };
+    let (kernel_before, before) = settled();
     let work = ns.run(move || {
         let reader = common::receive_one(data_port);
         let dark: Vec<_> = (0..4)
@@ -159,18 +195,10 @@ fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
             .all(|k| *k == std::io::ErrorKind::TimedOut),
         "{dark_outcomes:?}"
     );
-    ns.exec(&["nft", "delete", "table", "inet", "tcptrace_xloss"]);
-    std::thread::sleep(Duration::from_millis(1500));
-    // A FIN lost just before the rule went may still be retransmitted: take the scrape
-    // between two kernel readings that agree, so both sides see the same retransmits.
-    let (kernel_after, after) = loop {
-        let kernel = ns.nstat();
-        let ours = agent.scrape();
-        if ns.nstat() == kernel {
-            break (kernel, ours);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    ns.delete_table("tcptrace_xloss");
+    // A FIN lost just before the rule went is retransmitted until its connection ends.
+    ns.wait_closed();
+    let (kernel_after, after) = settled();
 
     let segs = delta(&kernel_before, &kernel_after, "TcpRetransSegs") as f64;
     assert!(segs > 4.0, "the loss rule caused no data retransmits");
@@ -182,21 +210,13 @@ fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
         64.0,
         "vs TcpRetransSegs",
     );
-    let syn_like: f64 = ["syn", "synack"]
-        .iter()
-        .map(|k| {
-            after
-                .iter()
-                .filter(|(s, _)| s.contains(&format!("kind=\"{k}\"")))
-                .map(|(_, v)| v)
-                .sum::<f64>()
-                - before
-                    .iter()
-                    .filter(|(s, _)| s.contains(&format!("kind=\"{k}\"")))
-                    .map(|(_, v)| v)
-                    .sum::<f64>()
-        })
-        .sum();
+    let syn_like = |m: &HashMap<String, f64>| -> f64 {
+        m.iter()
+            .filter(|(s, _)| ["syn", "synack"].contains(&label(s, "kind")))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let syn_like = syn_like(&after) - syn_like(&before);
     assert_eq!(
         syn_like,
         delta(&kernel_before, &kernel_after, "TcpExtTCPSynRetrans") as f64,
@@ -204,7 +224,7 @@ fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
     );
     let timeouts = r#"tcptrace_connect_failures_total{reason="timeout"}"#;
     assert_eq!(
-        value(&after, timeouts) - value(&before, timeouts),
+        growth(&before, &after, timeouts),
         4.0,
         "the four dark connects"
     );
@@ -214,28 +234,32 @@ fn retransmit_and_failure_counters_match_the_kernel_under_loss() {
 /// metric still comes out exact from the in-kernel counters.
 #[test]
 fn without_labels_run_streams_no_events_and_counts_exactly() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&[]);
     const N: usize = 300;
-    let (before, after) = scrapes_around_churn(&agent, N);
+    let Around {
+        before,
+        after,
+        scrapes,
+    } = scrapes_around_churn(&agent, N);
     assert_eq!(
         growth(&before, &after, "tcptrace_ringbuf_events_total"),
         0.0
     );
     assert_eq!(
         state_changes(&after) - state_changes(&before),
-        (N * 10 + 1) as f64 + SCRAPE_TRANSITIONS
+        (N * 10 + 1) as f64 + scrapes * SCRAPE_TRANSITIONS
     );
     assert_eq!(
-        growth(&before, &after, "tcptrace_handshake_duration_seconds_count"),
-        2.0 * N as f64 + SCRAPE_HANDSHAKES
+        growth(&before, &after, HANDSHAKES),
+        2.0 * N as f64 + scrapes * SCRAPE_HANDSHAKES
     );
 }
 
 #[test]
 fn counters_stay_exact_when_the_ring_buffer_overflows() {
-    require_root();
+    require_root!();
     let _serial = serial();
     // Workload labels: `run` then streams the handshake events it labels.
     let agent = Agent::start(&["--ring-bytes", "4096", "--labels", "workload"]);
@@ -244,7 +268,11 @@ fn counters_stay_exact_when_the_ring_buffer_overflows() {
     // it overflows however fast or slow the machine is.
     // SAFETY: kill(2) on our own child process.
     let signal = |sig| assert_eq!(unsafe { libc::kill(agent.pid() as i32, sig) }, 0);
-    let (before, after) = scrapes_around(&agent, |listener| {
+    let Around {
+        before,
+        after,
+        scrapes,
+    } = scrapes_around(&agent, |listener| {
         signal(libc::SIGSTOP);
         churn(listener, N);
         signal(libc::SIGCONT);
@@ -253,12 +281,12 @@ fn counters_stay_exact_when_the_ring_buffer_overflows() {
     assert!(lost > 0.0, "a 4 KiB ring must overflow under this churn");
     assert_eq!(
         state_changes(&after) - state_changes(&before),
-        (N * 10 + 1) as f64 + SCRAPE_TRANSITIONS,
+        (N * 10 + 1) as f64 + scrapes * SCRAPE_TRANSITIONS,
         "{lost} events lost, counts exact"
     );
     assert_eq!(
-        growth(&before, &after, "tcptrace_handshake_duration_seconds_count"),
-        2.0 * N as f64 + SCRAPE_HANDSHAKES
+        growth(&before, &after, HANDSHAKES),
+        2.0 * N as f64 + scrapes * SCRAPE_HANDSHAKES
     );
     let submitted = growth(&before, &after, "tcptrace_ringbuf_events_total");
     assert!(submitted > 0.0);
@@ -266,14 +294,14 @@ fn counters_stay_exact_when_the_ring_buffer_overflows() {
 
 #[test]
 fn promtool_accepts_the_exposition() {
-    require_root();
+    require_root!();
     let _serial = serial();
     // Without labels, and with the per-workload families (their histograms included).
     for args in [&[][..], &["--labels", "workload,remote"]] {
         let agent = Agent::start(args);
         // Make every family appear: a retransmit is hard to force here, the rest are
         // easy (a refusal; the scrapes are handshakes).
-        let _ = TcpStream::connect(("127.0.0.1", free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+        connect_refused();
         let body = wait_until(Duration::from_secs(10), "a handshake histogram", || {
             let (_, body) = agent.get("/metrics").unwrap();
             let histogram = "tcptrace_workload_handshake_duration_seconds_bucket{";
@@ -311,13 +339,11 @@ impl OutputWithStdin for Command {
 
 #[test]
 fn a_real_prometheus_scrapes_the_same_values() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&[]);
-    let dir = std::env::temp_dir().join(format!("tcptrace-prom-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
+    let dir = TempDir::new("prom");
+    let config = dir.0.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
@@ -328,26 +354,20 @@ fn a_real_prometheus_scrapes_the_same_values() {
     .unwrap();
     let prom_port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let prom_addr = SocketAddr::from(([127, 0, 0, 1], prom_port));
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={prom_addr}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus (Debian package; cargo xtask setup installs it)");
-    struct Kill<'a>(&'a mut std::process::Child, std::path::PathBuf);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _guard = Kill(&mut prom, dir.clone());
+    // Dropped before its directory.
+    let _prom = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package; cargo xtask setup installs it)"),
+    );
 
     let query = |q: &str| -> Option<f64> {
         let path = format!(
@@ -369,36 +389,30 @@ fn a_real_prometheus_scrapes_the_same_values() {
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     };
     // Until Prometheus listens, every query is itself a refused connection: wait first.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while query(r#"up{job="tcptrace"}"#) != Some(1.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Prometheus never scraped the agent"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let closed = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let up = || (query(r#"up{job="tcptrace"}"#) == Some(1.0)).then_some(());
+    wait_until(
+        Duration::from_secs(60),
+        "Prometheus to scrape the agent",
+        up,
+    );
     for _ in 0..3 {
-        let _ = TcpStream::connect(("127.0.0.1", closed));
+        connect_refused();
     }
     let refused = r#"tcptrace_connect_failures_total{reason="refused"}"#;
     let direct = value(&agent.scrape(), refused);
     assert!(direct >= 3.0);
     let mut seen = None;
-    while std::time::Instant::now() < deadline {
+    poll_until(Duration::from_secs(60), || {
         seen = query(refused);
-        if seen == Some(direct) && query(r#"up{job="tcptrace"}"#) == Some(1.0) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        (seen == Some(direct)).then(up).flatten()
+    });
     assert_eq!(seen, Some(direct), "Prometheus's value of {refused}");
     assert_eq!(query("tcptrace_build_info"), Some(1.0));
 }
 
 #[test]
 fn http_answers_bad_requests_clearly_and_keeps_serving() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&[]);
     let req = |raw: &str| http_request(agent.addr, raw).unwrap().0;
@@ -426,7 +440,7 @@ fn http_answers_bad_requests_clearly_and_keeps_serving() {
 
 #[test]
 fn bad_listen_addresses_fail_before_loading() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let out = Command::new(common::TCPTRACE)
         .args(["run", "--listen", "localhost"])
@@ -460,7 +474,7 @@ fn bad_listen_addresses_fail_before_loading() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&["--log-format", "json"]);
     let (_, log) = agent.stop();

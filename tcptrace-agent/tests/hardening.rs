@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
@@ -13,8 +13,9 @@ use std::{
 };
 
 use common::{
-    assert_within_missed, delta, http_request, require_root, serial, set_linger_zero, total, value,
-    Agent, Netns, TCPTRACE,
+    assert_within_missed, bracketed, connect_refused, delta, growth, host_and, http_request,
+    poll_until, require_root, serial, set_linger_zero, settled, total, until_ready, value,
+    wait_until, Agent, Answer, KillOnDrop, Netns, TempDir, TCPTRACE,
 };
 
 /// Program, map and link ids a process holds, from its fds' /proc fdinfo (the kernel's
@@ -58,23 +59,20 @@ fn any_left(ids: &BTreeSet<String>) -> Vec<String> {
 }
 
 fn wait_gone(ids: &BTreeSet<String>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = any_left(ids);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still in the kernel after the agent ended: {left:?}"
+    let gone = poll_until(Duration::from_secs(10), || {
+        any_left(ids).is_empty().then_some(())
+    });
+    if gone.is_none() {
+        panic!(
+            "still in the kernel after the agent ended: {:?}",
+            any_left(ids)
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 #[test]
 fn nothing_stays_in_the_kernel_after_sigterm_sigint_or_kill_9() {
-    require_root();
+    require_root!();
     let _serial = serial();
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
         let mut child = KillOnDrop(
@@ -114,15 +112,7 @@ fn nothing_stays_in_the_kernel_after_sigterm_sigint_or_kill_9() {
             .spawn()
             .unwrap(),
     );
-    let restarted = Instant::now();
-    let mut ready = false;
-    while restarted.elapsed() < Duration::from_secs(20) && !ready {
-        ready = matches!(
-            http_request(addr.parse().unwrap(), "GET /readyz HTTP/1.1\r\n\r\n"),
-            Ok((200, _))
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ready = until_ready(addr.parse().unwrap(), Duration::from_secs(20));
     unsafe { libc::kill(again.0.id() as i32, libc::SIGTERM) };
     assert!(again.0.wait().unwrap().success());
     assert!(ready, "a second agent could not take over the port");
@@ -130,13 +120,12 @@ fn nothing_stays_in_the_kernel_after_sigterm_sigint_or_kill_9() {
 
 #[test]
 fn two_agents_count_independently_and_a_taken_port_is_refused() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let a = Agent::start(&[]);
     let b = Agent::start(&[]);
-    let closed = common::free_port("127.0.0.1".parse().unwrap());
     for _ in 0..2 {
-        let _ = TcpStream::connect(("127.0.0.1", closed));
+        connect_refused();
     }
     let refused = r#"tcptrace_connect_failures_total{reason="refused"}"#;
     assert!(value(&a.scrape(), refused) >= 2.0);
@@ -169,7 +158,7 @@ fn caps_of(pid: u32) -> Vec<String> {
 
 #[test]
 fn runs_with_only_cap_bpf_and_cap_perfmon_and_then_drops_them() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let only = |caps: &str, args: &[&str]| {
         let mut cmd = Command::new("setpriv");
@@ -191,18 +180,11 @@ fn runs_with_only_cap_bpf_and_cap_perfmon_and_then_drops_them() {
         .unwrap();
     let pid = agent.id();
     let _agent = KillOnDrop(agent);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(
-        http_request(addr, "GET /readyz HTTP/1.1\r\n\r\n"),
-        Ok((200, _))
-    ) {
-        assert!(
-            Instant::now() < deadline,
-            "agent with CAP_BPF+CAP_PERFMON never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = TcpStream::connect(("127.0.0.1", common::free_port("127.0.0.1".parse().unwrap())));
+    assert!(
+        until_ready(addr, Duration::from_secs(30)),
+        "agent with CAP_BPF+CAP_PERFMON never became ready"
+    );
+    connect_refused();
     let (status, body) = http_request(addr, "GET /metrics HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(status, 200);
     assert!(
@@ -285,35 +267,28 @@ impl Sink {
     }
 }
 
-/// Kills a child process when the test ends, also on failure.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let ns = Netns::new("flood");
-    ns.exec(&["ip", "link", "set", "lo", "mtu", "1500"]);
+    ns.like_a_real_link();
     let port = 22000 + (std::process::id() % 20000) as u16;
-    ns.nft(&format!(
-        "table inet tcptrace_flood {{\n chain in {{\n type filter hook input priority 0;\n \
-         tcp dport {port} numgen random mod 100 < 5 drop\n }}\n}}\n"
-    ));
+    ns.drop_on_input(
+        "tcptrace_flood",
+        &[format!("tcp dport {port} numgen random mod 100 < 5")],
+    );
     // Workload labels make `run` stream the events those series read.
     let agent = Agent::start(&["--ring-bytes", "4096", "--labels", "workload"]);
-    let (kernel_before, before) = common::bracketed(
-        || common::host_and(&ns),
-        &["TcpRetransSegs"],
-        &["tcptrace_retransmits_total"],
-        || agent.scrape(),
-    );
+    let settled = || {
+        bracketed(
+            || host_and(&[&ns]),
+            &["TcpRetransSegs"],
+            &["tcptrace_retransmits_total"],
+            || agent.scrape(),
+        )
+    };
+    let (kernel_before, before) = settled();
 
     let sink = Sink::start();
     let target = sink.addr;
@@ -336,18 +311,14 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
         let m = agent.scrape();
         slowest = slowest.max(t.elapsed());
         peak_rss = peak_rss.max(value(&m, "process_resident_memory_bytes"));
+        // Part of the load, not a wait: a scrape every 200 ms, as a busy Prometheus.
         std::thread::sleep(Duration::from_millis(200));
     }
     let opened = churn.join().unwrap();
     transfer.join().unwrap();
     sink.stop();
-    ns.exec(&["nft", "delete", "table", "inet", "tcptrace_flood"]);
-    let (kernel_after, after) = common::bracketed(
-        || common::host_and(&ns),
-        &["TcpRetransSegs"],
-        &["tcptrace_retransmits_total"],
-        || agent.scrape(),
-    );
+    ns.delete_table("tcptrace_flood");
+    let (kernel_after, after) = settled();
 
     assert!(opened > 1000, "the flood opened only {opened} connections");
     assert!(
@@ -358,8 +329,7 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
         peak_rss < 64.0 * 1024.0 * 1024.0,
         "RSS reached {peak_rss} bytes"
     );
-    let lost = total(&after, "tcptrace_ringbuf_events_lost_total")
-        - total(&before, "tcptrace_ringbuf_events_lost_total");
+    let lost = growth(&before, &after, "tcptrace_ringbuf_events_lost_total");
     assert!(lost > 0.0, "a 4 KiB ring must overflow");
     // Exact accounting: produced = written + lost, and the agent read every written one.
     let produced = value(&after, "tcptrace_ringbuf_events_produced_total");
@@ -369,15 +339,17 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
         written + value(&after, "tcptrace_ringbuf_events_lost_total")
     );
     // The reader drains every 50 ms, and each scrape writes its own connection's events
-    // just before it renders: what was written by one scrape is delivered by the next.
-    std::thread::sleep(Duration::from_millis(300));
-    let again = agent.scrape();
-    let delivered = value(&again, "tcptrace_events_delivered_total");
-    assert!(
-        delivered >= written,
-        "delivered {delivered} < written {written} as of the previous scrape"
+    // just before it renders: what was written by one scrape is delivered by a later one.
+    let delivered = |m: &HashMap<String, f64>| value(m, "tcptrace_events_delivered_total");
+    let again = wait_until(
+        Duration::from_secs(10),
+        "every event written as of the previous scrape delivered",
+        || {
+            let again = agent.scrape();
+            (delivered(&again) >= written).then_some(again)
+        },
     );
-    assert!(delivered <= value(&again, "tcptrace_ringbuf_events_total"));
+    assert!(delivered(&again) <= value(&again, "tcptrace_ringbuf_events_total"));
     // Counters against the kernel's own, host plus test namespace. The only allowed gap is
     // what the kernel itself reports as skipped runs (recursion protection: a softirq hit
     // the CPU while one of our programs ran there).
@@ -389,7 +361,7 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
     };
     let opens = r#"tcptrace_state_transitions_total{from="CLOSE",to="SYN_SENT"}"#;
     within_missed(
-        value(&after, opens) - value(&before, opens),
+        growth(&before, &after, opens),
         both("TcpActiveOpens"),
         "inet_sock_set_state",
         1.0,
@@ -399,14 +371,13 @@ fn a_flood_loses_detail_not_counts_and_the_agent_keeps_answering() {
     // (a child the flood's end cut short never reaches ESTABLISHED).
     let accepts = r#"tcptrace_state_transitions_total{from="LISTEN",to="SYN_RECV"}"#;
     within_missed(
-        value(&after, accepts) - value(&before, accepts),
+        growth(&before, &after, accepts),
         both("TcpPassiveOpens"),
         "inet_sock_set_state",
         1.0,
         "LISTEN->SYN_RECV vs TcpPassiveOpens",
     );
-    let retrans =
-        total(&after, "tcptrace_retransmits_total") - total(&before, "tcptrace_retransmits_total");
+    let retrans = growth(&before, &after, "tcptrace_retransmits_total");
     assert!(retrans > 0.0);
     within_missed(
         retrans,
@@ -439,16 +410,23 @@ fn map_entries(pid: u32, name: &str) -> usize {
     entries.as_array().map_or(0, Vec::len)
 }
 
+/// Entries of the fallback socket map and of the listener map, once they hold still.
+fn socket_maps_settled(pid: u32) -> (usize, usize) {
+    settled("the agent's socket maps to hold still", || {
+        (map_entries(pid, "SOCKETS"), map_entries(pid, "LISTENERS"))
+    })
+}
+
 /// The fallback socket map (socket-local storage needs no cleanup: it goes with the
 /// socket).
 #[test]
 fn socket_tracking_returns_to_baseline_after_100k_connections() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&["--probe-method", "inet_sock_set_state=raw_tracepoint"]);
     let pid = agent.pid();
-    std::thread::sleep(Duration::from_millis(300));
-    let baseline = (map_entries(pid, "SOCKETS"), map_entries(pid, "LISTENERS"));
+    // The agent's readiness probes may still be closing.
+    let baseline = socket_maps_settled(pid);
     let sink = Sink::start();
     let target = sink.addr;
     // Half the clients close normally, half abort with RST (SO_LINGER 0).
@@ -468,8 +446,7 @@ fn socket_tracking_returns_to_baseline_after_100k_connections() {
         w.join().unwrap();
     }
     sink.stop();
-    std::thread::sleep(Duration::from_millis(500));
-    let after = (map_entries(pid, "SOCKETS"), map_entries(pid, "LISTENERS"));
+    let after = socket_maps_settled(pid);
     let m = agent.scrape();
     assert_eq!(
         value(&m, r#"tcptrace_kernel_map_full_total{map="sockets"}"#),
@@ -489,30 +466,32 @@ fn socket_tracking_returns_to_baseline_after_100k_connections() {
 
 #[test]
 fn hostile_clients_do_not_stop_valid_scrapes() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&[]);
     let addr = agent.addr;
+    // Whatever the agent answered: it may answer and close before it has read it all, and
+    // a write or read that fails then is not the point.
     let req = |raw: &[u8]| {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let _ = s.write_all(raw);
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.split(' ').nth(1).unwrap_or_default().to_string()
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        Answer::parse(got).status
     };
-    assert_eq!(req(b"\x00\x01\x02garbage\r\n\r\n"), "400");
-    assert_eq!(req(b"GET /metrics HTTP/9.9 junk\r\n\r\n"), "400");
-    assert_eq!(req(b"PUT /metrics HTTP/1.1\r\n\r\n"), "405");
+    assert_eq!(req(b"\x00\x01\x02garbage\r\n\r\n"), 400);
+    assert_eq!(req(b"GET /metrics HTTP/9.9 junk\r\n\r\n"), 400);
+    assert_eq!(req(b"PUT /metrics HTTP/1.1\r\n\r\n"), 405);
     assert_eq!(
         req(format!(
             "GET /metrics HTTP/1.1\r\nCookie: {}\r\n\r\n",
             "x".repeat(64 * 1024)
         )
         .as_bytes()),
-        "431"
+        431
     );
-    assert_eq!(req(b"GET /../../etc/passwd HTTP/1.1\r\n\r\n"), "404");
+    assert_eq!(req(b"GET /../../etc/passwd HTTP/1.1\r\n\r\n"), 404);
 
     // Slowloris: far more half-open connections than the server has slots.
     let held: Vec<TcpStream> = (0..200)
@@ -544,10 +523,10 @@ fn hostile_clients_do_not_stop_valid_scrapes() {
 
 #[test]
 fn bad_configuration_fails_before_anything_is_loaded() {
-    require_root();
+    require_root!();
     let _serial = serial();
-    let dir = std::env::temp_dir().join(format!("tcptrace-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = TempDir::new("config");
+    let dir = &temp.0;
     let file = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -633,7 +612,6 @@ fn bad_configuration_fails_before_anything_is_loaded() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A /metrics bigger than what the kernel takes off the agent's hands for a client that
@@ -674,27 +652,10 @@ fn ended_by_server(s: &TcpStream) -> bool {
 
 /// GET `path` and read the whole answer: (status, content-length, body).
 fn get_whole(addr: SocketAddr, path: &str) -> std::io::Result<(u16, usize, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(raw.len());
-    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(usize::MAX);
-    Ok((status, length, raw.split_off((split + 4).min(raw.len()))))
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let answer = common::http_exchange(addr, raw.as_bytes())?;
+    let length = answer.content_length().unwrap_or(usize::MAX);
+    Ok((answer.status, length, answer.body))
 }
 
 /// `n` clients that send GET /metrics and never read a byte of the answer, held until
@@ -716,7 +677,7 @@ fn scrapes_never_read(addr: SocketAddr, n: usize, until: Instant) -> (usize, usi
                 .expect("a client that never reads")
         })
         .collect();
-    // Holding them is the attack: nothing to poll until it ends.
+    // Holding them is the attack, not a wait: nothing to poll until it ends.
     std::thread::sleep(until.saturating_duration_since(Instant::now()));
     let (mut cut, mut whole) = (0, 0);
     for mut s in held.into_iter().filter(ended_by_server) {
@@ -747,6 +708,7 @@ fn trickle_heads(addr: SocketAddr, n: usize, until: Instant) -> usize {
                 opened += 1;
             }
         }
+        // The attack itself: a byte every 200 ms, slow enough to hold the connection.
         std::thread::sleep(Duration::from_millis(200));
     }
     opened
@@ -762,7 +724,7 @@ fn flood(addr: SocketAddr, per_second: u32, until: Instant) -> u32 {
             let _ = c.write_all(b"x");
             n += 1;
         }
-        // Paced: the next connection is due at n / per_second.
+        // The load's pace, not a wait: the next connection is due at n / per_second.
         let due = start + Duration::from_secs(1) * n / per_second;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
@@ -775,15 +737,8 @@ fn timed_probe(addr: SocketAddr) -> (std::io::Result<u16>, Duration, Duration) {
     let answer = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|mut s| {
         let connected = asked.elapsed();
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((status, connected))
+        let answer = common::exchange(&mut s, b"GET /healthz HTTP/1.1\r\n\r\n")?;
+        Ok((answer.status, connected))
     });
     match answer {
         Ok((status, connected)) => (Ok(status), connected, asked.elapsed()),
@@ -830,6 +785,7 @@ fn probe_and_scrape(main: SocketAddr, health: SocketAddr, until: Instant) -> See
             seen.scrapes += 1;
             last_scrape = Instant::now();
         }
+        // The kubelet's pace, not a wait: a probe on each port every 100 ms.
         std::thread::sleep(Duration::from_millis(100));
     }
     seen
@@ -845,7 +801,7 @@ fn probe_and_scrape(main: SocketAddr, health: SocketAddr, until: Instant) -> See
 /// the debug build's first, and then measures the kernel's accept queue, not the server.
 #[test]
 fn no_neighbour_can_keep_the_probes_or_a_scrape_out() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let health = SocketAddr::from(([127, 0, 0, 1], common::free_port([127, 0, 0, 1].into())));
     let agent = Agent::start(&[

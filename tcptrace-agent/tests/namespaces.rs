@@ -15,7 +15,10 @@ use std::{
     time::Duration,
 };
 
-use common::{free_port, require_root, serial, wait_until, Agent, Tracer};
+use common::{
+    free_port, growth, require_root, serial, test_container_id, test_pod_uid, wait_until, Agent,
+    Tracer,
+};
 use serde_json::Value;
 
 /// A network namespace of its own, held by a thread: `(inode, the namespace file)`.
@@ -131,7 +134,7 @@ fn handshakes<'a>(events: &'a [Value], side: &'a str) -> impl Iterator<Item = &'
 /// into its children) and on the fallback (a listener table keyed by namespace too).
 #[test]
 fn each_namespace_listener_owns_its_own_connections() {
-    require_root();
+    require_root!();
     let _serial = serial();
     for method in [None, Some("inet_sock_set_state=raw_tracepoint")] {
         let port = free_port([127, 0, 0, 1].into());
@@ -191,7 +194,7 @@ fn each_namespace_listener_owns_its_own_connections() {
 /// is reported. In both, the handshake counters grow by exactly the connections made.
 #[test]
 fn handshakes_count_with_more_sockets_open_than_the_fallback_map_holds() {
-    require_root();
+    require_root!();
     let _serial = serial();
     for (method, main_path) in [
         (None, true),
@@ -224,7 +227,7 @@ fn handshakes_count_with_more_sockets_open_than_the_fallback_map_holds() {
                 && handshakes(events, "client").count() >= HELD + NEW
         });
         let after = agent.scrape();
-        let grew = |series: &str| common::value(&after, series) - common::value(&before, series);
+        let grew = |series: &str| growth(&before, &after, series);
         // Each scrape makes a connection of its own: the second one's is in `after`.
         let made = (HELD + NEW + 1) as f64;
         for side in ["client", "server"] {
@@ -324,9 +327,8 @@ fn pod_listener(pod: &common::CgroupTree, ns: &common::Netns, port: u16, n: usiz
 /// and on the fallback.
 #[test]
 fn server_handshakes_count_for_the_pod_whose_listener_accepted_them() {
-    require_root();
+    require_root!();
     let _serial = serial();
-    let pid = std::process::id();
     for method in [None, Some("inet_sock_set_state=raw_tracepoint")] {
         let mut args = vec!["--labels", "workload"];
         args.extend(method.iter().flat_map(|m| ["--probe-method", m]));
@@ -335,11 +337,8 @@ fn server_handshakes_count_for_the_pod_whose_listener_accepted_them() {
         // (pod UID, container id, connections)
         let pods: Vec<(String, String, usize)> = (1..=2)
             .map(|i| {
-                (
-                    format!("{pid:08x}-{i}{i}{i}{i}-4000-8000-00000000000{i}"),
-                    format!("{i:08x}{pid:08x}{:048x}", 0xabc),
-                    i + 1,
-                )
+                let n = 0x600 + i as u32;
+                (test_pod_uid(n), test_container_id(n), i + 1)
             })
             .collect();
         let namespaces: Vec<common::Netns> = (0..pods.len())

@@ -20,7 +20,7 @@ fn probe<'a>(plan: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn every_probe_gets_a_method_and_says_why_it_skipped_the_others() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let plan = default_plan();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
@@ -63,7 +63,7 @@ fn every_probe_gets_a_method_and_says_why_it_skipped_the_others() {
 
 #[test]
 fn the_verifier_accepts_every_program_it_is_allowed_to_load() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let plan = default_plan();
     for p in plan["programs"].as_array().unwrap() {
@@ -97,7 +97,7 @@ fn the_verifier_accepts_every_program_it_is_allowed_to_load() {
 /// subprogram. Every filter at once, and `run`'s own event selection, must load.
 #[test]
 fn the_verifier_accepts_the_programs_with_every_filter_set() {
-    require_root();
+    require_root!();
     let _serial = serial();
     for family in ["-4", "-6"] {
         let tracer = Tracer::start(&[
@@ -129,7 +129,7 @@ fn the_verifier_accepts_the_programs_with_every_filter_set() {
 
 #[test]
 fn a_forced_method_is_used_and_the_others_are_marked_not_chosen() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let plan = probe_plan(&["--probe-method", "tcp_v4_connect=tracepoint"]);
     let connect = probe(&plan, "tcp_v4_connect");
@@ -162,16 +162,18 @@ fn exhaust_ports(attempts: usize) -> (usize, usize, u16) {
     )
 }
 
-fn connect_errors(traced: &Traced, port: u16) -> Vec<&Value> {
-    traced
-        .of_kind("connect")
+/// The connect errors among `events` of the test's own connects to `port`.
+fn connect_errors(events: &[Value], port: u16) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "connect")
         .filter(|e| e["dport"] == port && e["pid"] == std::process::id())
         .collect()
 }
 
 #[test]
 fn eaddrnotavail_is_reported_once_per_failed_connect() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let agent = Agent::start(&[]);
     let before = agent.scrape();
@@ -180,16 +182,21 @@ fn eaddrnotavail_is_reported_once_per_failed_connect() {
     eprintln!("{made} connections made, {failed} failed with EADDRNOTAVAIL");
     assert!(made >= 1 && failed >= 1, "made {made}, failed {failed}");
     assert_eq!(made + failed, 15);
-    std::thread::sleep(Duration::from_millis(300));
+    tracer.wait_for("an event per failed connect", |events| {
+        connect_errors(events, port).len() >= failed
+    });
+    let series = "tcptrace_connect_errors_total{errno=\"EADDRNOTAVAIL\"}";
+    let after = wait_until(Duration::from_secs(10), "the agent's count of them", || {
+        let after = agent.scrape();
+        (value(&after, series) - value(&before, series) >= failed as f64).then_some(after)
+    });
     let traced = tracer.stop();
-    let after = agent.scrape();
-    let seen = connect_errors(&traced, port);
+    let seen = connect_errors(&traced.events, port);
     assert_eq!(seen.len(), failed, "tracer: {}\n{:?}", traced.stderr, seen);
     for e in &seen {
         assert_eq!(e["error"], "EADDRNOTAVAIL", "{e}");
         assert_eq!(e["daddr"], "127.0.0.1", "{e}");
     }
-    let series = "tcptrace_connect_errors_total{errno=\"EADDRNOTAVAIL\"}";
     assert_eq!(
         value(&after, series) - value(&before, series),
         failed as f64,
@@ -203,7 +210,7 @@ fn eaddrnotavail_is_reported_once_per_failed_connect() {
 /// inside the Debian VMs all three do).
 #[test]
 fn every_connect_method_reports_the_same_failures() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let mut methods = vec![vec![], vec!["--probe-method", "tcp_v4_connect=tracepoint"]];
     if default_plan()["kernel"]["kprobes"] == true {
@@ -213,7 +220,12 @@ fn every_connect_method_reports_the_same_failures() {
     }
     let tracers = tracers_for("connects", &methods);
     let (_, failed, port) = exhaust_ports(14);
-    std::thread::sleep(Duration::from_millis(300));
+    for (tracer, method) in tracers.iter().zip(&methods) {
+        tracer.wait_for(
+            &format!("{method:?}: an event per failed connect"),
+            |events| connect_errors(events, port).len() >= failed,
+        );
+    }
     let key = |e: &&Value| {
         (
             e["error"].to_string(),
@@ -224,10 +236,13 @@ fn every_connect_method_reports_the_same_failures() {
     let mut reports = Vec::new();
     for (tracer, method) in tracers.into_iter().zip(&methods) {
         let traced = tracer.stop();
-        let mut seen: Vec<_> = connect_errors(&traced, port).iter().map(key).collect();
+        let mut seen: Vec<_> = connect_errors(&traced.events, port)
+            .iter()
+            .map(key)
+            .collect();
         seen.sort();
         assert_eq!(seen.len(), failed, "{method:?}: {}", traced.stderr);
-        let sources: Vec<_> = connect_errors(&traced, port)
+        let sources: Vec<_> = connect_errors(&traced.events, port)
             .iter()
             .map(|e| e["source"].clone())
             .collect();
@@ -247,7 +262,7 @@ fn every_connect_method_reports_the_same_failures() {
 /// uses (the fallback sees RSTs only, which is what this needs).
 #[test]
 fn a_reset_answering_a_syn_is_seen_as_a_segment_and_a_refusal() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let mut methods = vec![
         vec![],
@@ -263,13 +278,27 @@ fn a_reset_answering_a_syn_is_seen_as_a_segment_and_a_refusal() {
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
         5556u16
     });
-    std::thread::sleep(Duration::from_millis(300));
+    let mine = |e: &&Value| e["dport"] == port;
+    for (tracer, method) in tracers.iter().zip(&methods) {
+        tracer.wait_for(
+            &format!("{method:?}: the segment and the refusal"),
+            |events| {
+                let of = |kind| {
+                    events
+                        .iter()
+                        .filter(|e| e["event"] == kind)
+                        .filter(mine)
+                        .count()
+                };
+                of("segment") >= 1 && of("handshake") >= 1
+            },
+        );
+    }
     // A kprobe cannot reach socket storage: where sockets live there, its segments
     // come without an owner.
     let storage = probe(plan, "socket_tracking")["method"] == "socket_storage";
     for (tracer, method) in tracers.into_iter().zip(&methods) {
         let traced = tracer.stop();
-        let mine = |e: &&Value| e["dport"] == port;
         let segments: Vec<_> = traced.of_kind("segment").filter(mine).collect();
         let ownerless = storage && method.contains(&"tcp_rcv_state_process=kprobe");
         let owner = if ownerless {

@@ -14,7 +14,8 @@ use std::{
 
 use common::{
     churn, delta, free_port, in_private_netns, pod_cgroup_levels, require_root, serial,
-    set_linger_zero, snmp_tcp, CgroupTree, Netns, Tracer,
+    set_linger_zero, snmp_tcp, test_container_id, test_pod_uid, wait_until, CgroupTree, Netns,
+    Tracer,
 };
 use serde_json::Value;
 
@@ -36,6 +37,11 @@ const SERVER_SEQUENCE: [(&str, &str); 5] = [
     ("CLOSE_WAIT", "LAST_ACK"),
     ("LAST_ACK", "CLOSE"),
 ];
+
+/// How many of `events` are of this kind.
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}
 
 fn pair(e: &Value) -> (String, String) {
     (
@@ -83,14 +89,17 @@ fn expect_sequence(got: Vec<(String, String)>, want: &[(&str, &str)], what: &str
 }
 
 fn lifecycle(ip: IpAddr) {
-    require_root();
+    require_root!();
     let _serial = serial();
     let port = free_port(ip);
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
     let conns = churn(&listener, CONNECTIONS);
     drop(listener);
-    std::thread::sleep(Duration::from_millis(300));
+    tracer.wait_for("every transition and handshake", |events| {
+        count(events, "state") >= CONNECTIONS * 10 + 2
+            && count(events, "handshake") >= 2 * CONNECTIONS
+    });
     let traced = tracer.stop();
     assert!(traced.status.success(), "{}", traced.stderr);
     assert_eq!(
@@ -180,7 +189,7 @@ fn ipv6_connections_each_show_their_full_lifecycle_once() {
 
 #[test]
 fn connect_to_a_closed_port_is_refused() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = free_port(ip);
@@ -205,7 +214,7 @@ fn connect_to_a_closed_port_is_refused() {
 /// reports receiving it.
 #[test]
 fn an_aborting_close_reports_its_reset_with_the_owner() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "resets"]);
@@ -217,8 +226,20 @@ fn an_aborting_close_reports_its_reset_with_the_owner() {
         set_linger_zero(&client);
         let client_port = client.local_addr().unwrap().port();
         drop(client);
-        std::thread::sleep(Duration::from_millis(50));
-        (client_port, snmp_tcp("OutRsts") - before)
+        let sent = wait_until(Duration::from_secs(10), "the kernel's RST", || {
+            let sent = snmp_tcp("OutRsts") - before;
+            (sent > 0).then_some(sent)
+        });
+        (client_port, sent)
+    });
+    tracer.wait_for("the reset sent and the reset received", |events| {
+        let resets = |direction: &str| {
+            events
+                .iter()
+                .filter(|e| e["event"] == "reset" && e["direction"] == direction)
+                .count()
+        };
+        resets("sent") >= 1 && resets("received") >= 1
     });
     let traced = tracer.stop();
     let resets: Vec<&Value> = traced.of_kind("reset").collect();
@@ -240,29 +261,32 @@ fn an_aborting_close_reports_its_reset_with_the_owner() {
     );
 }
 
-/// Ethernet-sized segments: with lo's 64 KiB MTU the whole transfer would be a handful
-/// of packets. Segmentation offload stays on, so retransmitted skbs may carry several
-/// segments, which the events must account for.
-fn like_a_real_link(ns: &Netns) {
-    ns.exec(&["ip", "link", "set", "lo", "mtu", "1500"]);
-}
-
 #[test]
 fn retransmits_match_the_namespace_counters_under_loss() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let ns = Netns::new("rtx");
-    like_a_real_link(&ns);
+    // Retransmitted skbs may carry several segments, which the events must account for.
+    ns.like_a_real_link();
     let port = 20000 + (std::process::id() % 20000) as u16;
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "retransmits"]);
+    // The namespace's own connections only: its counters are the truth here.
+    let netns = format!("/var/run/netns/{}", ns.name);
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--netns",
+        &netns,
+        "--events",
+        "retransmits",
+    ]);
     let before = ns.nstat();
-    // Drop on input: a packet refused on output never left, and TCP simply sends it again
-    // as a fresh transmission without counting a retransmit.
-    ns.nft(&format!(
-        "table inet tcptrace_loss {{\n chain in {{\n type filter hook input priority 0;\n \
-         tcp dport {port} numgen random mod 100 < 8 counter drop\n \
-         tcp sport {port} numgen random mod 100 < 8 counter drop\n }}\n}}\n"
-    ));
+    ns.drop_on_input(
+        "tcptrace_loss",
+        &[
+            format!("tcp dport {port} numgen random mod 100 < 8 counter"),
+            format!("tcp sport {port} numgen random mod 100 < 8 counter"),
+        ],
+    );
     let transfer = ns.run(move || {
         let reader = common::receive_one(port);
         let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -275,10 +299,9 @@ fn retransmits_match_the_namespace_counters_under_loss() {
         reader.join().unwrap()
     });
     assert_eq!(transfer.join().unwrap(), 400_000);
-    ns.exec(&["nft", "delete", "table", "inet", "tcptrace_loss"]);
-    // Let FIN retransmits and the last ACKs settle before reading the counters.
-    std::thread::sleep(Duration::from_millis(1500));
-    let after = ns.settled_nstat();
+    ns.delete_table("tcptrace_loss");
+    ns.wait_closed();
+    let after = ns.nstat();
     let traced = tracer.stop();
     assert_eq!(traced.lost(), 0);
 
@@ -309,7 +332,7 @@ fn retransmits_match_the_namespace_counters_under_loss() {
 
 #[test]
 fn unanswered_syn_backs_off_exponentially_then_times_out() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let ns = Netns::new("syn");
     ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=2"]);
@@ -318,13 +341,14 @@ fn unanswered_syn_backs_off_exponentially_then_times_out() {
         ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syn_linear_timeouts=0"]);
     }
     let port = 20000 + (std::process::id() % 20000) as u16 + 1;
-    ns.nft(&format!(
-        "table inet tcptrace_blackhole {{\n chain in {{\n type filter hook input priority 0;\n \
-         tcp dport {port} drop\n }}\n}}\n"
-    ));
+    ns.drop_on_input("tcptrace_blackhole", &[format!("tcp dport {port}")]);
+    // The namespace's own connections only: its counters are the truth here.
+    let netns = format!("/var/run/netns/{}", ns.name);
     let tracer = Tracer::start(&[
         "--port",
         &port.to_string(),
+        "--netns",
+        &netns,
         "--events",
         "retransmits,handshakes",
     ]);
@@ -380,7 +404,8 @@ fn unanswered_syn_backs_off_exponentially_then_times_out() {
 /// libbpf-tools' tcpstates, attached to the same tracepoint, as an independent witness.
 struct Tcpstates {
     child: std::process::Child,
-    out: std::thread::JoinHandle<Vec<String>>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    out: std::thread::JoinHandle<()>,
 }
 
 impl Tcpstates {
@@ -392,9 +417,10 @@ impl Tcpstates {
             .expect("tcpstates (libbpf-tools; cargo xtask setup installs it)");
         let stdout = child.stdout.take().unwrap();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let printed = lines.clone();
         let out = std::thread::spawn(move || {
             use std::io::BufRead;
-            let mut lines = Vec::new();
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
@@ -402,24 +428,28 @@ impl Tcpstates {
                 if line.starts_with("SKADDR") {
                     let _ = ready_tx.send(());
                 } else {
-                    lines.push(line);
+                    printed.lock().unwrap().push(line);
                 }
             }
-            lines
         });
         ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("tcpstates did not start");
-        Tcpstates { child, out }
+        Tcpstates { child, lines, out }
+    }
+
+    /// How many transitions it printed so far.
+    fn printed(&self) -> usize {
+        self.lines.lock().unwrap().len()
     }
 
     /// (socket address, old state, new state) of every line it printed.
     fn stop(mut self) -> Vec<(String, String, String)> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait().unwrap();
-        self.out
-            .join()
-            .unwrap()
+        self.out.join().unwrap();
+        let lines = self.lines.lock().unwrap();
+        lines
             .iter()
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
@@ -436,7 +466,7 @@ impl Tcpstates {
 
 #[test]
 fn same_transitions_as_libbpf_tools_tcpstates() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = free_port(ip);
@@ -446,7 +476,11 @@ fn same_transitions_as_libbpf_tools_tcpstates() {
     let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
     churn(&listener, 20);
     drop(listener);
-    std::thread::sleep(Duration::from_millis(300));
+    let all = 20 * 10 + 2;
+    tracer.wait_for("every transition", |events| events.len() >= all);
+    wait_until(Duration::from_secs(10), "tcpstates printing them", || {
+        (server_side.printed() + client_side.printed() >= all).then_some(())
+    });
     let traced = tracer.stop();
     let mut theirs = server_side.stop();
     theirs.extend(client_side.stop());
@@ -460,7 +494,7 @@ fn same_transitions_as_libbpf_tools_tcpstates() {
         .collect();
     theirs.sort();
     ours.sort();
-    assert_eq!(ours.len(), 20 * 10 + 2);
+    assert_eq!(ours.len(), all);
     assert_eq!(ours, theirs, "tcptrace and tcpstates disagree");
 }
 
@@ -473,7 +507,7 @@ fn thread_comm() -> String {
 
 #[test]
 fn filters_run_in_the_kernel() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let port = free_port(ip);
@@ -494,7 +528,12 @@ fn filters_run_in_the_kernel() {
     let listener = TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
     churn(&listener, 5);
     drop(listener);
-    std::thread::sleep(Duration::from_millis(300));
+    // Those filtered out have nothing to wait for: a tracer prints what is left in its
+    // ring buffer when it stops.
+    ours.wait_for("every transition", |events| {
+        count(events, "state") >= 5 * 10 + 2
+    });
+    handshakes_only.wait_for("two handshakes", |events| events.len() >= 2);
 
     assert_eq!(ours.stop().of_kind("state").count(), 5 * 10 + 2);
     for (name, t) in [
@@ -522,13 +561,15 @@ fn filters_run_in_the_kernel() {
 
 #[test]
 fn children_of_a_listener_older_than_the_tracer_are_timed_without_an_owner() {
-    require_root();
+    require_root!();
     let _serial = serial();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "handshakes"]);
     churn(&listener, 3);
-    std::thread::sleep(Duration::from_millis(200));
+    tracer.wait_for("both sides of each handshake", |events| {
+        count(events, "handshake") >= 2 * 3
+    });
     let traced = tracer.stop();
     let server: Vec<&Value> = traced
         .events
@@ -555,14 +596,10 @@ fn children_of_a_listener_older_than_the_tracer_are_timed_without_an_owner() {
 /// container id parsed from the owner's cgroup.
 #[test]
 fn owners_in_a_pod_cgroup_are_attributed_to_the_pod_and_container() {
-    require_root();
+    require_root!();
     let _serial = serial();
-    let uid = format!(
-        "{:08x}-0000-4000-8000-{:012x}",
-        std::process::id(),
-        0x7c9e_u64
-    );
-    let container = format!("{:064x}", u64::from(std::process::id()) << 8 | 0xab);
+    let uid = test_pod_uid(0x7c9e);
+    let container = test_container_id(0xab);
     let levels = pod_cgroup_levels(&uid, &container);
     let cgroup = CgroupTree::create(&levels);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -570,11 +607,14 @@ fn owners_in_a_pod_cgroup_are_attributed_to_the_pod_and_container() {
     let tracer = Tracer::start(&["--port", &port.to_string(), "--events", "states"]);
     assert!(cgroup.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{port}")));
     let _ = listener.accept().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let connect =
+        |e: &&Value| e["event"] == "state" && e["new_state"] == "SYN_SENT" && e["dport"] == port;
+    tracer.wait_for("the connect", |events| events.iter().any(|e| connect(&e)));
     let traced = tracer.stop();
     let connect = traced
-        .of_kind("state")
-        .find(|e| e["new_state"] == "SYN_SENT" && e["dport"] == port)
+        .events
+        .iter()
+        .find(connect)
         .unwrap_or_else(|| panic!("no connect seen: {:?}", traced.events));
     assert_eq!(connect["comm"], "bash", "{connect}");
     assert_eq!(connect["pod_uid"], uid.as_str(), "{connect}");

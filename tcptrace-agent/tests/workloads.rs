@@ -34,6 +34,8 @@ fn serve_until_stopped(
     std::thread::spawn(move || {
         while !stopped.load(Ordering::Relaxed) {
             let Ok((conn, _)) = listener.accept() else {
+                // The fake server's idle loop, not a wait: a non-blocking accept every
+                // 20 ms, so that it sees the stop flag.
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
@@ -125,7 +127,8 @@ impl FakeApiServer {
                 }
                 let _ = stream.write_all(answer.as_bytes());
                 let _ = stream.flush();
-                // Hold the watch open, as the API server does, until the test ends.
+                // Hold the watch open, as the API server does, until the test ends: part
+                // of the fake server, not a wait.
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -175,26 +178,11 @@ impl Drop for FakeApiServer {
     }
 }
 
-fn series_of(m: &HashMap<String, f64>, family: &str) -> Vec<(String, f64)> {
-    m.iter()
-        .filter(|(k, _)| k.starts_with(&format!("{family}{{")))
-        .map(|(k, v)| (k.clone(), *v))
-        .collect()
-}
-
 /// The series the series budget covers (the per-workload families) in one scrape.
 fn exposed(m: &HashMap<String, f64>) -> usize {
     m.keys()
         .filter(|k| BUDGET_FAMILIES.iter().any(|f| k.starts_with(f)))
         .count()
-}
-
-/// The value of label `name` in a series.
-fn label<'a>(series: &'a str, name: &str) -> &'a str {
-    series
-        .split_once(&format!("{name}=\""))
-        .and_then(|(_, rest)| rest.split('"').next())
-        .unwrap_or_default()
 }
 
 /// Where a series stands in the collapse order: `own`, or the `into` of the folds it
@@ -249,43 +237,87 @@ fn assert_folds_accounted(before: &HashMap<String, f64>, after: &HashMap<String,
     }
 }
 
+/// A connect from a process in `cgroup` to a closed port: refused (bash's redirection
+/// fails, as it should).
+fn refused_from(cgroup: &CgroupTree) {
+    let closed = free_port("127.0.0.1".parse().unwrap());
+    assert!(!cgroup.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{closed}")));
+}
+
+/// Until the agent has the names a name source gave it: refused connects from `probe`, a
+/// container of a pod given last, until one is counted in `series`, the series of that
+/// pod's names. The agent names an event as it reads it, so from then on it has
+/// whatever the source gave before that pod too.
+fn until_named(agent: &Agent, probe: &CgroupTree, series: &str) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("a refusal counted in {series}"),
+        || {
+            refused_from(probe);
+            (value(&agent.scrape(), series) >= 1.0).then_some(())
+        },
+    );
+}
+
+/// The refusals of a pod's container, under its names.
+fn refused_series(namespace: &str, pod: &str, container: &str, workload: &str) -> String {
+    format!(
+        "tcptrace_workload_connect_failures_total{{namespace=\"{namespace}\",pod=\"{pod}\",container=\"{container}\",workload=\"{workload}\",reason=\"refused\"}}"
+    )
+}
+
 #[test]
 fn pod_containers_are_named_from_the_kubelet_or_by_uid_and_id() {
-    require_root();
+    require_root!();
     let _serial = serial();
-    let pid = std::process::id();
-    let named_uid = format!("{pid:08x}-1111-4000-8000-000000000001");
-    let named_id = format!("{:08x}{pid:08x}{:048x}", 0x111, 0);
-    let bare_uid = format!("{pid:08x}-2222-4000-8000-000000000002");
-    let bare_id = format!("{:08x}{pid:08x}{:048x}", 0x222, 0);
-    // The recorded-format pod list, with the first pod's UID and container id ours.
+    let (named_uid, named_id) = (test_pod_uid(0x1111), test_container_id(0x111));
+    let (bare_uid, bare_id) = (test_pod_uid(0x2222), test_container_id(0x222));
+    let (probe_uid, probe_id) = (test_pod_uid(0x4444), test_container_id(0x444));
+    // The recorded-format pod list, with the UIDs and container ids of both pods ours.
     let pods = include_str!("kubelet/pods.json")
         .replace("3a5a1e6b-7d1f-4c2e-9b8a-2b6f0e3c1d4e", &named_uid)
         .replace(
             "8c2f1e0d9b7a6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e",
             &named_id,
+        )
+        .replace("6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f", &probe_uid)
+        .replace(
+            "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988",
+            &probe_id,
         );
     let kubelet = FakeKubelet::serve(pods);
     let agent = Agent::start(&["--labels", "workload", "--kubelet", &kubelet.url]);
-    std::thread::sleep(Duration::from_millis(500)); // the first pod-list fetch
+    // The first pod-list fetch: the second pod named.
+    let probe = CgroupTree::create(&pod_cgroup_levels(&probe_uid, &probe_id));
+    let probe_series = refused_series(
+        "monitoring",
+        "node-agent-5kq2z",
+        "agent",
+        "DaemonSet/node-agent",
+    );
+    until_named(&agent, &probe, &probe_series);
     let named = CgroupTree::create(&pod_cgroup_levels(&named_uid, &named_id));
     let bare = CgroupTree::create(&pod_cgroup_levels(&bare_uid, &bare_id));
-    let closed = free_port("127.0.0.1".parse().unwrap());
     for cgroup in [&named, &bare] {
-        // Refused: bash's redirection fails, as it should.
-        assert!(!cgroup.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{closed}")));
+        refused_from(cgroup);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let m = agent.scrape();
-    let failures = series_of(&m, "tcptrace_workload_connect_failures_total");
-    let named_series = "tcptrace_workload_connect_failures_total{namespace=\"shop\",pod=\"web-7d4b9c8f5-x2k9p\",container=\"web\",workload=\"Deployment/web\",reason=\"refused\"}";
-    let bare_series = format!(
-        "tcptrace_workload_connect_failures_total{{namespace=\"\",pod=\"{bare_uid}\",container=\"containerd:{}\",workload=\"\",reason=\"refused\"}}",
-        &bare_id[..12]
-    );
-    assert_eq!(value(&m, named_series), 1.0, "{failures:?}");
+    let named_series = refused_series("shop", "web-7d4b9c8f5-x2k9p", "web", "Deployment/web");
+    let bare_series = refused_series("", &bare_uid, &format!("containerd:{}", &bare_id[..12]), "");
     // The refusal is a RST received in SYN_SENT, by the same workload.
     let named_resets = "tcptrace_workload_resets_total{namespace=\"shop\",pod=\"web-7d4b9c8f5-x2k9p\",container=\"web\",workload=\"Deployment/web\",direction=\"received\"}";
+    let m = wait_until(
+        Duration::from_secs(10),
+        "both refusals and the reset counted",
+        || {
+            let m = agent.scrape();
+            let counted = [&named_series, &bare_series, named_resets]
+                .iter()
+                .all(|s| value(&m, s) >= 1.0);
+            counted.then_some(m)
+        },
+    );
+    let failures = series_of(&m, "tcptrace_workload_connect_failures_total");
+    assert_eq!(value(&m, &named_series), 1.0, "{failures:?}");
     assert_eq!(
         value(&m, named_resets),
         1.0,
@@ -297,27 +329,33 @@ fn pod_containers_are_named_from_the_kubelet_or_by_uid_and_id() {
 
 #[test]
 fn pods_added_by_the_api_server_watch_are_named() {
-    require_root();
+    require_root!();
     let _serial = serial();
-    let pid = std::process::id();
-    let uid = format!("{pid:08x}-3333-4000-8000-000000000003");
-    let id = format!("{:08x}{pid:08x}{:048x}", 0x333, 0);
-    let node = format!("node-{pid}");
+    let (uid, id) = (test_pod_uid(0x3333), test_container_id(0x333));
+    let (probe_uid, probe_id) = (test_pod_uid(0x5555), test_container_id(0x555));
+    let node = format!("node-{}", std::process::id());
     // The list: the recorded pods (none of them ours) at resource version 100.
     let mut list: serde_json::Value =
         serde_json::from_str(include_str!("kubelet/pods.json")).unwrap();
     list["metadata"]["resourceVersion"] = "100".into();
-    // The watch: our pod arrives (ADDED) after the list, as a pod scheduled later does.
-    let mut pod = list["items"][0].clone();
-    pod["metadata"]["uid"] = uid.clone().into();
-    pod["metadata"]["name"] = "api-7d4b9c8f5-q8r2t".into();
-    pod["metadata"]["ownerReferences"][0]["name"] = "api-7d4b9c8f5".into();
-    pod["status"]["containerStatuses"][0]["containerID"] = format!("containerd://{id}").into();
-    pod["status"]["containerStatuses"][0]["name"] = "api".into();
-    let added = serde_json::json!({"type": "ADDED", "object": pod}).to_string();
-    let bookmark =
-        r#"{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"101"}}}"#;
-    let server = FakeApiServer::serve(list.to_string(), vec![added, bookmark.to_string()]);
+    // The watch: our pod arrives (ADDED) after the list, as a pod scheduled later does,
+    // then a probe pod of the same shape.
+    let added = |uid: &str, id: &str, name: &str| {
+        let mut pod = list["items"][0].clone();
+        pod["metadata"]["uid"] = uid.into();
+        pod["metadata"]["name"] = format!("{name}-7d4b9c8f5-q8r2t").into();
+        pod["metadata"]["ownerReferences"][0]["name"] = format!("{name}-7d4b9c8f5").into();
+        pod["status"]["containerStatuses"][0]["containerID"] = format!("containerd://{id}").into();
+        pod["status"]["containerStatuses"][0]["name"] = name.into();
+        serde_json::json!({"type": "ADDED", "object": pod}).to_string()
+    };
+    let watch = vec![
+        added(&uid, &id, "api"),
+        added(&probe_uid, &probe_id, "probe"),
+        r#"{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"101"}}}"#
+            .to_string(),
+    ];
+    let server = FakeApiServer::serve(list.to_string(), watch);
     let agent = Agent::start(&[
         "--labels",
         "workload",
@@ -328,19 +366,22 @@ fn pods_added_by_the_api_server_watch_are_named() {
         "--node-name",
         &node,
     ]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.requests.lock().unwrap().len() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(200)); // the watch events applied
+    wait_until(Duration::from_secs(10), "the list and the watch", || {
+        (server.requests.lock().unwrap().len() >= 2).then_some(())
+    });
+    // The watch events applied: the second pod named.
+    let probe = CgroupTree::create(&pod_cgroup_levels(&probe_uid, &probe_id));
+    let probe_series = refused_series("shop", "probe-7d4b9c8f5-q8r2t", "probe", "Deployment/probe");
+    until_named(&agent, &probe, &probe_series);
     let cgroup = CgroupTree::create(&pod_cgroup_levels(&uid, &id));
-    let closed = free_port("127.0.0.1".parse().unwrap());
-    assert!(!cgroup.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{closed}")));
-    std::thread::sleep(Duration::from_millis(300));
-    let m = agent.scrape();
-    let series = "tcptrace_workload_connect_failures_total{namespace=\"shop\",pod=\"api-7d4b9c8f5-q8r2t\",container=\"api\",workload=\"Deployment/api\",reason=\"refused\"}";
+    refused_from(&cgroup);
+    let series = refused_series("shop", "api-7d4b9c8f5-q8r2t", "api", "Deployment/api");
+    let m = wait_until(Duration::from_secs(10), "the refusal counted", || {
+        let m = agent.scrape();
+        (value(&m, &series) >= 1.0).then_some(m)
+    });
     assert_eq!(
-        value(&m, series),
+        value(&m, &series),
         1.0,
         "{:?}\n{}",
         series_of(&m, "tcptrace_workload_connect_failures_total"),
@@ -364,7 +405,7 @@ fn pods_added_by_the_api_server_watch_are_named() {
 
 #[test]
 fn the_series_budget_holds_and_the_folded_counter_accounts_for_the_rest() {
-    require_root();
+    require_root!();
     let _serial = serial();
     const MAX: usize = 100;
     const REMOTES: u16 = 5000;
@@ -387,7 +428,7 @@ fn the_series_budget_holds_and_the_folded_counter_accounts_for_the_rest() {
         // 500 containers, each refused once.
         for i in 0..CGROUPS {
             // Distinct in their first 12 digits, like real (random) container ids.
-            let id = format!("{i:08x}{pid:08x}{:048x}", 0);
+            let id = test_container_id(i as u32);
             let c = CgroupTree::create(&[parent.clone(), format!("docker-{id}.scope")]);
             assert!(!c.run("exec 3<>/dev/tcp/127.0.0.1/7"));
             containers.push(c);
@@ -437,16 +478,6 @@ fn the_series_budget_holds_and_the_folded_counter_accounts_for_the_rest() {
     assert_folds_accounted(&before, &after);
 }
 
-/// Listen on every address of the calling thread's network namespace, with room in the
-/// accept queue for every connection a test makes before it accepts them.
-fn listen_any(port: u16) -> TcpListener {
-    use std::os::fd::AsRawFd;
-    let listener = TcpListener::bind(("0.0.0.0", port)).unwrap();
-    // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
-    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4096) }, 0);
-    listener
-}
-
 /// Accept and close every connection waiting on `listener`: the clients closed first,
 /// so each ends with FINs, not with the RST a listener's close would send.
 fn accept_all(listener: &TcpListener) -> usize {
@@ -459,7 +490,7 @@ fn accept_all(listener: &TcpListener) -> usize {
 /// worst case, every event is counted once, and what was folded is accounted for.
 #[test]
 fn a_thousand_peers_stay_within_the_budget_and_the_documented_worst_case() {
-    require_root();
+    require_root!();
     let _serial = serial();
     const PEERS: usize = 1000;
     const OPEN: [u16; 2] = [80, 443];
@@ -470,7 +501,7 @@ fn a_thousand_peers_stay_within_the_budget_and_the_documented_worst_case() {
     let pid = std::process::id();
     let parent = format!("tcptrace-test-{pid}");
     let _parent = CgroupTree::create(std::slice::from_ref(&parent));
-    let id = format!("{:08x}{pid:08x}{:048x}", 0x1000, 0);
+    let id = test_container_id(0x1000);
     let container = CgroupTree::create(&[parent, format!("docker-{id}.scope")]);
     let ours = format!("docker:{}", &id[..12]);
     // From one container, to each of 1,000 addresses (127.0.1.1 .. 127.0.4.250, all
@@ -486,7 +517,9 @@ fn a_thousand_peers_stay_within_the_budget_and_the_documented_worst_case() {
     let started = Instant::now();
     // The container stays until the end: the agent resolves cgroups after the fact.
     let (_container, made, accepted) = in_private_netns(&[], move || {
-        let listeners = OPEN.map(listen_any);
+        // On every address of the namespace, with room in the accept queue for every
+        // connection made before they are accepted.
+        let listeners = OPEN.map(|port| deep_listener_at(("0.0.0.0", port)));
         let made = container.run(&script);
         let accepted: usize = listeners.iter().map(accept_all).sum();
         (container, made, accepted)

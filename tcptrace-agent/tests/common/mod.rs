@@ -17,13 +17,33 @@ use serde_json::Value;
 
 pub const TCPTRACE: &str = env!("CARGO_BIN_EXE_tcptrace");
 
-/// These tests load eBPF programs and create network namespaces: they need root.
-/// Without it they fail loudly rather than pass without testing anything.
-pub fn require_root() {
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "integration tests load eBPF programs and must run as root (cargo xtask test as root)"
+/// The first line of every root-only test: they load eBPF programs and create network
+/// namespaces. Without root the test returns at once, saying so in one line (written
+/// past the test harness's capture, so that it shows), and `cargo test` as a normal user
+/// passes everything else.
+macro_rules! require_root {
+    () => {
+        if !$crate::common::is_root() {
+            $crate::common::say_skipped();
+            return;
+        }
+    };
+}
+pub(crate) use require_root;
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `skipped: <test> needs root ...` on the real stderr. libtest runs each test on a
+/// thread named after it.
+pub fn say_skipped() {
+    let thread = thread::current();
+    let test = thread.name().unwrap_or("this test");
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test} needs root (it loads eBPF programs / creates network namespaces)"
     );
 }
 
@@ -70,15 +90,22 @@ fn collect(
     })
 }
 
+/// `tcptrace <args>` plus `TCPTRACE_TEST_AGENT_ARGS`, its stderr piped.
+fn tcptrace(args: &[&str]) -> Command {
+    let mut cmd = Command::new(TCPTRACE);
+    cmd.args(args)
+        .args(extra_agent_args())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 impl Tracer {
     /// Start the tracer with these extra arguments and wait until it is attached.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(TCPTRACE)
-            .args(["--log-level", "info", "trace", "--json"])
-            .args(args)
-            .args(extra_agent_args())
+        let mut all = vec!["--log-level", "info", "trace", "--json"];
+        all.extend_from_slice(args);
+        let mut child = tcptrace(&all)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("start tcptrace");
         let stdout = Arc::new(Mutex::new(Vec::new()));
@@ -98,23 +125,16 @@ impl Tracer {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("tracing:"))
-            {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
+        let attached = || {
+            let stderr = self.stderr.lock().unwrap();
+            stderr.iter().any(|l| l.contains("tracing:")).then_some(())
+        };
+        if poll_until(Duration::from_secs(30), attached).is_none() {
+            panic!(
+                "tcptrace did not attach within 30 s; stderr:\n{}",
+                self.stderr.lock().unwrap().join("\n")
+            );
         }
-        panic!(
-            "tcptrace did not attach within 30 s; stderr:\n{}",
-            self.stderr.lock().unwrap().join("\n")
-        );
     }
 
     /// The JSON events printed so far.
@@ -180,15 +200,40 @@ impl Traced {
 
 /// Poll `check` every 20 ms until it gives a value; panic naming `what` after `timeout`.
 /// Tests wait for a condition, never for a fixed time.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, check).unwrap_or_else(|| panic!("waited {timeout:?} for {what}"))
+}
+
+/// `wait_until` that gives `None` after `timeout`, for a caller with more to say.
+pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "waited {timeout:?} for {what}");
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // The polling interval: what is awaited is the condition above.
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How long a reading must stay the same to count as still.
+const STILL: Duration = Duration::from_millis(300);
+
+/// `read` once it holds still: the same for 300 ms of readings in a row (10 s at most).
+pub fn settled<T: PartialEq + Clone>(what: &str, mut read: impl FnMut() -> T) -> T {
+    let mut last = read();
+    let mut since = Instant::now();
+    wait_until(Duration::from_secs(10), what, || {
+        let now = read();
+        if now != last {
+            (last, since) = (now, Instant::now());
+            return None;
+        }
+        (since.elapsed() >= STILL).then_some(now)
+    })
 }
 
 /// A network namespace owned by one test, deleted when the guard drops (also on panic).
@@ -232,36 +277,68 @@ impl Netns {
         parse_nstat(&self.exec(&["nstat", "-asz"]))
     }
 
-    /// The counters once they stopped moving (two readings 300 ms apart agree, within
-    /// 10 s): a FIN lost just before a loss rule went may still be retransmitted.
-    pub fn settled_nstat(&self) -> HashMap<String, u64> {
-        let mut last = self.nstat();
-        for _ in 0..33 {
-            thread::sleep(Duration::from_millis(300));
-            let now = self.nstat();
-            if now == last {
-                return now;
-            }
-            last = now;
-        }
-        panic!("the namespace's counters kept moving for 10 s");
+    /// Until no TCP socket of the namespace can send anything any more: each one gone or
+    /// in TIME_WAIT. A FIN lost just before a loss rule went is retransmitted until then.
+    pub fn wait_closed(&self) {
+        wait_until(
+            Duration::from_secs(30),
+            "every TCP socket of the namespace closed or in TIME_WAIT",
+            || {
+                let open = self.exec(&["ss", "-tanH", "exclude", "time-wait"]);
+                open.trim().is_empty().then_some(())
+            },
+        );
+    }
+
+    /// Ethernet-sized segments: with lo's 64 KiB MTU a whole transfer would be a handful
+    /// of packets. Segmentation offload stays on, so a retransmitted skb may still carry
+    /// several segments.
+    pub fn like_a_real_link(&self) {
+        self.exec(&["ip", "link", "set", "lo", "mtu", "1500"]);
     }
 
     /// Apply an nftables ruleset inside the namespace.
     pub fn nft(&self, ruleset: &str) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(ruleset.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "nft rejected:\n{ruleset}");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, "nft"]);
+        nft_with(cmd, ruleset);
     }
+
+    /// A table `table` dropping on input what each of `rules` matches (see `drop_on_input`).
+    pub fn drop_on_input(&self, table: &str, rules: &[String]) {
+        self.nft(&drop_on_input(table, rules));
+    }
+
+    pub fn delete_table(&self, table: &str) {
+        self.exec(&["nft", "delete", "table", "inet", table]);
+    }
+}
+
+/// An nftables table dropping on input what each of `rules` matches. On input: a
+/// dropped segment has left its sender, which counts a retransmit when it sends it
+/// again; a segment refused on output never left, and TCP sends it again as a fresh
+/// transmission, without counting a retransmit.
+pub fn drop_on_input(table: &str, rules: &[String]) -> String {
+    let rules: String = rules.iter().map(|r| format!(" {r} drop\n")).collect();
+    format!(
+        "table inet {table} {{\n chain in {{\n type filter hook input priority 0;\n{rules} }}\n}}\n"
+    )
+}
+
+/// Apply an nftables ruleset in the calling thread's network namespace.
+pub fn nft(ruleset: &str) {
+    nft_with(Command::new("nft"), ruleset);
+}
+
+fn nft_with(mut cmd: Command, ruleset: &str) {
+    let mut child = cmd.args(["-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft rejected:\n{ruleset}");
 }
 
 impl Drop for Netns {
@@ -318,40 +395,40 @@ pub fn sh(args: &[&str]) -> String {
 /// kernel's `kernel_keys` agree in readings before and after it, and tcptrace's
 /// `our_metrics` agree with a second scrape. A FIN lost just before a loss rule went may
 /// still be retransmitted a second later, and the kernel counts a retransmit a moment
-/// before its tracepoint fires. Returns the reading taken before the scrape. Gives up
-/// after 10 s of counters that keep moving.
+/// before its tracepoint fires. Returns the reading taken before the scrape and the
+/// scrape. Gives up after 10 s of counters that keep moving.
 pub fn bracketed(
     kernel: impl Fn() -> HashMap<String, u64>,
     kernel_keys: &[&str],
     our_metrics: &[&str],
     mut scrape: impl FnMut() -> HashMap<String, f64>,
 ) -> (HashMap<String, u64>, HashMap<String, f64>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
     let same_kernel = |a: &HashMap<String, u64>, b: &HashMap<String, u64>| {
         kernel_keys.iter().all(|k| a.get(*k) == b.get(*k))
     };
     let same_ours = |a: &HashMap<String, f64>, b: &HashMap<String, f64>| {
         our_metrics.iter().all(|m| total(a, m) == total(b, m))
     };
-    loop {
-        let before = kernel();
-        let ours = scrape();
-        if same_kernel(&kernel(), &before) && same_ours(&scrape(), &ours) {
-            return (before, ours);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the counters kept moving for 10 s"
-        );
-        thread::sleep(Duration::from_millis(300));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the counters to hold still around a scrape",
+        || {
+            let before = kernel();
+            let ours = scrape();
+            let still = same_kernel(&kernel(), &before) && same_ours(&scrape(), &ours);
+            still.then_some((before, ours))
+        },
+    )
 }
 
-/// The host's counters plus a namespace's, as one reading.
-pub fn host_and(ns: &Netns) -> HashMap<String, u64> {
+/// The host's counters plus those of each namespace, as one reading: tcptrace counts
+/// the whole machine.
+pub fn host_and(namespaces: &[&Netns]) -> HashMap<String, u64> {
     let mut all = parse_nstat(&sh(&["nstat", "-asz"]));
-    for (k, v) in ns.nstat() {
-        *all.entry(k).or_insert(0) += v;
+    for ns in namespaces {
+        for (k, v) in ns.nstat() {
+            *all.entry(k).or_insert(0) += v;
+        }
     }
     all
 }
@@ -373,12 +450,11 @@ impl Agent {
     pub fn start(extra: &[&str]) -> Agent {
         let port = free_port(IpAddr::from([127, 0, 0, 1]));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut child = Command::new(TCPTRACE)
-            .args(["run", "--listen", &addr.to_string()])
-            .args(extra)
-            .args(extra_agent_args())
+        let listen = addr.to_string();
+        let mut all = vec!["run", "--listen", &listen];
+        all.extend_from_slice(extra);
+        let mut child = tcptrace(&all)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("start tcptrace run");
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -389,14 +465,10 @@ impl Agent {
             stderr,
             reader,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if matches!(agent.get("/readyz"), Ok((200, _))) {
-                return agent;
-            }
-            thread::sleep(Duration::from_millis(50));
+        if !until_ready(addr, Duration::from_secs(30)) {
+            panic!("agent not ready within 30 s:\n{}", agent.stderr());
         }
-        panic!("agent not ready within 30 s:\n{}", agent.stderr());
+        agent
     }
 
     pub fn stderr(&self) -> String {
@@ -440,23 +512,70 @@ impl Drop for Agent {
     }
 }
 
-/// Send raw bytes, read the whole answer: (status, body).
-pub fn http_request(addr: SocketAddr, raw: &str) -> std::io::Result<(u16, String)> {
+/// Whether the agent at `addr` answers /readyz with 200 within `timeout`.
+pub fn until_ready(addr: SocketAddr, timeout: Duration) -> bool {
+    let ready = || {
+        let answer = http_request(addr, "GET /readyz HTTP/1.1\r\nHost: tcptrace\r\n\r\n");
+        matches!(answer, Ok((200, _))).then_some(())
+    };
+    poll_until(timeout, ready).is_some()
+}
+
+/// An HTTP answer as it came off the wire.
+pub struct Answer {
+    /// 0 where there is no status line.
+    pub status: u16,
+    /// The status line and headers, lowercased.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn parse(mut raw: Vec<u8>) -> Answer {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(raw.len());
+        let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = raw.split_off((split + 4).min(raw.len()));
+        Answer { status, head, body }
+    }
+
+    pub fn content_length(&self) -> Option<usize> {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+}
+
+/// Send raw bytes on a connected stream (its read timeout set) and read the whole answer.
+pub fn exchange(s: &mut std::net::TcpStream, raw: &[u8]) -> std::io::Result<Answer> {
+    s.write_all(raw)?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    Ok(Answer::parse(got))
+}
+
+/// Connect (5 s at most), send raw bytes, read the whole answer.
+pub fn http_exchange(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Answer> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(raw.as_bytes())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    exchange(&mut s, raw)
+}
+
+/// Send raw bytes, read the whole answer: (status, body).
+pub fn http_request(addr: SocketAddr, raw: &str) -> std::io::Result<(u16, String)> {
+    let answer = http_exchange(addr, raw.as_bytes())?;
+    Ok((
+        answer.status,
+        String::from_utf8_lossy(&answer.body).into_owned(),
+    ))
 }
 
 pub fn parse_exposition(text: &str) -> HashMap<String, f64> {
@@ -479,6 +598,27 @@ pub fn total(m: &HashMap<String, f64>, name: &str) -> f64 {
 
 pub fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
     m.get(series).copied().unwrap_or(0.0)
+}
+
+/// How much a metric (every label set, see `total`) or one series grew between scrapes.
+pub fn growth(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {
+    total(after, name) - total(before, name)
+}
+
+/// Every series of a metric, with its value.
+pub fn series_of(m: &HashMap<String, f64>, family: &str) -> Vec<(String, f64)> {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(&format!("{family}{{")))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// The value of label `name` in a series (empty without it).
+pub fn label<'a>(series: &'a str, name: &str) -> &'a str {
+    series
+        .split_once(&format!("{name}=\""))
+        .and_then(|(_, rest)| rest.split('"').next())
+        .unwrap_or_default()
 }
 
 /// Tests that read machine-wide counters run one at a time.
@@ -514,10 +654,22 @@ pub fn deep_listener() -> TcpListener {
 
 /// `deep_listener` on a given port of 127.0.0.1.
 pub fn deep_listener_on(port: u16) -> TcpListener {
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    deep_listener_at(("127.0.0.1", port))
+}
+
+/// `deep_listener` on any address, e.g. every address of the namespace ("0.0.0.0").
+pub fn deep_listener_at(addr: impl std::net::ToSocketAddrs) -> TcpListener {
+    let listener = TcpListener::bind(addr).unwrap();
     // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
     assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4096) }, 0);
     listener
+}
+
+/// A connect to a port of 127.0.0.1 nobody listens on: refused.
+pub fn connect_refused() {
+    let port = free_port(IpAddr::from([127, 0, 0, 1]));
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(refused.is_err(), "port {port} was meant to be closed");
 }
 
 /// Listen on 127.0.0.1:`port` (of the calling thread's network namespace), accept one
@@ -598,18 +750,26 @@ pub fn default_plan() -> &'static Value {
 
 /// `tcptrace probes --json` with these extra arguments.
 pub fn probe_plan(extra: &[&str]) -> Value {
+    let (plan, status) = tcptrace_json(&[&["probes", "--json"], extra].concat());
+    assert_eq!(status, 0, "tcptrace probes failed");
+    plan
+}
+
+/// Run tcptrace with these arguments (one of them `--json`), in the calling thread's
+/// network namespace: what it printed, parsed, and its exit status.
+pub fn tcptrace_json(args: &[&str]) -> (Value, i32) {
     let out = Command::new(TCPTRACE)
-        .arg("probes")
-        .arg("--json")
-        .args(extra)
+        .args(args)
         .output()
-        .expect("run tcptrace probes");
-    assert!(
-        out.status.success(),
-        "tcptrace probes failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("probes --json prints JSON")
+        .expect("run tcptrace");
+    let printed = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tcptrace {args:?} printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (printed, out.status.code().unwrap_or(-1))
 }
 
 /// Our count against the kernel's own: equal, or short by no more than what the kernel
@@ -710,6 +870,17 @@ impl Drop for CgroupTree {
     }
 }
 
+/// A pod UID of this test run, the `n`th: a UUID made of the test process's pid and `n`.
+pub fn test_pod_uid(n: u32) -> String {
+    format!("{:08x}-{n:04x}-4000-8000-{n:012x}", std::process::id())
+}
+
+/// A 64-digit container id of this test run, the `n`th: distinct in its first 12
+/// digits (the ones a series shows) for each `n`, like real (random) ids.
+pub fn test_container_id(n: u32) -> String {
+    format!("{n:08x}{:08x}{:048x}", std::process::id(), 0)
+}
+
 /// The cgroup levels the kubelet (systemd driver) and containerd give a burstable pod's
 /// container.
 pub fn pod_cgroup_levels(uid: &str, container_id: &str) -> Vec<String> {
@@ -749,4 +920,32 @@ pub fn snmp_tcp(name: &str) -> u64 {
         .position(|n| n == name)
         .unwrap_or_else(|| panic!("no Tcp counter {name}"));
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Kills a child process when the test ends, also on failure.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory of this test run under the temporary directory, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tcptrace-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
