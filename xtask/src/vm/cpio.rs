@@ -1,4 +1,8 @@
 //! The initramfs archive: a cpio in the "newc" format the kernel unpacks, gzipped.
+//!
+//! The headers are the `cpio` crate's (newc, every file type and mode; pure Rust, no
+//! dependencies). What is ours is the tree: a parent directory for every path, entries
+//! in an order that creates parents first, and the gzip step.
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -6,6 +10,7 @@ use std::{
     process::{Command, Stdio},
 };
 
+use ::cpio::newc::{trailer, Builder as Header, ModeFileType as FileType};
 use anyhow::{bail, Context as _, Result};
 
 /// The guest's root as a tree of entries; parent directories are added for every path.
@@ -71,72 +76,93 @@ impl Cpio {
     }
 
     /// Parents sort before their children (a prefix sorts first), as unpacking needs.
-    fn write_to(&self, mut out: impl Write) -> Result<()> {
+    fn write_to<W: Write>(&self, mut out: W) -> Result<()> {
         for (ino, (path, entry)) in self.entries.iter().enumerate() {
-            let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match entry {
-                Entry::Dir => (0o040_755, &[], (0, 0)),
-                Entry::File { mode, data } => (0o100_000 | mode, data, (0, 0)),
-                Entry::CharDevice { mode, rdev } => (0o020_000 | mode, &[], *rdev),
-            };
-            write_cpio_entry(&mut out, ino as u32 + 1, path, mode, data, rdev)?;
+            out = write_entry(out, ino as u32 + 1, path, entry)?;
         }
-        write_cpio_entry(&mut out, 0, "TRAILER!!!", 0, &[], (0, 0))?;
-        out.flush()?;
+        trailer(out)?.flush()?;
         Ok(())
     }
 }
 
-fn write_cpio_entry(
-    out: &mut impl Write,
-    ino: u32,
-    name: &str,
-    mode: u32,
-    data: &[u8],
-    rdev: (u32, u32),
-) -> Result<()> {
-    let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
-    let fields = [
-        ino,
-        mode,
-        0, // uid
-        0, // gid
-        nlink,
-        0, // mtime
-        u32::try_from(data.len()).context("file too large for cpio")?,
-        0, // dev major
-        0, // dev minor
-        rdev.0,
-        rdev.1,
-        name.len() as u32 + 1,
-        0, // check
-    ];
-    let mut header = String::from("070701");
-    for f in fields {
-        header += &format!("{f:08x}");
-    }
-    out.write_all(header.as_bytes())?;
-    out.write_all(name.as_bytes())?;
-    out.write_all(&[0])?;
-    out.write_all(&[0; 3][..pad4(header.len() + name.len() + 1)])?;
-    out.write_all(data)?;
-    out.write_all(&[0; 3][..pad4(data.len())])?;
-    Ok(())
-}
-
-fn pad4(len: usize) -> usize {
-    (4 - len % 4) % 4
+/// One entry, owned by root, with no mtime, so the same tree makes the same archive.
+fn write_entry<W: Write>(out: W, ino: u32, path: &str, entry: &Entry) -> Result<W> {
+    let header = Header::new(path).ino(ino);
+    let (header, data): (Header, &[u8]) = match entry {
+        // A directory's "." and its name. The kernel reads nlink only on regular files,
+        // to find hard links: theirs stays the crate's 1, each file its own.
+        Entry::Dir => (
+            header
+                .mode(0o755)
+                .set_mode_file_type(FileType::Directory)
+                .nlink(2),
+            &[],
+        ),
+        Entry::File { mode, data } => (
+            header.mode(*mode).set_mode_file_type(FileType::Regular),
+            data,
+        ),
+        Entry::CharDevice {
+            mode,
+            rdev: (major, minor),
+        } => (
+            header
+                .mode(*mode)
+                .set_mode_file_type(FileType::Char)
+                .rdev_major(*major)
+                .rdev_minor(*minor),
+            &[],
+        ),
+    };
+    let size = u32::try_from(data.len()).context("file too large for cpio")?;
+    let mut writer = header.write(out, size);
+    writer.write_all(data)?;
+    Ok(writer.finish()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Read back what the kernel will unpack: every entry, parents first, with its type,
+    /// permissions, links, device numbers and data.
     #[test]
-    fn cpio_entries_are_four_byte_aligned() {
-        let mut out = Vec::new();
-        write_cpio_entry(&mut out, 1, "init", 0o100_755, b"abcde", (0, 0)).unwrap();
-        // 110-byte header + "init\0" = 115, padded to 116; 5 data bytes padded to 8.
-        assert_eq!(out.len(), 116 + 8);
-        assert!(out.starts_with(b"070701"));
+    fn archive_of_a_tree() {
+        let mut root = Cpio::default();
+        root.file("/init", 0o755, b"abcde".to_vec());
+        root.char_device("/dev/console", 0o600, (5, 1));
+        let mut archive = Vec::new();
+        root.write_to(&mut archive).unwrap();
+        // newc pads each header+name and each file's data to four bytes.
+        assert_eq!(archive.len() % 4, 0);
+
+        let mut rest = archive.as_slice();
+        let mut entries = Vec::new();
+        loop {
+            let mut reader = ::cpio::NewcReader::new(rest).unwrap();
+            let e = reader.entry().clone();
+            if e.is_trailer() {
+                break;
+            }
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut data).unwrap();
+            entries.push((
+                e.name().to_string(),
+                e.ino(),
+                e.mode(),
+                e.nlink(),
+                (e.rdev_major(), e.rdev_minor()),
+                data,
+            ));
+            rest = reader.finish().unwrap();
+        }
+        assert_eq!(
+            entries,
+            [
+                ("dev".into(), 1, 0o040_755, 2, (0, 0), vec![]),
+                ("dev/console".into(), 2, 0o020_600, 1, (5, 1), vec![]),
+                ("init".into(), 3, 0o100_755, 1, (0, 0), b"abcde".to_vec()),
+            ]
+        );
     }
 }
