@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cargo, run_cmd, workspace_root};
+use crate::{cargo, release_agent, run_cmd};
 
 pub fn render(rounds: usize) -> Result<()> {
     run_cmd(cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
@@ -57,7 +57,7 @@ impl AgentProcess {
     }
 
     pub fn start(addr: SocketAddr) -> Result<AgentProcess> {
-        let bin = workspace_root().join("target/release/tcptrace");
+        let bin = release_agent();
         let child = Command::new(&bin)
             .args(["run", "--listen", &addr.to_string(), "--log-level", "warn"])
             .stdout(Stdio::null())

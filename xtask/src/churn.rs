@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cargo, run_cmd, workspace_root};
+use crate::{cargo, release_agent, run_cmd};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Config {
@@ -198,10 +198,7 @@ pub(crate) struct Tool {
 
 impl Tool {
     pub(crate) fn start(config: Config, agent_args: &[String]) -> Result<Option<Tool>> {
-        let bin = workspace_root()
-            .join("target/release/tcptrace")
-            .display()
-            .to_string();
+        let bin = release_agent().display().to_string();
         let free = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let (mut cmd, metrics) = match config {
             Config::Bare => return Ok(None),

@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::{cargo, run_cmd, workspace_root};
+use crate::{cargo, run_cmd, target_dir, workspace_root};
 
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
 
@@ -32,13 +32,6 @@ fn podman() -> Command {
         workspace_root().join("xtask/containers.conf"),
     );
     c
-}
-
-/// Cargo's target directory (CARGO_TARGET_DIR when set).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 pub fn image(verify: bool) -> Result<()> {

@@ -11,7 +11,10 @@ mod soak;
 mod storm;
 mod vm;
 
-use std::process::{Command, ExitCode};
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -232,7 +235,7 @@ fn cargo() -> Command {
 
 fn run_agent(args: &[String]) -> Result<()> {
     run_cmd(cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
-    let binary = workspace_root().join("target/release/tcptrace");
+    let binary = release_agent();
     let status = Command::new(&binary)
         .args(args)
         .status()
@@ -368,9 +371,22 @@ fn fuzz(seconds: u32) -> Result<()> {
     Ok(())
 }
 
-pub fn workspace_root() -> std::path::PathBuf {
+pub fn workspace_root() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives inside the workspace")
         .to_path_buf()
+}
+
+/// Cargo's target directory: CARGO_TARGET_DIR when set, as cargo itself does, so that
+/// checkouts sharing a machine each run the binaries they built.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The agent `cargo build --release --package tcptrace-agent` made.
+pub fn release_agent() -> PathBuf {
+    target_dir().join("release/tcptrace")
 }
