@@ -186,11 +186,11 @@ struct TraceArgs {
     #[arg(short = '6', long = "ipv6")]
     ipv6: bool,
     /// Which events to print: any of states, handshakes, retransmits, connects,
-    /// segments, errors, resets (comma-separated).
+    /// segments, errors, resets, closes (comma-separated).
     #[arg(
         long,
         value_name = "LIST",
-        default_value = "states,handshakes,retransmits,connects,errors"
+        default_value = "states,handshakes,retransmits,connects,errors,closes"
     )]
     events: String,
     /// Stop after this many seconds (fractions allowed).

@@ -116,6 +116,8 @@ pub struct Config {
     pub sys_exit_connect: TpLayout,
     /// `sock:inet_sk_error_report` (`error` in the `err` slot).
     pub error_report: TpLayout,
+    /// `tcp:tcp_probe`: only `skaddr` (the byte counts are read from the socket).
+    pub tcp_probe: TpLayout,
     /// `struct sock_common` read like a record, offsets from BTF, for the function
     /// hooks: `sport` is `skc_num` (host order), `dport` is `skc_dport` (network
     /// order), `oldstate` is the one-byte `skc_state`. `len` 0 without BTF.
@@ -143,6 +145,10 @@ pub struct Config {
     /// `offsetof(struct tcp_sock, total_retrans)`: segments this socket retransmitted,
     /// added by the kernel together with TcpRetransSegs.
     pub total_retrans_offset: u32,
+    /// `offsetof(struct tcp_sock, bytes_acked)` and `bytes_received` (u64 each): what a
+    /// connection carried, or `OFFSET_UNKNOWN`.
+    pub bytes_acked_offset: u32,
+    pub bytes_received_offset: u32,
     /// 1 where `tcp_retransmit_skb` passes `err` as its third argument (raw and
     /// BTF-typed tracepoints read it there), 0 before that (Linux 6.17).
     pub retransmit_err_arg: u32,
@@ -163,6 +169,7 @@ impl Config {
         send_reset: TpLayout::ABSENT,
         sys_exit_connect: TpLayout::ABSENT,
         error_report: TpLayout::ABSENT,
+        tcp_probe: TpLayout::ABSENT,
         sock: TpLayout::ABSENT,
         sk_err_offset: OFFSET_UNKNOWN,
         srtt_offset: OFFSET_UNKNOWN,
@@ -173,6 +180,8 @@ impl Config {
         skc_net_offset: OFFSET_UNKNOWN,
         net_inum_offset: OFFSET_UNKNOWN,
         total_retrans_offset: OFFSET_UNKNOWN,
+        bytes_acked_offset: OFFSET_UNKNOWN,
+        bytes_received_offset: OFFSET_UNKNOWN,
         retransmit_err_arg: 0,
         wakeup_bytes: 0,
         _pad: 0,
@@ -234,6 +243,6 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<TpLayout>(), 28);
         assert_eq!(size_of::<Filter>(), 56);
-        assert_eq!(size_of::<Config>(), 9 * 28 + 12 * 4 + 56);
+        assert_eq!(size_of::<Config>(), 10 * 28 + 14 * 4 + 56);
     }
 }

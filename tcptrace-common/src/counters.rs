@@ -38,13 +38,7 @@ pub const HANDSHAKE_SLOTS: u32 = 2 * HANDSHAKE_SLOTS_PER_SIDE;
 
 #[inline(always)]
 pub fn handshake_bucket(duration_ns: u64) -> u32 {
-    let us = duration_ns / 1000;
-    let bits = 64 - us.leading_zeros();
-    if bits >= HANDSHAKE_BUCKETS {
-        HANDSHAKE_BUCKETS - 1
-    } else {
-        bits
-    }
+    log2_bucket(duration_ns / 1000, HANDSHAKE_BUCKETS)
 }
 
 #[inline(always)]
@@ -65,6 +59,45 @@ pub fn handshake_untimed_index(side: u8) -> u32 {
 /// Upper bound of bucket `b` in seconds (2^b microseconds).
 pub fn handshake_bucket_upper_seconds(bucket: u32) -> f64 {
     (1u64 << bucket) as f64 / 1e6
+}
+
+/// `CONNECTIONS` slots: what synchronised connections carried, how long they lived,
+/// their round-trip times, and who closed them.
+///
+/// Bytes are `tcp_sock.bytes_acked` (sent) and `bytes_received`, added as deltas each
+/// time a segment arrives on an established socket (`tcp:tcp_probe`, which fires before
+/// the segment is processed) and when it closes: an open connection's bytes count up to
+/// the last segment it received, that one's at the next segment or the close.
+pub const CONN_SENT_BYTES: u32 = 0;
+pub const CONN_RECEIVED_BYTES: u32 = 1;
+pub const CONN_LIFETIME_SUM_NS: u32 = 2;
+pub const CONN_RTT_SUM_US: u32 = 3;
+/// Closes by [`crate::event::ClosedBy`]: slot `CONN_CLOSED_BY + closed_by`.
+pub const CONN_CLOSED_BY: u32 = 4;
+/// Lifetime histogram of the connections whose start tcptrace saw: bucket `b` holds
+/// lifetimes below 2^b milliseconds (the last one also everything longer: 2^31 ms is
+/// 24.8 days).
+pub const LIFETIME_BUCKETS: u32 = 32;
+pub const CONN_LIFETIME_BUCKET0: u32 = 8;
+/// RTT histogram: bucket `b` holds smoothed RTTs below 2^b microseconds.
+pub const RTT_BUCKETS: u32 = 32;
+pub const CONN_RTT_BUCKET0: u32 = CONN_LIFETIME_BUCKET0 + LIFETIME_BUCKETS;
+pub const CONNECTION_SLOTS: u32 = CONN_RTT_BUCKET0 + RTT_BUCKETS;
+const _: () = assert!(
+    CONN_CLOSED_BY + 3 <= CONN_LIFETIME_BUCKET0,
+    "ClosedBy slots overlap"
+);
+
+/// Bucket of `value` in a log2 histogram of `buckets` buckets: bucket `b` holds values
+/// below 2^b, the last one everything above too.
+#[inline(always)]
+pub fn log2_bucket(value: u64, buckets: u32) -> u32 {
+    let bits = 64 - value.leading_zeros();
+    if bits >= buckets {
+        buckets - 1
+    } else {
+        bits
+    }
 }
 
 /// `FAILURES` key: what the kernel knew when a handshake failed. The agent turns it
@@ -188,6 +221,8 @@ mod tests {
             assert!((ns as f64 / 1e9) < handshake_bucket_upper_seconds(b));
         }
         assert_eq!(handshake_sum_index(1), HANDSHAKE_SLOTS - 2);
+        assert_eq!(log2_bucket(1_500, LIFETIME_BUCKETS), 11, "1.5 s < 2048 ms");
+        assert_eq!(log2_bucket(u64::MAX, RTT_BUCKETS), RTT_BUCKETS - 1);
         assert_eq!(handshake_untimed_index(1), HANDSHAKE_SLOTS - 1);
     }
 }

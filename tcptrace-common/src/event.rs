@@ -22,6 +22,10 @@ pub enum EventKind {
     /// A RST sent or received on a tracked socket (`detail`: 0 sent, 1 received, as the
     /// `RESETS` slots).
     Reset = 7,
+    /// A synchronised connection closed (-> CLOSE from ESTABLISHED or a closing state):
+    /// its lifetime, bytes, retransmitted segments and smoothed RTT, read from the
+    /// socket at that moment; `detail` is the [`ClosedBy`].
+    Close = 8,
 }
 
 impl EventKind {
@@ -34,6 +38,7 @@ impl EventKind {
             5 => Some(EventKind::Segment),
             6 => Some(EventKind::SocketError),
             7 => Some(EventKind::Reset),
+            8 => Some(EventKind::Close),
             _ => None,
         }
     }
@@ -103,6 +108,34 @@ impl HandshakeSide {
     }
 }
 
+/// Which end started closing a connection, in a close event's `detail`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// This socket sent the first FIN (ESTABLISHED -> FIN_WAIT1).
+    Local = 0,
+    /// The peer's FIN came first (ESTABLISHED -> CLOSE_WAIT).
+    Remote = 1,
+    /// No FIN exchange began: the connection ended with a reset, a timeout or an abort.
+    Neither = 2,
+}
+
+impl ClosedBy {
+    pub const ALL: [ClosedBy; 3] = [ClosedBy::Local, ClosedBy::Remote, ClosedBy::Neither];
+
+    pub fn from_u8(v: u8) -> Option<ClosedBy> {
+        Self::ALL.iter().copied().find(|c| *c as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClosedBy::Local => "local",
+            ClosedBy::Remote => "remote",
+            ClosedBy::Neither => "neither",
+        }
+    }
+}
+
 /// Handshake outcome codes in [`Event::outcome`].
 pub const OUTCOME_ESTABLISHED: u8 = 0;
 pub const OUTCOME_FAILED: u8 = 1;
@@ -115,6 +148,10 @@ pub const FLAG_OWNER_UNKNOWN: u8 = 2;
 /// [`Event::flags`]: `err` holds the socket's pending error (`sk->sk_err`) read from the
 /// kernel; without BTF the offset is unknown and this bit stays clear.
 pub const FLAG_SK_ERR_READ: u8 = 4;
+/// [`SockInfo::flags`]: this socket sent the first FIN of its connection.
+pub const FLAG_FIN_SENT_FIRST: u32 = 8;
+/// [`SockInfo::flags`]: the peer's FIN came first.
+pub const FLAG_FIN_RECEIVED_FIRST: u32 = 16;
 
 /// The process a socket belongs to, captured in process context (connect/listen) and
 /// carried to every later event of that socket.
@@ -145,6 +182,14 @@ pub struct SockInfo {
     /// The socket's TCP state since its last transition (`TcpState` value).
     pub state: u8,
     pub _pad: [u8; 7],
+    /// When the connection began (connect(), or the SYN a listener answered); 0 for a
+    /// socket that predates tracking.
+    pub born_ns: u64,
+    /// `tcp_sock.bytes_acked` and `bytes_received` as last added to the byte counters:
+    /// each segment that arrives (`tcp:tcp_probe`) and the close add what the kernel
+    /// counted since.
+    pub acked_seen: u64,
+    pub received_seen: u64,
 }
 
 /// [`SockInfo::retrans_seen`] before the socket's first retransmit was read.
@@ -197,15 +242,22 @@ pub struct Event {
     pub outcome: u8,
     pub flags: u8,
     /// Retransmit: segments in the retransmitted skb (GSO), as the kernel's
-    /// TcpRetransSegs counts them; 0 when the kernel offset is unknown.
-    pub segs: u16,
-    pub _pad: u16,
+    /// TcpRetransSegs counts them; 0 when the kernel offset is unknown. Close: segments
+    /// the connection retransmitted (`tcp_sock.total_retrans`).
+    pub segs: u32,
     /// The socket's network namespace (inode of `/proc/PID/ns/net`); 0 when unknown.
     pub netns: u32,
-    pub _pad2: u32,
+    /// Close: smoothed round-trip time in microseconds (`tcp_sock.srtt_us` / 8); 0 when
+    /// unknown.
+    pub rtt_us: u32,
     pub comm: [u8; 16],
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// Close: `tcp_sock.bytes_acked`, bytes the peer acknowledged (SYN and FIN each
+    /// count one).
+    pub bytes_sent: u64,
+    /// Close: `tcp_sock.bytes_received` (the peer's FIN counts one).
+    pub bytes_received: u64,
 }
 
 impl Event {
@@ -227,12 +279,13 @@ impl Event {
             outcome: 0,
             flags: 0,
             segs: 0,
-            _pad: 0,
             netns: 0,
-            _pad2: 0,
+            rtt_us: 0,
             comm: [0; 16],
             saddr: [0; 16],
             daddr: [0; 16],
+            bytes_sent: 0,
+            bytes_received: 0,
         }
     }
 }
@@ -245,9 +298,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Owner>(), 32);
-        assert_eq!(size_of::<SockInfo>(), 64);
+        assert_eq!(size_of::<SockInfo>(), 88);
         assert_eq!(size_of::<ListenKey>(), 24);
-        assert_eq!(size_of::<Event>(), 112);
+        assert_eq!(size_of::<Event>(), 128);
         assert_eq!(align_of::<Event>(), 8);
         assert_eq!(offset_of!(Event, netns), 56);
         assert_eq!(offset_of!(Event, comm), 64);
@@ -264,6 +317,7 @@ mod tests {
             EventKind::Segment,
             EventKind::SocketError,
             EventKind::Reset,
+            EventKind::Close,
         ] {
             assert_eq!(EventKind::from_u8(k as u8), Some(k));
         }
@@ -273,5 +327,8 @@ mod tests {
         }
         assert_eq!(HandshakeSide::from_u8(1), Some(HandshakeSide::Server));
         assert_eq!(HandshakeSide::from_u8(2), None);
+        for c in ClosedBy::ALL {
+            assert_eq!(ClosedBy::from_u8(c as u8), Some(c));
+        }
     }
 }

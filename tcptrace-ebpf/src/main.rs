@@ -2,8 +2,8 @@
 //! entry points (one per attach method) beside the handler they share; what several
 //! hooks share lives in `maps.rs`, `frame.rs` (per-run scratch space),
 //! `tracepoint.rs` (reading records through the runtime layout), `sock.rs` (reading
-//! kernel structs at BTF offsets), `sockets.rs` (per-socket tracking) and `emit.rs`
-//! (filters, ring buffer, counters).
+//! kernel structs at BTF offsets), `sockets.rs` (per-socket tracking), `lifetime.rs`
+//! (what a connection carried) and `emit.rs` (filters, ring buffer, counters).
 #![no_std]
 #![no_main]
 
@@ -11,6 +11,7 @@ mod connect_errors;
 mod emit;
 mod frame;
 mod guard;
+mod lifetime;
 mod maps;
 mod probes;
 mod sock;

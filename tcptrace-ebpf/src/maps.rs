@@ -8,7 +8,8 @@ use aya_ebpf::{
 use tcptrace_common::{
     config::SOURCE_SLOTS,
     counters::{
-        CONNECT_ERROR_SLOTS, HANDSHAKE_SLOTS, RESET_SLOTS, SEGMENT_SLOTS, TRANSITION_SLOTS,
+        CONNECTION_SLOTS, CONNECT_ERROR_SLOTS, HANDSHAKE_SLOTS, RESET_SLOTS, SEGMENT_SLOTS,
+        TRANSITION_SLOTS,
     },
     event::{ListenKey, SockInfo},
     stats::STAT_SLOTS,
@@ -80,6 +81,9 @@ pub static HANDSHAKES: PerCpuArray<u64> = PerCpuArray::with_max_entries(HANDSHAK
 pub static FAILURES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
 #[map]
 pub static RESETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESET_SLOTS, 0);
+/// Connection bytes, lifetimes, RTTs and closes (`counters::CONN_*`).
+#[map]
+pub static CONNECTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CONNECTION_SLOTS, 0);
 
 /// connect() errors by errno, and segments arriving in handshake states.
 #[map]

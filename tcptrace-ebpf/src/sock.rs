@@ -79,3 +79,20 @@ pub fn error(sk: u64) -> Option<i32> {
 pub fn total_retrans(sk: u64) -> Option<u32> {
     read_at(sk, conf!(total_retrans_offset))
 }
+
+/// `tcp_sock.bytes_acked` and `bytes_received`: what the connection carried so far,
+/// each sequence number the peer acknowledged or this socket received (SYN and FIN
+/// included, one each).
+#[inline(always)]
+pub fn bytes(sk: u64) -> Option<(u64, u64)> {
+    Some((
+        read_at(sk, conf!(bytes_acked_offset))?,
+        read_at(sk, conf!(bytes_received_offset))?,
+    ))
+}
+
+/// `tcp_sock.srtt_us / 8`: the smoothed round-trip time in microseconds (0: no sample).
+#[inline(always)]
+pub fn srtt_us(sk: u64) -> Option<u32> {
+    read_at::<u32>(sk, conf!(srtt_offset)).map(|x8| x8 >> 3)
+}

@@ -201,5 +201,8 @@ pub fn new_info(owner: Owner, state: u8, now: u64, handshake_start_ns: u64) -> S
         retrans_seen: RETRANS_SEEN_UNKNOWN,
         state,
         _pad: [0; 7],
+        born_ns: handshake_start_ns,
+        acked_seen: 0,
+        received_seen: 0,
     }
 }

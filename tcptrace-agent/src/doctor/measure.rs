@@ -118,7 +118,7 @@ impl Tally {
         }
     }
 
-    fn retransmit(&mut self, e: &TcpEvent, kind: RetransmitKind, segments: u16) {
+    fn retransmit(&mut self, e: &TcpEvent, kind: RetransmitKind, segments: u32) {
         *self.retransmits.entry(kind.name()).or_insert(0) += u64::from(segments);
         match kind {
             RetransmitKind::Syn => self.syn_times.entry(e.skaddr).or_default().push(e.ts_ns),

@@ -13,7 +13,7 @@ use std::{
 
 use tcptrace_common::{
     config::Source,
-    event::{FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED},
+    event::{ClosedBy, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED},
     Event, EventKind, HandshakeSide, RetransmitKind, AF_INET,
 };
 
@@ -82,7 +82,7 @@ pub enum What {
         kind: RetransmitKind,
         state: u8,
         /// Segments in the retransmitted skb (GSO), where the kernel offset is known.
-        segments: Option<u16>,
+        segments: Option<u32>,
         /// The error the kernel retransmitted with (the retransmit was not sent).
         error: Option<i32>,
     },
@@ -96,6 +96,27 @@ pub enum What {
         direction: ResetDirection,
         state: u8,
     },
+    /// A connection closed: what it carried, read from the socket as it closed.
+    Close(Close),
+}
+
+/// A connection's life, as its close reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Close {
+    /// The state it closed from (`LAST_ACK`, `FIN_WAIT2`, `ESTABLISHED` for an abort, ...).
+    pub from: u8,
+    /// From connect() or the SYN its listener answered; `None` when tcptrace did not
+    /// see it begin.
+    pub lifetime_ns: Option<u64>,
+    /// Bytes the peer acknowledged and bytes received (`tcp_sock.bytes_acked`,
+    /// `bytes_received`; the SYN and FIN count one each).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Segments the connection retransmitted (`tcp_sock.total_retrans`).
+    pub retransmitted: u32,
+    /// Smoothed round-trip time; `None` without a sample or the kernel offset.
+    pub rtt_us: Option<u32>,
+    pub closed_by: ClosedBy,
 }
 
 /// Why a handshake failed, and the socket's error where the kernel gave it.
@@ -145,6 +166,7 @@ impl TcpEvent {
             What::Segment { .. } => EventKind::Segment,
             What::SocketError { .. } => EventKind::SocketError,
             What::Reset { .. } => EventKind::Reset,
+            What::Close(_) => EventKind::Close,
         }
     }
 
@@ -190,6 +212,15 @@ fn what(e: &Event) -> Option<What> {
             direction: ResetDirection::from_slot(e.detail),
             state: e.old_state,
         },
+        EventKind::Close => What::Close(Close {
+            from: e.old_state,
+            lifetime_ns: (e.duration_ns != 0).then_some(e.duration_ns),
+            bytes_sent: e.bytes_sent,
+            bytes_received: e.bytes_received,
+            retransmitted: e.segs,
+            rtt_us: (e.rtt_us != 0).then_some(e.rtt_us),
+            closed_by: ClosedBy::from_u8(e.detail)?,
+        }),
     })
 }
 

@@ -14,43 +14,58 @@ pub struct KindName {
     pub kind: EventKind,
     pub name: &'static str,
     pub word: &'static str,
+    /// What a count of them is called (`trace`'s closing summary).
+    pub counted: &'static str,
 }
 
-pub const KINDS: [KindName; 7] = [
+pub const KINDS: [KindName; 8] = [
     KindName {
         kind: EventKind::StateChange,
         name: "state",
         word: "states",
+        counted: "state changes",
     },
     KindName {
         kind: EventKind::Handshake,
         name: "handshake",
         word: "handshakes",
+        counted: "handshakes",
     },
     KindName {
         kind: EventKind::Retransmit,
         name: "retransmit",
         word: "retransmits",
+        counted: "retransmits",
     },
     KindName {
         kind: EventKind::ConnectError,
         name: "connect",
         word: "connects",
+        counted: "connect errors",
     },
     KindName {
         kind: EventKind::Segment,
         name: "segment",
         word: "segments",
+        counted: "handshake segments",
     },
     KindName {
         kind: EventKind::SocketError,
         name: "error",
         word: "errors",
+        counted: "socket errors",
     },
     KindName {
         kind: EventKind::Reset,
         name: "reset",
         word: "resets",
+        counted: "resets",
+    },
+    KindName {
+        kind: EventKind::Close,
+        name: "close",
+        word: "closes",
+        counted: "closes",
     },
 ];
 

@@ -20,6 +20,7 @@ use tcptrace_common::{
 };
 
 use super::{
+    connections,
     exposition::{self, counter, gauge, histogram, Family, HistogramSeries},
     workloads::WorkloadMetrics,
 };
@@ -228,7 +229,7 @@ fn family_label(ipv6: bool) -> &'static str {
 pub fn kernel_families(s: &Snapshot) -> Vec<Family> {
     let connect_errors = by_errno(&s.connect_errors, libc::EADDRNOTAVAIL);
     let socket_errors = by_errno(&s.socket_errors, libc::ETIMEDOUT);
-    vec![
+    let mut families = vec![
         counter(
             "tcptrace_state_transitions_total",
             "TCP state transitions (sock:inet_sock_set_state), by old and new state.",
@@ -310,7 +311,9 @@ pub fn kernel_families(s: &Snapshot) -> Vec<Family> {
             &["state", "flags"],
             handshake_segments(s),
         ),
-    ]
+    ];
+    families.extend(connections::families(&s.connections));
+    families
 }
 
 /// Series by errno name. `always` is present from the start (0 until it happens), so

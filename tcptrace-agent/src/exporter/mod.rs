@@ -2,6 +2,7 @@
 //! programs attached, drains the ring buffer and serves `/metrics`, `/healthz` and
 //! `/readyz` until SIGTERM or SIGINT.
 pub mod budget;
+pub mod connections;
 pub mod exposition;
 pub mod http;
 pub mod metrics;

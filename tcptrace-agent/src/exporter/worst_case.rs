@@ -115,6 +115,8 @@ fn every_key() -> Snapshot {
         s.socket_errors.insert(errno, 1);
     }
     s.segments = vec![1; SEGMENT_SLOTS as usize];
+    s.connections.lifetimes = vec![1; tcptrace_common::counters::LIFETIME_BUCKETS as usize];
+    s.connections.rtts = vec![1; tcptrace_common::counters::RTT_BUCKETS as usize];
     s
 }
 

@@ -16,6 +16,7 @@ pub struct KernelCounters {
     handshakes: PerCpuArray<MapData, u64>,
     failures: PerCpuHashMap<MapData, u32, u64>,
     resets: PerCpuArray<MapData, u64>,
+    connections: PerCpuArray<MapData, u64>,
     connect_errors: PerCpuHashMap<MapData, u32, u64>,
     socket_errors: PerCpuHashMap<MapData, u32, u64>,
     segments: PerCpuArray<MapData, u64>,
@@ -38,6 +39,24 @@ impl Histogram {
     }
 }
 
+/// Closed connections and what connections carried.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Connections {
+    /// Bytes acknowledged by peers and bytes received, of closed connections and (to
+    /// within a second of sampling) open ones.
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    /// `lifetimes[b]`: closed connections that lived less than 2^b ms (not cumulative);
+    /// those whose start tcptrace did not see are only in `closed_by`.
+    pub lifetimes: Vec<u64>,
+    pub lifetime_sum_ns: u64,
+    /// `rtts[b]`: closed connections whose smoothed RTT was below 2^b us.
+    pub rtts: Vec<u64>,
+    pub rtt_sum_us: u64,
+    /// Closes by `ClosedBy` value.
+    pub closed_by: [u64; 3],
+}
+
 /// Every metric counter at one instant, summed over CPUs.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -51,6 +70,7 @@ pub struct Snapshot {
     pub failures: BTreeMap<(u8, u8, i32), u64>,
     pub resets_sent: u64,
     pub resets_received: u64,
+    pub connections: Connections,
     /// errno -> connect() calls that failed with it before a SYN was sent.
     pub connect_errors: BTreeMap<i32, u64>,
     /// errno -> errors the kernel reported on TCP sockets (0: out of range).
@@ -91,6 +111,7 @@ impl KernelCounters {
             handshakes: take_map(ebpf, "HANDSHAKES")?,
             failures: take_map(ebpf, "FAILURES")?,
             resets: take_map(ebpf, "RESETS")?,
+            connections: take_map(ebpf, "CONNECTIONS")?,
             connect_errors: take_map(ebpf, "CONNECT_ERRORS")?,
             socket_errors: take_map(ebpf, "SOCKET_ERRORS")?,
             segments: take_map(ebpf, "SEGMENTS")?,
@@ -109,6 +130,20 @@ impl KernelCounters {
         (0..GUARDED_SLOTS)
             .map(|slot| sum_slot(&self.recovered, slot))
             .collect()
+    }
+
+    fn connections(&self) -> Connections {
+        let slot = |i| sum_slot(&self.connections, i);
+        let range = |first: u32, n: u32| (first..first + n).map(slot).collect();
+        Connections {
+            sent_bytes: slot(counters::CONN_SENT_BYTES),
+            received_bytes: slot(counters::CONN_RECEIVED_BYTES),
+            lifetimes: range(counters::CONN_LIFETIME_BUCKET0, counters::LIFETIME_BUCKETS),
+            lifetime_sum_ns: slot(counters::CONN_LIFETIME_SUM_NS),
+            rtts: range(counters::CONN_RTT_BUCKET0, counters::RTT_BUCKETS),
+            rtt_sum_us: slot(counters::CONN_RTT_SUM_US),
+            closed_by: std::array::from_fn(|i| slot(counters::CONN_CLOSED_BY + i as u32)),
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -140,6 +175,7 @@ impl KernelCounters {
                 .collect(),
             resets_sent: sum_slot(&self.resets, counters::RESET_SENT),
             resets_received: sum_slot(&self.resets, counters::RESET_RECEIVED),
+            connections: self.connections(),
             connect_errors: sum_hash(&self.connect_errors)
                 .into_iter()
                 .map(|(errno, n)| (errno as i32, n))

@@ -19,6 +19,8 @@ pub enum Reads {
     Sock,
     /// `Sock` and `sock.sk_err`.
     SockAndError,
+    /// `tcp_sock.bytes_acked` and `bytes_received`.
+    Bytes,
 }
 
 impl Reads {
@@ -30,6 +32,7 @@ impl Reads {
             Reads::SockAndError => {
                 "struct sock_common, sock.sk_protocol, inet_sock.inet_sport and sock.sk_err"
             }
+            Reads::Bytes => "tcp_sock.bytes_acked and tcp_sock.bytes_received",
         }
     }
 }
@@ -55,6 +58,8 @@ pub struct KernelOffsets {
     /// `struct tcp_sock.total_retrans`: what the kernel added to TcpRetransSegs for a
     /// socket, so a retransmit's count never depends on guessing from its error.
     pub total_retrans: Option<u32>,
+    /// `struct tcp_sock.bytes_acked` and `bytes_received`: what a connection carried.
+    pub bytes: Option<(u32, u32)>,
 }
 
 impl KernelOffsets {
@@ -73,6 +78,7 @@ impl KernelOffsets {
                     inet_sport: None,
                     netns: None,
                     total_retrans: None,
+                    bytes: None,
                 }
             }
         }
@@ -95,6 +101,10 @@ impl KernelOffsets {
             inet_sport: btf.member_offset("inet_sock", "inet_sport").ok(),
             netns: netns_offsets(btf),
             total_retrans: btf.member_offset("tcp_sock", "total_retrans").ok(),
+            bytes: btf
+                .member_offset("tcp_sock", "bytes_acked")
+                .ok()
+                .zip(btf.member_offset("tcp_sock", "bytes_received").ok()),
         }
     }
 
@@ -110,6 +120,8 @@ impl KernelOffsets {
         config.skc_net_offset = or_unknown(self.netns.map(|n| n.0));
         config.net_inum_offset = or_unknown(self.netns.map(|n| n.1));
         config.total_retrans_offset = or_unknown(self.total_retrans);
+        config.bytes_acked_offset = or_unknown(self.bytes.map(|b| b.0));
+        config.bytes_received_offset = or_unknown(self.bytes.map(|b| b.1));
     }
 
     /// Can a program read what `reads` names?
@@ -121,6 +133,7 @@ impl KernelOffsets {
                 self.sock.is_some() && self.sk_protocol.is_some() && self.inet_sport.is_some()
             }
             Reads::SockAndError => self.provide(Reads::Sock) && self.sk_err.is_some(),
+            Reads::Bytes => self.bytes.is_some(),
         }
     }
 
@@ -136,6 +149,10 @@ impl KernelOffsets {
         match self.netns {
             Some(_) => info!("BTF: sock_common.skc_net and net.ns.inum: sockets carry their network namespace"),
             None => warn!("network namespace offsets unknown: events carry netns 0, --netns cannot filter, and listeners are told apart by address and port only"),
+        }
+        match self.bytes {
+            Some(_) => info!("BTF: tcp_sock.bytes_acked and bytes_received: connections report and count their bytes"),
+            None => warn!("tcp_sock.bytes_acked/bytes_received unknown: close events and the connection byte counters carry 0 bytes"),
         }
         match self.skb_segs {
             Some(off) => info!("BTF: tcp_gso_segs at sk_buff+{off}: retransmits count segments like TcpRetransSegs"),

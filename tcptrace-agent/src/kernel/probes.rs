@@ -27,7 +27,7 @@ pub struct Tracepoint {
     pub slot: fn(&mut Config) -> &mut TpLayout,
 }
 
-pub const TRACEPOINTS: [Tracepoint; 8] = [
+pub const TRACEPOINTS: [Tracepoint; 9] = [
     Tracepoint {
         category: "sock",
         event: "inet_sock_set_state",
@@ -76,6 +76,13 @@ pub const TRACEPOINTS: [Tracepoint; 8] = [
         carries: Carries::Addresses,
         extra: &format::ERROR_REPORT_EXTRA,
         slot: |c| &mut c.error_report,
+    },
+    Tracepoint {
+        category: "tcp",
+        event: "tcp_probe",
+        carries: Carries::Nothing,
+        extra: &format::SKADDR_ONLY,
+        slot: |c| &mut c.tcp_probe,
     },
     Tracepoint {
         category: "syscalls",
@@ -247,7 +254,7 @@ macro_rules! connect_probe {
 /// tracepoint, else the fallback socket map (`--max-sockets`).
 pub const SOCKET_TRACKING: &str = "socket_tracking";
 
-pub const PROBES: [Probe; 11] = [
+pub const PROBES: [Probe; 12] = [
     Probe {
         name: "inet_sock_set_state",
         required: true,
@@ -350,6 +357,39 @@ pub const PROBES: [Probe; 11] = [
         Reads::SockAndError,
         "socket errors: ETIMEDOUT from keep-alive or retransmission timeouts, resets, ICMP"
     ),
+    // Samples by delta (a skipped run delays bytes to the next sample or the close): one
+    // program per method, no backup.
+    Probe {
+        name: "tcp_probe",
+        required: false,
+        purpose: "bytes of open connections, as segments arrive (closes count the rest)",
+        methods: &[
+            Method {
+                name: "tp_btf",
+                attach: &[Attach::BtfTracepoint {
+                    program: "tcp_probe_btf",
+                    event: "tcp_probe",
+                }],
+                derived_from: &["socket_tracking/socket_storage"],
+                reads: Reads::Bytes,
+            },
+            Method {
+                name: "raw_tracepoint",
+                attach: &[Attach::RawTracepoint {
+                    program: "tcp_probe_raw",
+                    event: "tcp_probe",
+                }],
+                derived_from: &[],
+                reads: Reads::Bytes,
+            },
+            Method {
+                reads: Reads::Bytes,
+                ..classic_method!("tcp", "tcp_probe")
+            },
+        ],
+        source_slot: None,
+        guarded: None,
+    },
     connect_probe!("tcp_v4_connect", SOURCE_CONNECT_V4),
     connect_probe!("tcp_v6_connect", SOURCE_CONNECT_V6),
     Probe {

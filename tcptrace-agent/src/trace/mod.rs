@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use render::Renderer;
 
 use crate::{
-    event::{clock::Clock, TcpEvent, What},
+    event::{clock::Clock, names::KINDS, TcpEvent},
     k8s::cgroup::CgroupIndex,
     kernel::{self, counters::KernelCounters, privileges, ring, LoadOptions},
 };
@@ -30,13 +30,8 @@ pub struct TraceOptions {
 #[derive(Default)]
 struct Tally {
     printed: u64,
-    states: u64,
-    handshakes: u64,
-    retransmits: u64,
-    connect_errors: u64,
-    segments: u64,
-    socket_errors: u64,
-    resets: u64,
+    /// Events printed, by `names::KINDS` index.
+    by_kind: [u64; KINDS.len()],
     malformed: u64,
     stdout_closed: bool,
 }
@@ -154,15 +149,9 @@ fn render_event(e: &TcpEvent, printer: &mut Printer) {
 impl Tally {
     fn add(&mut self, e: &TcpEvent) {
         self.printed += 1;
-        *match e.what {
-            What::State { .. } => &mut self.states,
-            What::Handshake { .. } => &mut self.handshakes,
-            What::Retransmit { .. } => &mut self.retransmits,
-            What::ConnectError { .. } => &mut self.connect_errors,
-            What::Segment { .. } => &mut self.segments,
-            What::SocketError { .. } => &mut self.socket_errors,
-            What::Reset { .. } => &mut self.resets,
-        } += 1;
+        if let Some(i) = KINDS.iter().position(|k| k.kind == e.kind()) {
+            self.by_kind[i] += 1;
+        }
     }
 }
 
@@ -170,18 +159,16 @@ fn print_summary(t: &Tally, stats: &KernelCounters, missed: u64) {
     let lost = stats.stat(Stat::EventsLost);
     let filtered = stats.stat(Stat::EventsFiltered);
     let untracked = stats.stat(Stat::SocketMapFull);
+    let by_kind: Vec<String> = KINDS
+        .iter()
+        .zip(t.by_kind)
+        .map(|(k, n)| format!("{n} {}", k.counted))
+        .collect();
     let mut line = format!(
-        "tcptrace: {} events printed ({} state changes, {} handshakes, {} retransmits, \
-         {} connect errors, {} handshake segments, {} socket errors, {} resets); \
-         {lost} lost (ring buffer full); {filtered} filtered in the kernel",
+        "tcptrace: {} events printed ({}); {lost} lost (ring buffer full); {filtered} \
+         filtered in the kernel",
         t.printed,
-        t.states,
-        t.handshakes,
-        t.retransmits,
-        t.connect_errors,
-        t.segments,
-        t.socket_errors,
-        t.resets
+        by_kind.join(", ")
     );
     if untracked > 0 {
         line.push_str(&format!(

@@ -173,6 +173,19 @@ fn what_fields(out: &mut Vec<u8>, what: &What) {
             string_field(out, "direction", direction.name());
             string_field(out, "state", state_name(state));
         }
+        What::Close(c) => {
+            string_field(out, "old_state", state_name(c.from));
+            if let Some(ns) = c.lifetime_ns {
+                number_field(out, "duration_ns", ns);
+            }
+            number_field(out, "bytes_sent", c.bytes_sent);
+            number_field(out, "bytes_received", c.bytes_received);
+            number_field(out, "retransmitted", c.retransmitted);
+            if let Some(us) = c.rtt_us {
+                number_field(out, "rtt_us", us);
+            }
+            string_field(out, "closed_by", c.closed_by.name());
+        }
     }
 }
 
@@ -261,6 +274,23 @@ fn detail(out: &mut Vec<u8>, what: &What) {
         }
         What::Reset { direction, state } => {
             let _ = write!(out, "RST {} in {}", direction.name(), state_name(state));
+        }
+        What::Close(c) => {
+            let _ = write!(out, "closed from {}", state_name(c.from));
+            if let Some(ns) = c.lifetime_ns {
+                out.extend_from_slice(b" after ");
+                duration(out, ns);
+            }
+            let _ = write!(
+                out,
+                ": sent {} B, received {} B, {} retransmitted",
+                c.bytes_sent, c.bytes_received, c.retransmitted
+            );
+            if let Some(us) = c.rtt_us {
+                out.extend_from_slice(b", rtt ");
+                duration(out, us as u64 * 1000);
+            }
+            let _ = write!(out, ", {} closed first", c.closed_by.name());
         }
     }
 }
@@ -378,8 +408,10 @@ fn endpoint(out: &mut Vec<u8>, addr: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{names::ResetDirection, FailureReason, Owner};
-    use tcptrace_common::{config::Source, HandshakeSide, RetransmitKind, TcpState};
+    use crate::event::{names::ResetDirection, Close, FailureReason, Owner};
+    use tcptrace_common::{
+        config::Source, event::ClosedBy, HandshakeSide, RetransmitKind, TcpState,
+    };
 
     fn state_event() -> TcpEvent {
         TcpEvent {
@@ -534,6 +566,19 @@ mod tests {
                 },
                 "RST received in SYN_SENT",
                 serde_json::json!({"direction": "received", "state": "SYN_SENT"}),
+            ),
+            (
+                What::Close(Close {
+                    from: TcpState::LastAck as u8,
+                    lifetime_ns: Some(1_234_567_890),
+                    bytes_sent: 1001,
+                    bytes_received: 65_537,
+                    retransmitted: 2,
+                    rtt_us: Some(45),
+                    closed_by: ClosedBy::Remote,
+                }),
+                "closed from LAST_ACK after 1.235s: sent 1001 B, received 65537 B, 2 retransmitted, rtt 45us, remote closed first",
+                serde_json::json!({"old_state": "LAST_ACK", "duration_ns": 1_234_567_890u64, "bytes_sent": 1001, "bytes_received": 65_537, "retransmitted": 2, "rtt_us": 45, "closed_by": "remote"}),
             ),
         ];
         // Every kind of the vocabulary has a case here (state: `state_event` itself).

@@ -23,6 +23,7 @@ use crate::{
     btf_programs, conf, connect_errors,
     emit::{add_key, add_slot, base_event, submit, wanted},
     frame::{Frame, Scratch},
+    lifetime,
     maps::{source, FAILURES, HANDSHAKES, TRANSITIONS},
     raw_programs, sock,
     sockets::{self, HashStore, SkStore, Store},
@@ -124,7 +125,7 @@ fn transition<C: EbpfContext>(
     // leaving CLOSE starts afresh (connect or listen again), and a listener's child
     // starts with its own entry: what the store holds for them does not count.
     let starts = old == CLOSE || (old == LISTEN && new == SYN_RECV);
-    let existing = if starts { None } else { store.entry() };
+    let mut existing = if starts { None } else { store.entry() };
     let previous = match &existing {
         Some(info) => Some(**info),
         None => begin_tracking(ctx, store, ep, old, new, now),
@@ -169,6 +170,10 @@ fn transition<C: EbpfContext>(
     }
     if old == LISTEN && new == CLOSE {
         store.set_listener(ep, sock::netns(ep.skaddr), None);
+    }
+    if new == CLOSE && lifetime::synchronised(old) {
+        let info = existing.as_deref_mut();
+        lifetime::closed(&mut frame.event, ep, info, &owner, flags, old, now);
     }
     match existing {
         Some(info) => end_tracking(store, info, ep.skaddr, old, new, now),
@@ -216,6 +221,7 @@ fn begin_tracking<C: EbpfContext>(
             if new != CLOSE {
                 let mut info = sockets::new_info(Owner::default(), new, now, 0);
                 info.flags = FLAG_OWNER_UNKNOWN as u32;
+                lifetime::counted_from_here(&mut info, ep.skaddr);
                 store.start(ctx, &info);
             }
             return None;
@@ -307,6 +313,7 @@ fn end_tracking(store: &impl Store, info: &mut SockInfo, skaddr: u64, old: u8, n
     }
     info.state_since_ns = now;
     info.state = new;
+    lifetime::note_first_fin(info, new);
     if old == SYN_SENT || old == SYN_RECV {
         info.handshake_start_ns = 0;
     }

@@ -5,6 +5,7 @@ pub mod inet_sock_set_state;
 pub mod sys_exit_connect;
 pub mod tcp_connect;
 pub mod tcp_destroy_sock;
+pub mod tcp_probe;
 pub mod tcp_rcv_state_process;
 pub mod tcp_receive_reset;
 pub mod tcp_retransmit_skb;

@@ -136,7 +136,7 @@ fn retransmitted(
     event.detail = kind as u8;
     event.old_state = state;
     event.err = err;
-    event.segs = segs;
+    event.segs = segs as u32;
     submit(event);
 }
 
