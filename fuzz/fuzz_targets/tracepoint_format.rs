@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let wants = wants(Carries::SocketAndAddresses, &SET_STATE_EXTRA);
-    if let Ok(l) = layout(&fields, &wants) {
+    if let Ok(l) = layout(&fields, &wants, true) {
         assert_ne!(l.skaddr, FIELD_ABSENT, "a required field left absent");
         assert_ne!(l.newstate, FIELD_ABSENT, "a required field left absent");
     }

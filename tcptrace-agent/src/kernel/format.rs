@@ -173,8 +173,9 @@ pub const ERROR_REPORT_EXTRA: [Want; 2] = [
 /// `syscalls:sys_exit_*`: the return value, a long.
 pub const SYSCALL_RET: [Want; 1] = [req("ret", Slot::Err, 8)];
 
-/// Build a layout from a format file's fields, checking every wanted field's size.
-pub fn layout(fields: &HashMap<String, Field>, wants: &[Want]) -> Result<TpLayout> {
+/// Build a layout from a format file's fields, checking every wanted field's size and,
+/// for a record the program copies (`copied`), that it fits the copy.
+pub fn layout(fields: &HashMap<String, Field>, wants: &[Want], copied: bool) -> Result<TpLayout> {
     let mut layout = TpLayout::ABSENT;
     let mut end = 0usize;
     for want in wants {
@@ -200,7 +201,7 @@ pub fn layout(fields: &HashMap<String, Field>, wants: &[Want]) -> Result<TpLayou
         *slot_mut(&mut layout, want.slot) = offset;
         end = end.max(field.offset + field.size);
     }
-    if end > RECORD_MAX {
+    if copied && end > RECORD_MAX {
         bail!("the fields tcptrace reads end at byte {end}, beyond the {RECORD_MAX} it copies");
     }
     layout.len = end as u16;
@@ -252,7 +253,7 @@ mod tests {
     #[test]
     fn set_state_on_6_18() {
         let f = parse_fields(&fixture("6.18-inet_sock_set_state")).unwrap();
-        let l = layout(&f, &all(&SET_STATE_EXTRA)).unwrap();
+        let l = layout(&f, &all(&SET_STATE_EXTRA), true).unwrap();
         assert_eq!((l.skaddr, l.oldstate, l.newstate), (8, 16, 20));
         assert_eq!((l.sport, l.dport, l.family, l.protocol), (24, 26, 28, 30));
         assert_eq!((l.saddr, l.daddr, l.saddr_v6, l.daddr_v6), (32, 36, 40, 56));
@@ -262,12 +263,12 @@ mod tests {
     #[test]
     fn retransmit_skb_with_and_without_err() {
         let f = parse_fields(&fixture("6.18-tcp_retransmit_skb")).unwrap();
-        let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA)).unwrap();
+        let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA), true).unwrap();
         assert_eq!((l.skaddr, l.oldstate, l.err, l.skbaddr), (16, 24, 76, 8));
         assert_eq!(l.len, 80, "copies up to the end of err");
 
         let f = parse_fields(&fixture("5.10-tcp_retransmit_skb")).unwrap();
-        let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA)).unwrap();
+        let l = layout(&f, &all(&RETRANSMIT_SKB_EXTRA), true).unwrap();
         assert_eq!((l.skaddr, l.oldstate, l.saddr_v6), (16, 24, 40));
         assert_eq!(l.err, FIELD_ABSENT, "5.10 has no err field");
         assert_eq!(l.family, FIELD_ABSENT, "5.10 has no family field here");
@@ -277,7 +278,7 @@ mod tests {
     fn larger_common_header_shifts_every_offset() {
         // RHEL-style kernels carry 4 more bytes of common fields.
         let f = parse_fields(&fixture("rhel-inet_sock_set_state")).unwrap();
-        let l = layout(&f, &all(&SET_STATE_EXTRA)).unwrap();
+        let l = layout(&f, &all(&SET_STATE_EXTRA), true).unwrap();
         assert_eq!((l.skaddr, l.oldstate, l.newstate), (16, 24, 28));
         assert_eq!(l.family, 36);
         assert_eq!(l.daddr_v6, 64);
@@ -290,12 +291,16 @@ mod tests {
             "size:2;\tsigned:1;\n\tfield:int newstate",
         );
         let f = parse_fields(&text).unwrap();
-        let err = layout(&f, &all(&SET_STATE_EXTRA)).unwrap_err().to_string();
+        let err = layout(&f, &all(&SET_STATE_EXTRA), true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`oldstate` is 2 bytes"), "{err}");
 
         let text = fixture("6.18-inet_sock_set_state").replace("saddr_v6", "src_v6");
         let f = parse_fields(&text).unwrap();
-        let err = layout(&f, &all(&SET_STATE_EXTRA)).unwrap_err().to_string();
+        let err = layout(&f, &all(&SET_STATE_EXTRA), true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`saddr_v6` is missing"), "{err}");
 
         assert!(parse_fields("name: foo\nID: 1\n").is_err());

@@ -25,6 +25,9 @@ pub struct Tracepoint {
     /// The event's own fields.
     pub extra: &'static [Want],
     pub slot: fn(&mut Config) -> &mut TpLayout,
+    /// The program reads its few fields from the record in place instead of copying
+    /// the record (a hot tracepoint): the copy's size limit does not apply.
+    pub in_place: bool,
 }
 
 pub const TRACEPOINTS: [Tracepoint; 9] = [
@@ -34,6 +37,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::SocketAndAddresses,
         extra: &format::SET_STATE_EXTRA,
         slot: |c| &mut c.set_state,
+        in_place: false,
     },
     Tracepoint {
         category: "tcp",
@@ -41,6 +45,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::SocketAndAddresses,
         extra: &format::RETRANSMIT_SKB_EXTRA,
         slot: |c| &mut c.retransmit_skb,
+        in_place: false,
     },
     Tracepoint {
         category: "tcp",
@@ -48,6 +53,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::SocketAndAddresses,
         extra: &[],
         slot: |c| &mut c.retransmit_synack,
+        in_place: false,
     },
     Tracepoint {
         category: "tcp",
@@ -55,6 +61,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::SocketAndAddresses,
         extra: &[],
         slot: |c| &mut c.receive_reset,
+        in_place: false,
     },
     Tracepoint {
         category: "tcp",
@@ -62,6 +69,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::Nothing,
         extra: &format::SKADDR_ONLY,
         slot: |c| &mut c.send_reset,
+        in_place: false,
     },
     Tracepoint {
         category: "tcp",
@@ -69,6 +77,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::Nothing,
         extra: &format::SKADDR_ONLY,
         slot: |c| &mut c.destroy_sock,
+        in_place: false,
     },
     Tracepoint {
         category: "sock",
@@ -76,6 +85,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::Addresses,
         extra: &format::ERROR_REPORT_EXTRA,
         slot: |c| &mut c.error_report,
+        in_place: false,
     },
     Tracepoint {
         category: "tcp",
@@ -83,6 +93,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::Nothing,
         extra: &format::SKADDR_ONLY,
         slot: |c| &mut c.tcp_probe,
+        in_place: true,
     },
     Tracepoint {
         category: "syscalls",
@@ -90,6 +101,7 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         carries: Carries::Nothing,
         extra: &format::SYSCALL_RET,
         slot: |c| &mut c.sys_exit_connect,
+        in_place: false,
     },
 ];
 

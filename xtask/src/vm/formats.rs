@@ -14,6 +14,7 @@ pub(super) const TRACEPOINT_FORMATS: &[&str] = &[
     "tcp/tcp_receive_reset",
     "tcp/tcp_send_reset",
     "tcp/tcp_destroy_sock",
+    "tcp/tcp_probe",
     "syscalls/sys_exit_connect",
 ];
 /// Before each format file, with the tracepoint's path after it.
