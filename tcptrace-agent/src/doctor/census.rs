@@ -3,7 +3,7 @@
 //! per destination, idle connections and whether keep-alive watches them.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     time::Duration,
 };
 
@@ -12,7 +12,7 @@ use serde::Serialize;
 use tcptrace_common::TcpState;
 
 use crate::{
-    doctor::sock_diag::{self, InetDiagMsg, TcpInfo, TIMER_KEEPALIVE},
+    doctor::sock_diag::{self, InetDiagMsg, TcpInfo, Timer},
     doctor::sysctl::TcpSysctls,
 };
 
@@ -105,7 +105,7 @@ impl Census {
         if u128::from(idle_ms) < idle_after.as_millis() {
             return;
         }
-        let keepalive = msg.timer == TIMER_KEEPALIVE;
+        let keepalive = matches!(msg.timer, Some(Timer::KeepAlive(_)));
         if keepalive {
             self.idle_with_keepalive += 1;
         } else {
@@ -137,16 +137,10 @@ impl Census {
 }
 
 fn endpoints(msg: &InetDiagMsg) -> (SocketAddr, SocketAddr) {
-    let ip = |raw: &[u8; 16]| -> IpAddr {
-        if msg.family == libc::AF_INET as u8 {
-            IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(*raw))
-        }
-    };
+    let id = &msg.socket_id;
     (
-        SocketAddr::new(ip(&msg.src), u16::from_be(msg.id_sport_be)),
-        SocketAddr::new(ip(&msg.dst), u16::from_be(msg.id_dport_be)),
+        SocketAddr::new(id.source_address, id.source_port),
+        SocketAddr::new(id.destination_address, id.destination_port),
     )
 }
 
