@@ -235,6 +235,7 @@ impl TraceArgs {
                 max_sockets: self.max_sockets,
                 filter,
                 forced: Vec::new(),
+                verify_all: false,
             },
             json: self.json,
             duration: self.duration,
@@ -290,6 +291,7 @@ fn main() -> ExitCode {
                     max_sockets: s.max_sockets,
                     filter: exporter::event_filter(s.labels.is_some()),
                     forced: cli.probe_method.clone(),
+                    verify_all: false,
                 },
                 labels: s.labels,
             }))

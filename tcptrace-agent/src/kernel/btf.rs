@@ -1,6 +1,14 @@
 //! Just enough of a BTF reader to find the offset of a member of a kernel struct
 //! (`struct sock` -> `sk_err`), so the eBPF programs can read one field of a socket on
 //! any kernel that ships `/sys/kernel/btf/vmlinux`, without CO-RE support in the loader.
+//!
+//! aya parses the same bytes for the loader and the planner (`offsets::read_kernel_btf`),
+//! but aya 0.14 keeps what an offset needs private: `Btf::type_by_id` and
+//! `Btf::string_at` are `pub(crate)`, and so are `Struct::members` and `BtfMember`
+//! (aya-obj 0.3, `btf/btf.rs` and `btf/types.rs`); its only public lookup,
+//! `id_by_type_name_kind`, returns an id nothing public can open. So this reads the raw
+//! bytes in place: one pass records where each type starts (4 bytes a type), and a
+//! lookup reads the struct's members from the bytes.
 use anyhow::{bail, Context as _, Result};
 
 const MAGIC: u16 = 0xeb9f;
@@ -8,81 +16,74 @@ const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 /// Kinds whose `size_or_type` names another type and that carry no extra data.
 const MODIFIERS: [u32; 5] = [8, 9, 10, 11, 18]; // typedef, volatile, const, restrict, type_tag
+/// Bytes of a type's common header, and of one struct/union member after it.
+const HEADER: usize = 12;
+const MEMBER: usize = 12;
 
+/// One type's header (`struct btf_type`), read from the bytes.
+#[derive(Clone, Copy)]
 struct Type {
+    /// Where its header starts in the blob.
+    pos: usize,
     kind: u32,
+    vlen: usize,
+    /// Members' offsets carry a bitfield size in their top byte.
+    kind_flag: bool,
     name_off: u32,
     size_or_type: u32,
-    /// (name offset, type id, bit offset) for structs and unions.
-    members: Vec<(u32, u32, u32)>,
 }
 
-pub struct Btf {
-    types: Vec<Type>, // index 0 is type id 1
-    strings: Vec<u8>,
+/// A BTF blob, borrowed, with the position of each type.
+pub struct Btf<'a> {
+    data: &'a [u8],
+    strings: &'a [u8],
+    /// Header position of type id `i + 1` (id 0 is `void`).
+    types: Vec<u32>,
 }
 
-impl Btf {
-    pub fn from_file(path: &str) -> Result<Btf> {
-        let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-        Btf::parse(&data).with_context(|| format!("parsing BTF in {path}"))
-    }
-
-    pub fn parse(data: &[u8]) -> Result<Btf> {
-        let u16_at = |o: usize| -> Result<u16> {
-            let b = data.get(o..o + 2).context("truncated BTF")?;
-            Ok(u16::from_le_bytes([b[0], b[1]]))
-        };
-        let u32_at = |o: usize| -> Result<u32> {
-            let b = data.get(o..o + 4).context("truncated BTF")?;
-            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        if u16_at(0)? != MAGIC {
+impl<'a> Btf<'a> {
+    pub fn parse(data: &'a [u8]) -> Result<Btf<'a>> {
+        let u32_at = |o: usize| u32_at(data, o).context("truncated BTF");
+        if data.get(..2) != Some(&MAGIC.to_le_bytes()[..]) {
             bail!("not little-endian BTF (bad magic)");
         }
         let hdr_len = u32_at(4)? as usize;
         let type_off = hdr_len + u32_at(8)? as usize;
-        let type_len = u32_at(12)? as usize;
+        let end = type_off + u32_at(12)? as usize;
         let str_off = hdr_len + u32_at(16)? as usize;
-        let str_len = u32_at(20)? as usize;
         let strings = data
-            .get(str_off..str_off + str_len)
-            .context("string section out of bounds")?
-            .to_vec();
-
+            .get(str_off..str_off + u32_at(20)? as usize)
+            .context("string section out of bounds")?;
+        data.get(type_off..end)
+            .context("type section out of bounds")?;
         let mut types = Vec::new();
         let mut pos = type_off;
-        let end = type_off + type_len;
         while pos < end {
-            let name_off = u32_at(pos)?;
             let info = u32_at(pos + 4)?;
-            let size_or_type = u32_at(pos + 8)?;
-            pos += 12;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let bitfield_offsets = info >> 31 == 1;
-            let mut members = Vec::new();
-            if kind == KIND_STRUCT || kind == KIND_UNION {
-                for i in 0..vlen {
-                    let m = pos + i * 12;
-                    let raw = u32_at(m + 8)?;
-                    let bit_off = if bitfield_offsets {
-                        raw & 0x00ff_ffff
-                    } else {
-                        raw
-                    };
-                    members.push((u32_at(m)?, u32_at(m + 4)?, bit_off));
-                }
-            }
-            pos += extra_len(kind, vlen)?;
-            types.push(Type {
-                kind,
-                name_off,
-                size_or_type,
-                members,
-            });
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            types.push(u32::try_from(pos).context("BTF larger than 4 GiB")?);
+            pos += HEADER + extra_len(kind, vlen)?;
         }
-        Ok(Btf { types, strings })
+        if pos != end {
+            bail!("the last type runs past the type section");
+        }
+        Ok(Btf {
+            data,
+            strings,
+            types,
+        })
+    }
+
+    fn ty(&self, pos: usize) -> Option<Type> {
+        let info = u32_at(self.data, pos + 4)?;
+        Some(Type {
+            pos,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            name_off: u32_at(self.data, pos)?,
+            size_or_type: u32_at(self.data, pos + 8)?,
+        })
     }
 
     fn name(&self, off: u32) -> &[u8] {
@@ -90,12 +91,12 @@ impl Btf {
         &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())]
     }
 
-    fn by_id(&self, id: u32) -> Option<&Type> {
-        self.types.get((id as usize).checked_sub(1)?)
+    fn by_id(&self, id: u32) -> Option<Type> {
+        self.ty(*self.types.get((id as usize).checked_sub(1)?)? as usize)
     }
 
     /// Follow typedef/const/volatile chains to the underlying type.
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn resolve(&self, mut id: u32) -> Option<Type> {
         for _ in 0..32 {
             let t = self.by_id(id)?;
             if !MODIFIERS.contains(&t.kind) {
@@ -111,6 +112,7 @@ impl Btf {
         let st = self
             .types
             .iter()
+            .filter_map(|pos| self.ty(*pos as usize))
             .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())
             .with_context(|| format!("no struct {name} in BTF"))?;
         let bits = self
@@ -122,16 +124,24 @@ impl Btf {
         Ok(bits / 8)
     }
 
-    fn find_member(&self, st: &Type, member: &[u8], depth: u32) -> Option<u32> {
+    /// Bit offset of `member` in the struct or union `st`.
+    fn find_member(&self, st: Type, member: &[u8], depth: u32) -> Option<u32> {
         if depth > 8 {
             return None;
         }
-        for &(name_off, ty, bit_off) in &st.members {
+        for i in 0..st.vlen {
+            let m = st.pos + HEADER + i * MEMBER;
+            let (name_off, ty, raw) = (
+                u32_at(self.data, m)?,
+                u32_at(self.data, m + 4)?,
+                u32_at(self.data, m + 8)?,
+            );
+            let bit_off = if st.kind_flag { raw & 0x00ff_ffff } else { raw };
             if name_off == 0 {
                 let inner = self.resolve(ty)?;
                 if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
                     if let Some(b) = self.find_member(inner, member, depth + 1) {
-                        return Some(bit_off + b);
+                        return bit_off.checked_add(b);
                     }
                 }
             } else if self.name(name_off) == member {
@@ -142,13 +152,19 @@ impl Btf {
     }
 }
 
+fn u32_at(data: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        data.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
 /// Bytes that follow the common 12-byte header of each BTF kind.
 fn extra_len(kind: u32, vlen: usize) -> Result<usize> {
     Ok(match kind {
         1 => 4,                                      // int
         2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0, // ptr, fwd, modifiers, func, float, type_tag
         3 => 12,                                     // array
-        4 | 5 => vlen * 12,                          // struct, union
+        4 | 5 => vlen * MEMBER,                      // struct, union
         6 => vlen * 8,                               // enum
         13 => vlen * 8,                              // func_proto
         14 => 4,                                     // var
@@ -224,7 +240,8 @@ mod tests {
 
     #[test]
     fn finds_direct_and_anonymous_members() {
-        let btf = Btf::parse(&synthetic()).unwrap();
+        let blob = synthetic();
+        let btf = Btf::parse(&blob).unwrap();
         assert_eq!(btf.member_offset("outer", "x").unwrap(), 0);
         assert_eq!(btf.member_offset("outer", "b").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "y").unwrap(), 12);
@@ -238,6 +255,10 @@ mod tests {
         let mut blob = synthetic();
         blob.truncate(40);
         assert!(Btf::parse(&blob).is_err());
+        // A member list that runs past the type section.
+        let mut blob = synthetic();
+        blob[24 + 16 + 4] += 1; // struct inner: 3 members instead of 2
+        assert!(Btf::parse(&blob).is_err());
     }
 
     #[test]
@@ -247,7 +268,8 @@ mod tests {
             eprintln!("skipped: {path} not present on this kernel");
             return;
         }
-        let btf = Btf::from_file(path).unwrap();
+        let data = std::fs::read(path).unwrap();
+        let btf = Btf::parse(&data).unwrap();
         let off = btf.member_offset("sock", "sk_err").unwrap();
         // sk_err sits after struct sock_common (> 100 bytes) and well inside struct sock.
         assert!((100..2048).contains(&off), "sk_err at {off}");

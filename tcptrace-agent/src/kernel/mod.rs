@@ -1,6 +1,6 @@
 //! The kernel side of the agent: which probes to attach and how (`probes`, `plan`,
 //! `attach`), what the programs read (tracepoint `layouts` from tracefs `format` files,
-//! struct `offsets` from `btf`), loading the object, and what comes back from it
+//! struct `offsets` from `btf`, the kernel's BTF read once per load), loading the object, and what comes back from it
 //! (`counters`, the event `ring`). `load` does it all; `privileges` checks what it needs
 //! and drops it after; `report` is `tcptrace probes`.
 //!
@@ -33,8 +33,6 @@ use tcptrace_common::{Config, Filter, FIELD_ABSENT};
 
 pub use plan::{log_report, missed_by_hook, HookStatus};
 pub use probes::parse_forced;
-
-use offsets::KernelOffsets;
 
 /// The eBPF object built by build.rs, embedded in the binary.
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -72,6 +70,9 @@ pub struct LoadOptions {
     pub filter: Filter,
     /// `--probe-method PROBE=METHOD`: use only this method for that probe.
     pub forced: Vec<(String, String)>,
+    /// Also load every program not attached, for the verifier's verdict (`probes`):
+    /// done here, while the kernel's BTF is still parsed.
+    pub verify_all: bool,
 }
 
 impl LoadOptions {
@@ -82,6 +83,7 @@ impl LoadOptions {
             max_sockets: DEFAULT_MAX_SOCKETS,
             filter: Filter::ANY,
             forced,
+            verify_all: false,
         }
     }
 }
@@ -90,6 +92,8 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
     pub kernel: KernelFacts,
+    /// Every program's verifier verdict, where `verify_all` asked for them.
+    pub programs: Vec<(&'static str, Result<(), String>)>,
 }
 
 /// What `tcptrace probes` reports about the kernel besides the probes.
@@ -134,29 +138,43 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let layout_errors = layouts::resolve_layouts(&tracefs_root, &mut config);
     // Raw and BTF-typed programs read `err` as an argument where the record has it.
     config.retransmit_err_arg = u32::from(config.retransmit_skb.err != FIELD_ABSENT);
-    let offsets = KernelOffsets::from_btf();
+    // aya 0.14's EbpfLoader::new() parses the kernel BTF itself (no constructor skips
+    // it): drop that parse before ours, so that two never live at once.
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    release_free_memory();
+    let (offsets, btf) = offsets::read_kernel_btf();
     if opts.filter.netns != 0 && offsets.netns.is_none() {
         bail!("--netns needs the network namespace offsets from kernel BTF (/sys/kernel/btf/vmlinux), which this kernel does not provide");
     }
     offsets.apply(&mut config);
-    release_free_memory();
-
     if EBPF_OBJECT.is_empty() {
         bail!("this binary was built with AYA_BUILD_SKIP and holds no eBPF object");
     }
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = loader
+        .btf(btf.as_ref())
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", opts.ring_bytes)
         .map_max_entries("SOCKETS", opts.max_sockets)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object into the kernel")?;
     start_kernel_log(&mut ebpf);
-    // The loader parsed the kernel's BTF (megabytes of it) and freed it; hand that memory
-    // back before the planner parses it again for the fentry/fexit programs, so the
-    // parses (ours for offsets, the loader's, the planner's) do not add up in the peak RSS.
-    release_free_memory();
-
-    let hooks = plan::plan_all(&mut ebpf, &opts.forced, layout_errors, &offsets, &kernel)?;
+    let hooks = plan::plan_all(
+        &mut ebpf,
+        btf.as_ref(),
+        &opts.forced,
+        layout_errors,
+        &offsets,
+        &kernel,
+    )?;
+    let programs = if opts.verify_all {
+        plan::verify_all(&mut ebpf, btf.as_ref())
+    } else {
+        Vec::new()
+    };
+    // The programs are loaded: the kernel's BTF (megabytes parsed) is no longer needed.
+    drop(loader);
+    drop(btf);
     release_free_memory();
     plan::write_sources(&mut ebpf, &hooks)?;
     offsets.log();
@@ -164,6 +182,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         ebpf,
         hooks,
         kernel,
+        programs,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Kernel struct offsets the programs read directly, resolved from the running kernel's
 //! BTF (`/sys/kernel/btf/vmlinux`). Without BTF every one of them is unknown and the
 //! programs skip what needs it; the agent says which features that costs.
+use aya::{Btf as AyaBtf, Endianness};
 use log::{info, warn};
 use tcptrace_common::{config::OFFSET_UNKNOWN, Config, TpLayout};
 
@@ -62,24 +63,47 @@ pub struct KernelOffsets {
     pub bytes: Option<(u32, u32)>,
 }
 
+/// Read the running kernel's BTF once for the whole load: the offsets from its raw
+/// bytes, and aya's parse of the same bytes for the loader and the planner. The bytes
+/// and our index are gone before aya parses, and the caller drops aya's parse once the
+/// programs are loaded (megabytes that `run` and `trace` need no longer).
+pub fn read_kernel_btf() -> (KernelOffsets, Option<AyaBtf>) {
+    let data = match std::fs::read(VMLINUX_BTF) {
+        Ok(data) => data,
+        Err(e) => {
+            warn!("no kernel BTF ({VMLINUX_BTF}: {e})");
+            return (KernelOffsets::UNKNOWN, None);
+        }
+    };
+    let offsets = KernelOffsets::from_btf(&data);
+    let btf = AyaBtf::parse(&data, Endianness::default())
+        .map_err(|e| warn!("the loader cannot use the kernel BTF: {e}"))
+        .ok();
+    (offsets, btf)
+}
+
 impl KernelOffsets {
-    pub fn from_btf() -> KernelOffsets {
-        match Btf::from_file(VMLINUX_BTF) {
+    /// No BTF: the programs skip whatever needs an offset.
+    pub const UNKNOWN: KernelOffsets = KernelOffsets {
+        sk_err: None,
+        srtt: None,
+        skb_segs: None,
+        skb_flags: None,
+        sock: None,
+        sk_protocol: None,
+        inet_sport: None,
+        netns: None,
+        total_retrans: None,
+        bytes: None,
+    };
+
+    /// The offsets from a raw BTF blob (`/sys/kernel/btf/vmlinux`).
+    pub fn from_btf(data: &[u8]) -> KernelOffsets {
+        match Btf::parse(data) {
             Ok(btf) => KernelOffsets::resolve(&btf),
             Err(e) => {
-                warn!("no kernel BTF ({e:#})");
-                KernelOffsets {
-                    sk_err: None,
-                    srtt: None,
-                    skb_segs: None,
-                    skb_flags: None,
-                    sock: None,
-                    sk_protocol: None,
-                    inet_sport: None,
-                    netns: None,
-                    total_retrans: None,
-                    bytes: None,
-                }
+                warn!("kernel BTF unreadable ({e:#})");
+                KernelOffsets::UNKNOWN
             }
         }
     }

@@ -45,13 +45,14 @@ pub struct HookStatus {
 /// `--probe-method` names it). Fails only when a required probe cannot attach.
 pub fn plan_all(
     ebpf: &mut Ebpf,
+    btf: Option<&AyaBtf>,
     forced: &[(String, String)],
     layout_errors: HashMap<&'static str, String>,
     offsets: &KernelOffsets,
     kernel: &KernelFacts,
 ) -> Result<Vec<HookStatus>> {
     let mut planner = Planner {
-        btf: AyaBtf::from_sys_fs().ok(),
+        btf,
         ebpf,
         layout_errors,
         offsets,
@@ -79,7 +80,8 @@ pub fn plan_all(
 }
 
 struct Planner<'a> {
-    btf: Option<AyaBtf>,
+    /// The kernel's BTF, which fentry/fexit and tp_btf programs load against.
+    btf: Option<&'a AyaBtf>,
     ebpf: &'a mut Ebpf,
     layout_errors: HashMap<&'static str, String>,
     offsets: &'a KernelOffsets,
@@ -139,7 +141,7 @@ impl Planner<'_> {
             if self.attached_programs.contains(&key) {
                 continue;
             }
-            match attach::attach(self.ebpf, self.btf.as_ref(), a) {
+            match attach::attach(self.ebpf, self.btf, a) {
                 Ok((link, fd)) => {
                     links.push((key, link));
                     fds.push(fd);
@@ -227,8 +229,10 @@ pub fn write_sources(ebpf: &mut Ebpf, hooks: &[HookStatus]) -> Result<()> {
 
 /// Load every program of the table that is not loaded yet, without attaching: does the
 /// verifier accept it on this kernel? For `tcptrace probes` and the tests.
-pub fn verify_all(ebpf: &mut Ebpf) -> Vec<(&'static str, Result<(), String>)> {
-    let btf = AyaBtf::from_sys_fs().ok();
+pub fn verify_all(
+    ebpf: &mut Ebpf,
+    btf: Option<&AyaBtf>,
+) -> Vec<(&'static str, Result<(), String>)> {
     let mut seen = HashSet::new();
     let mut results = Vec::new();
     for probe in &PROBES {
@@ -237,7 +241,7 @@ pub fn verify_all(ebpf: &mut Ebpf) -> Vec<(&'static str, Result<(), String>)> {
                 if !seen.insert(a.program()) {
                     continue;
                 }
-                let r = attach::load(ebpf, btf.as_ref(), a).map_err(|e| format!("{e:#}"));
+                let r = attach::load(ebpf, btf, a).map_err(|e| format!("{e:#}"));
                 results.push((a.program(), r));
             }
         }

@@ -23,9 +23,14 @@ struct ProgramCheck {
 }
 
 pub async fn run(json: bool, forced: Vec<(String, String)>) -> Result<()> {
-    let mut loaded = super::load(&LoadOptions::defaults(forced))?;
-    let programs = super::plan::verify_all(&mut loaded.ebpf)
-        .into_iter()
+    let loaded = super::load(&LoadOptions {
+        verify_all: true,
+        ..LoadOptions::defaults(forced)
+    })?;
+    let programs = loaded
+        .programs
+        .iter()
+        .cloned()
         .map(|(program, r)| ProgramCheck {
             program,
             verifier: if r.is_ok() { "accepted" } else { "refused" },
