@@ -128,6 +128,7 @@ fn kprobes_available(tracefs_root: &Path) -> bool {
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     privileges::check_can_load()?;
     raise_memlock_limit();
+    map_large_allocations();
     let tracefs_root = tracefs::ensure_mounted()?;
     let kernel = KernelFacts::gather(&tracefs_root);
 
@@ -193,6 +194,19 @@ fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Serve every allocation of 128 KiB or more with its own mapping, returned to the
+/// kernel when freed. glibc otherwise raises that threshold to the size of each mapped
+/// block freed (megabytes, after a BTF parse), so the next parse's vectors grow inside
+/// the heap, copied at each doubling, and the heap keeps the peak: `trace` peaked at
+/// 31.5 MB RSS instead of 24.7 MB. musl maps allocations that large always.
+fn map_large_allocations() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tunable of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
