@@ -1,65 +1,43 @@
-//! The pod-name sources read HTTP answers from the kubelet or the API server: status line,
-//! headers, chunked or sized bodies, pod lists and watch events. A malformed or hostile
-//! answer must end in an error, never a panic, a hang or an unbounded buffer.
+//! The pod-name sources turn JSON from the kubelet or the API server into names: a v1
+//! PodList (the kubelet's `/pods`), and pods as kube's watcher hands them over (decoded
+//! by serde from a list or a watch event, then applied as list and watch events).
+//! Whatever the pods say, applying them must never panic and never keep more names
+//! than pods and containers were given.
 #![no_main]
-use std::io::{BufRead, BufReader, Cursor, Read, Write};
+use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use tcptrace_agent::k8s::{api, http_get, pod_names};
-
-/// The fuzz input as the server's bytes; what the client sends goes nowhere.
-struct Server(Cursor<Vec<u8>>);
-
-impl Read for Server {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for Server {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-const LIMIT: usize = 1 << 16;
+use tcptrace_agent::k8s::{
+    api::{Event, Listing},
+    pod_names::{self, Pod},
+};
 
 fuzz_target!(|data: &[u8]| {
-    // The input as a body on its own (framing aside): a pod list, or watch lines.
     let names = pod_names::Shared::default();
-    for line in data.split(|b| *b == b'\n') {
-        let _ = api::apply_line(line, &names);
+    if let Ok(list) = pod_names::parse_list(data) {
+        let entries = pod_names::entries(&list.items);
+        names.write().unwrap().replace_all(entries, Instant::now());
     }
-    let _ = pod_names::parse_list(data);
-    let Ok(response) = http_get::get(Server(Cursor::new(data.to_vec())), "h", "/", &[]) else {
-        return;
-    };
-    // Undoing the framing never makes a body longer than what was sent.
-    let mut body = Vec::new();
-    let _ = BufReader::new(response.body)
-        .take(LIMIT as u64)
-        .read_to_end(&mut body);
-    assert!(body.len() <= data.len());
-    let names = pod_names::Shared::default();
-    for line in body.split(|b| *b == b'\n') {
-        let _ = api::apply_line(line, &names);
+    // Each line a pod, as the watcher's list (Init..InitDone) and then its watch
+    // (Apply, Delete) would give them.
+    let pods: Vec<Pod> = data
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect();
+    let mut listing = Listing::default();
+    listing.apply(Event::Init, &names);
+    for pod in &pods {
+        listing.apply(Event::InitApply(pod.clone()), &names);
     }
-    if let Ok(list) = pod_names::parse_list(&body) {
-        names
-            .write()
-            .unwrap()
-            .replace_all(list.items, std::time::Instant::now());
+    listing.apply(Event::InitDone, &names);
+    for (i, pod) in pods.into_iter().enumerate() {
+        let event = if i % 2 == 0 {
+            Event::Apply(pod)
+        } else {
+            Event::Delete(pod)
+        };
+        listing.apply(event, &names);
     }
-    // And the line reader the watch uses.
-    let reader = http_get::get(Server(Cursor::new(data.to_vec())), "h", "/", &[]);
-    if let Ok(r) = reader {
-        for line in BufReader::new(r.body).take(LIMIT as u64).lines() {
-            if line.is_err() {
-                break;
-            }
-        }
-    }
+    let names = names.read().unwrap();
+    assert!(names.pods.len() <= data.len() && names.containers.len() <= data.len());
 });

@@ -133,7 +133,7 @@ fn the_daemonset_asks_for_the_documented_privileges_only() {
         assert_eq!(mount["readOnly"], true, "{mount}");
     }
 
-    // RBAC: list and watch pods, the two calls kube_api.rs makes; nothing more.
+    // RBAC: list and watch pods, the two calls k8s/api.rs (kube's watcher) makes; nothing more.
     let text = std::fs::read_to_string(deploy("tcptrace.yaml")).unwrap();
     let role = text
         .split("---")

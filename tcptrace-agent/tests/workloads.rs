@@ -4,6 +4,7 @@
 //! holds under thousands of label sets and 1,000 distinct peers, the scrape stays within
 //! the worst case METRICS.md documents, and every folded event is accounted for.
 mod common;
+mod fake_api;
 
 use std::{
     collections::HashMap,
@@ -17,6 +18,8 @@ use std::{
 };
 
 use common::*;
+use fake_api::FakeApiServer;
+use serde_json::Value;
 use tcptrace_agent::{
     exporter::settings::DEFAULT_MAX_SERIES, exporter::workloads::BUDGET_FAMILIES,
     exporter::worst_case,
@@ -72,109 +75,6 @@ impl FakeKubelet {
 impl Drop for FakeKubelet {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// An API server over TLS with a certificate of its own CA: it answers the pod list with
-/// `list` and a watch with the events in `watch`, then holds the watch open. It records
-/// each request's line and `Authorization` header.
-struct FakeApiServer {
-    url: String,
-    credentials: std::path::PathBuf,
-    token: String,
-    requests: Arc<std::sync::Mutex<Vec<(String, String)>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl FakeApiServer {
-    fn serve(list: String, watch: Vec<String>) -> FakeApiServer {
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let credentials =
-            std::env::temp_dir().join(format!("tcptrace-kube-{}", std::process::id()));
-        std::fs::create_dir_all(&credentials).unwrap();
-        let token = format!("token-{}", std::process::id());
-        std::fs::write(credentials.join("ca.crt"), cert.cert.pem()).unwrap();
-        std::fs::write(credentials.join("token"), format!("{token}\n")).unwrap();
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into()),
-            )
-            .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("https://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        let stop = serve_until_stopped(listener, move |conn, stopped| {
-            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
-            let mut stream = rustls::StreamOwned::new(tls, conn);
-            let Some((line, auth)) = read_request(&mut stream) else {
-                return;
-            };
-            recorded.lock().unwrap().push((line.clone(), auth));
-            if line.contains("watch=1") {
-                let mut answer =
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
-                for event in &watch {
-                    answer.push_str(&format!("{:x}\r\n{event}\n\r\n", event.len() + 1));
-                }
-                let _ = stream.write_all(answer.as_bytes());
-                let _ = stream.flush();
-                // Hold the watch open, as the API server does, until the test ends: part
-                // of the fake server, not a wait.
-                while !stopped.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            } else {
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{list}",
-                    list.len()
-                );
-                let _ = stream.flush();
-            }
-        });
-        FakeApiServer {
-            url,
-            credentials,
-            token,
-            requests,
-            stop,
-        }
-    }
-}
-
-/// The request line and the `Authorization` header of one request.
-fn read_request(stream: &mut impl Read) -> Option<(String, String)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let line = head.lines().next()?.to_string();
-    let auth = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Authorization: "))
-        .unwrap_or("")
-        .to_string();
-    Some((line, auth))
-}
-
-impl Drop for FakeApiServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = std::fs::remove_dir_all(&self.credentials);
     }
 }
 
@@ -327,36 +227,36 @@ fn pod_containers_are_named_from_the_kubelet_or_by_uid_and_id() {
     assert_eq!(value(&m, &bare_series), 1.0, "{failures:?}");
 }
 
-#[test]
-fn pods_added_by_the_api_server_watch_are_named() {
-    require_root!();
-    let _serial = serial();
-    let (uid, id) = (test_pod_uid(0x3333), test_container_id(0x333));
-    let (probe_uid, probe_id) = (test_pod_uid(0x5555), test_container_id(0x555));
-    let node = format!("node-{}", std::process::id());
-    // The list: the recorded pods (none of them ours) at resource version 100.
-    let mut list: serde_json::Value =
-        serde_json::from_str(include_str!("kubelet/pods.json")).unwrap();
-    list["metadata"]["resourceVersion"] = "100".into();
-    // The watch: our pod arrives (ADDED) after the list, as a pod scheduled later does,
-    // then a probe pod of the same shape.
-    let added = |uid: &str, id: &str, name: &str| {
-        let mut pod = list["items"][0].clone();
-        pod["metadata"]["uid"] = uid.into();
-        pod["metadata"]["name"] = format!("{name}-7d4b9c8f5-q8r2t").into();
-        pod["metadata"]["ownerReferences"][0]["name"] = format!("{name}-7d4b9c8f5").into();
-        pod["status"]["containerStatuses"][0]["containerID"] = format!("containerd://{id}").into();
-        pod["status"]["containerStatuses"][0]["name"] = name.into();
-        serde_json::json!({"type": "ADDED", "object": pod}).to_string()
-    };
-    let watch = vec![
-        added(&uid, &id, "api"),
-        added(&probe_uid, &probe_id, "probe"),
-        r#"{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"101"}}}"#
-            .to_string(),
-    ];
-    let server = FakeApiServer::serve(list.to_string(), watch);
-    let agent = Agent::start(&[
+/// Our pod on `node`, number `n`: the recorded web pod with a UID, a container id
+/// and names of its own (`api{n}-7d4b9c8f5-q8r2t`, container `api`).
+fn api_pod(node: &str, n: u32) -> (Value, String, String) {
+    let pid = std::process::id();
+    let uid = format!("{pid:08x}-3333-4000-8000-{n:012x}");
+    let id = format!("{n:08x}{pid:08x}{:048x}", 0);
+    let recorded: Value = serde_json::from_str(include_str!("kubelet/pods.json")).unwrap();
+    let mut pod = recorded["items"][0].clone();
+    pod["spec"]["nodeName"] = node.into();
+    pod["metadata"]["uid"] = uid.clone().into();
+    pod["metadata"]["name"] = format!("api{n}-7d4b9c8f5-q8r2t").into();
+    pod["metadata"]["ownerReferences"][0]["name"] = format!("api{n}-7d4b9c8f5").into();
+    pod["status"]["containerStatuses"][0]["containerID"] = format!("containerd://{id}").into();
+    pod["status"]["containerStatuses"][0]["name"] = "api".into();
+    (pod, uid, id)
+}
+
+/// The recorded pods (none of them ours), moved to `node`.
+fn recorded_pods(node: &str) -> Vec<Value> {
+    let recorded: Value = serde_json::from_str(include_str!("kubelet/pods.json")).unwrap();
+    let mut pods = recorded["items"].as_array().unwrap().clone();
+    for pod in &mut pods {
+        pod["spec"]["nodeName"] = node.into();
+    }
+    pods
+}
+
+/// `run --labels workload` with names from `server`'s pods of `node`.
+fn agent_on(server: &FakeApiServer, node: &str) -> Agent {
+    Agent::start(&[
         "--labels",
         "workload",
         "--kube-api",
@@ -364,43 +264,146 @@ fn pods_added_by_the_api_server_watch_are_named() {
         "--kube-credentials",
         server.credentials.to_str().unwrap(),
         "--node-name",
-        &node,
-    ]);
-    wait_until(Duration::from_secs(10), "the list and the watch", || {
-        (server.requests.lock().unwrap().len() >= 2).then_some(())
+        node,
+    ])
+}
+
+/// Wait until the agent has `lists` lists done and a watch open, and its events applied.
+fn wait_for_watch(server: &FakeApiServer, lists: usize) {
+    wait_until(Duration::from_secs(15), "the agent's watch", || {
+        let listed = server.requests().iter().filter(|r| !is_watch(&r.0)).count();
+        (listed == lists && server.open_watches() == 1).then_some(())
     });
-    // The watch events applied: the second pod named.
-    let probe = CgroupTree::create(&pod_cgroup_levels(&probe_uid, &probe_id));
-    let probe_series = refused_series("shop", "probe-7d4b9c8f5-q8r2t", "probe", "Deployment/probe");
-    until_named(&agent, &probe, &probe_series);
-    let cgroup = CgroupTree::create(&pod_cgroup_levels(&uid, &id));
-    refused_from(&cgroup);
-    let series = refused_series("shop", "api-7d4b9c8f5-q8r2t", "api", "Deployment/api");
-    let m = wait_until(Duration::from_secs(10), "the refusal counted", || {
-        let m = agent.scrape();
-        (value(&m, &series) >= 1.0).then_some(m)
-    });
-    assert_eq!(
-        value(&m, &series),
-        1.0,
-        "{:?}\n{}",
-        series_of(&m, "tcptrace_workload_connect_failures_total"),
-        agent.stderr()
+}
+
+fn is_watch(request_line: &str) -> bool {
+    request_line.contains("watch=true")
+}
+
+/// A connection refused from pod `n`'s container is counted under its names, once the
+/// agent has applied the event that named it (10 s at most).
+fn assert_named(agent: &Agent, (uid, id): (&str, &str), n: u32) {
+    let cgroup = CgroupTree::create(&pod_cgroup_levels(uid, id));
+    let series = format!(
+        "tcptrace_workload_connect_failures_total{{namespace=\"shop\",pod=\"api{n}-7d4b9c8f5-q8r2t\",container=\"api\",workload=\"Deployment/api{n}\",reason=\"refused\"}}"
     );
-    let requests = server.requests.lock().unwrap().clone();
-    let pods = format!("GET /api/v1/pods?fieldSelector=spec.nodeName%3D{node}");
+    let named = poll_until(Duration::from_secs(10), || {
+        let closed = free_port("127.0.0.1".parse().unwrap());
+        assert!(!cgroup.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{closed}")));
+        let m = agent.scrape();
+        (value(&m, &series) >= 1.0).then_some(())
+    });
+    if named.is_none() {
+        let m = agent.scrape();
+        panic!(
+            "{series} never counted: {:?}\n{}",
+            series_of(&m, "tcptrace_workload_connect_failures_total"),
+            agent.stderr()
+        );
+    }
+}
+
+/// The query pairs of a request line, as sent (still percent-encoded).
+fn query(request_line: &str) -> Vec<String> {
+    let target = request_line.split(' ').nth(1).unwrap_or("");
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    query.split('&').map(str::to_string).collect()
+}
+
+#[test]
+fn pods_added_by_the_api_server_watch_are_named() {
+    require_root!();
+    let _serial = serial();
+    let node = format!("node-{}", std::process::id());
+    let server = FakeApiServer::serve(recorded_pods(&node));
+    let agent = agent_on(&server, &node);
+    wait_for_watch(&server, 1);
+    // Our pod arrives (ADDED) on the open watch, as a pod scheduled later does.
+    let (pod, uid, id) = api_pod(&node, 1);
+    server.add(pod);
+    assert_named(&agent, (&uid, &id), 1);
+    let requests = server.requests();
+    assert_eq!(
+        requests.iter().map(|r| &r.0[..4]).collect::<Vec<_>>(),
+        ["GET ", "GET "],
+        "one list, one watch: {requests:?}"
+    );
+    let selector = format!("fieldSelector=spec.nodeName%3D{node}");
     assert!(
-        requests[0].0.starts_with(&format!("{pods} HTTP/1.1")),
+        requests[0].0.starts_with("GET /api/v1/pods?"),
         "{requests:?}"
     );
-    assert!(
-        requests[1].0.starts_with(&format!("{pods}&watch=1"))
-            && requests[1].0.contains("&resourceVersion=100 "),
-        "the watch resumes from the list's version: {requests:?}"
-    );
+    assert!(query(&requests[0].0).contains(&selector), "{requests:?}");
+    let watch = query(&requests[1].0);
+    for pair in [
+        &selector,
+        "watch=true",
+        "allowWatchBookmarks=true",
+        "resourceVersion=2",
+    ] {
+        assert!(
+            watch.iter().any(|p| p == pair),
+            "the watch starts from the list's version: {pair} in {requests:?}"
+        );
+    }
     for (_, auth) in &requests {
         assert_eq!(auth, &format!("Bearer {}", server.token));
     }
+}
+
+/// (a) A watch cut off (a server restart, a proxy) resumes from the last version seen:
+/// a pod added meanwhile is named, and nothing is listed again.
+#[test]
+fn a_watch_cut_off_resumes_without_losing_a_pod() {
+    require_root!();
+    let _serial = serial();
+    let node = format!("node-{}", std::process::id());
+    let server = FakeApiServer::serve(recorded_pods(&node));
+    let agent = agent_on(&server, &node);
+    wait_for_watch(&server, 1);
+    server.pause();
+    let seen = server.version();
+    let (pod, uid, id) = api_pod(&node, 2);
+    server.add(pod);
+    server.resume();
+    wait_for_watch(&server, 1);
+    assert_named(&agent, (&uid, &id), 2);
+    let watches: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| is_watch(&r.0))
+        .collect();
+    assert_eq!(watches.len(), 2, "{watches:?}");
+    assert!(
+        query(&watches[1].0).contains(&format!("resourceVersion={seen}")),
+        "resumed from the version seen: {watches:?}"
+    );
+}
+
+/// (b) A watch from a version the server no longer keeps (410 Gone) lists again, and the
+/// list brings the pods added in between.
+#[test]
+fn an_expired_version_relists_and_picks_up_the_current_pods() {
+    require_root!();
+    let _serial = serial();
+    let node = format!("node-{}", std::process::id());
+    let server = FakeApiServer::serve(recorded_pods(&node));
+    let agent = agent_on(&server, &node);
+    wait_for_watch(&server, 1);
+    server.pause();
+    let (pod, uid, id) = api_pod(&node, 3);
+    server.add(pod);
+    server.compact();
+    server.resume();
+    wait_for_watch(&server, 2);
+    assert_named(&agent, (&uid, &id), 3);
+    let requests: Vec<String> = server.requests().into_iter().map(|r| r.0).collect();
+    let kinds: Vec<bool> = requests.iter().map(|r| is_watch(r)).collect();
+    assert_eq!(
+        kinds,
+        [false, true, true, false, true],
+        "list, watch, watch (410 Gone), list, watch: {requests:?}"
+    );
 }
 
 #[test]

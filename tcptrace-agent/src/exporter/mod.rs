@@ -99,7 +99,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     ));
     privileges::drop_all()?;
     if let Some(source) = name_source {
-        source.start()?;
+        source.start();
     }
     let health = Arc::new(Health {
         started: Instant::now(),

@@ -302,7 +302,7 @@ fn name_source(given: &RunSettings) -> Result<NameSource> {
     let url = match api.as_str() {
         "in-cluster" => None,
         url => {
-            checked("kube_api", api::host_port(url).map_err(|e| e.to_string()))?;
+            checked("kube_api", api::parse_url(url).map_err(|e| e.to_string()))?;
             Some(api)
         }
     };

@@ -1,19 +1,24 @@
 //! Kubernetes names for the pod UIDs and container ids the cgroup paths give, from one
-//! of two sources: the kubelet's pod list of this node (`GET /pods`, a v1 PodList,
-//! refreshed every `REFRESH`), or the API server's pods on this node, listed and watched
-//! (`kube_api`). Without a source, or while it does not answer, names stay unknown and
-//! series carry the pod UID and container id instead; nothing fails.
+//! of two sources: the kubelet's pod list of this node (`GET /pods`, a v1 PodList over
+//! plain HTTP, refreshed every `REFRESH`), or the API server's pods on this node, listed
+//! and watched (`api`). Without a source, or while it does not answer, names stay
+//! unknown and series carry the pod UID and container id instead; nothing fails.
 use std::{
     collections::HashMap,
-    net::TcpStream,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper::Uri;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client as HttpClient},
+    rt::TokioExecutor,
+};
+pub use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
-
-use crate::k8s::http_get;
 
 pub const REFRESH: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,7 +60,7 @@ pub enum NameSource {
     /// The kubelet's `/pods` over http, polled.
     Kubelet(String),
     /// The API server's pods of this node, listed and watched: RBAC `list` and `watch`
-    /// on `pods`, nothing else (see kube_api).
+    /// on `pods`, nothing else (see `api`).
     Api(crate::k8s::api::ApiTarget),
 }
 
@@ -67,19 +72,20 @@ pub struct Follower {
 
 enum Checked {
     None,
-    Kubelet(String),
-    Api(crate::k8s::api::Client),
+    Kubelet(Uri),
+    Api(Box<crate::k8s::api::Client>),
 }
 
 /// Check `source` before anything is loaded: a source that cannot work as configured
 /// (no CA, no token, a bad address) is an error now rather than a warning every minute.
+/// Call on the tokio runtime.
 pub fn prepare(source: &NameSource) -> Result<Follower> {
     let source = match source {
         NameSource::None => Checked::None,
-        NameSource::Kubelet(url) => Checked::Kubelet(url.clone()),
-        NameSource::Api(target) => {
-            Checked::Api(crate::k8s::api::Client::new(target).context("--kube-api")?)
-        }
+        NameSource::Kubelet(url) => Checked::Kubelet(kubelet_url(url).context("--kubelet")?),
+        NameSource::Api(target) => Checked::Api(Box::new(
+            crate::k8s::api::Client::new(target).context("--kube-api")?,
+        )),
     };
     Ok(Follower {
         names: Shared::default(),
@@ -88,71 +94,22 @@ pub fn prepare(source: &NameSource) -> Result<Follower> {
 }
 
 impl Follower {
-    /// Start filling `names`. Call after capabilities are dropped: the API source runs
-    /// on a thread of its own, and a thread keeps the capabilities it was created with.
-    pub fn start(self) -> Result<()> {
+    /// Start filling `names`, as tasks of the running tokio runtime. Call after
+    /// capabilities are dropped: a thread started for the work (DNS lookups run on
+    /// tokio's blocking threads) keeps the capabilities it was created with.
+    pub fn start(self) {
         match self.source {
             Checked::None => {}
             Checked::Kubelet(url) => spawn_kubelet_refresher(url, self.names),
-            Checked::Api(client) => client.spawn(self.names)?,
+            Checked::Api(client) => client.spawn(self.names),
         }
-        Ok(())
     }
 }
 
-/// A v1 PodList, as the kubelet's `/pods` and the API server's `/api/v1/pods` give it.
+/// A v1 PodList, as the kubelet's `/pods` gives it.
 #[derive(Deserialize)]
 pub struct PodList {
     pub items: Vec<Pod>,
-    #[serde(default)]
-    pub metadata: ListMeta,
-}
-
-#[derive(Default, Deserialize)]
-pub struct ListMeta {
-    #[serde(default, rename = "resourceVersion")]
-    pub resource_version: String,
-}
-
-#[derive(Deserialize)]
-pub struct Pod {
-    pub metadata: Meta,
-    #[serde(default)]
-    status: Status,
-}
-
-#[derive(Deserialize)]
-pub struct Meta {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: String,
-    pub uid: String,
-    #[serde(default, rename = "ownerReferences")]
-    owners: Vec<Owner>,
-}
-
-#[derive(Deserialize)]
-struct Owner {
-    kind: String,
-    name: String,
-    #[serde(default)]
-    controller: bool,
-}
-
-#[derive(Default, Deserialize)]
-struct Status {
-    #[serde(default, rename = "containerStatuses")]
-    containers: Vec<ContainerStatus>,
-    #[serde(default, rename = "initContainerStatuses")]
-    init_containers: Vec<ContainerStatus>,
-}
-
-#[derive(Deserialize)]
-struct ContainerStatus {
-    name: String,
-    #[serde(default, rename = "containerID")]
-    id: String,
 }
 
 /// Parse a v1 PodList.
@@ -160,26 +117,66 @@ pub fn parse_list(json: &[u8]) -> Result<PodList> {
     serde_json::from_slice(json).context("not a v1 PodList")
 }
 
+/// What the names need of one pod: its UID, names and workload, and its containers'
+/// ids and names.
+pub struct Entry {
+    uid: String,
+    info: PodInfo,
+    /// (container id without the scheme, container name)
+    containers: Vec<(String, String)>,
+}
+
+impl Entry {
+    /// `None` for a pod without a UID (never from a real source).
+    pub fn of(pod: &Pod) -> Option<Entry> {
+        let meta = &pod.metadata;
+        let uid = meta.uid.clone().filter(|u| !u.is_empty())?;
+        let workload = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| controller(&o.kind, &o.name))
+            .unwrap_or_default();
+        let statuses = pod.status.iter().flat_map(|s| {
+            let init = s.init_container_statuses.iter().flatten();
+            s.container_statuses.iter().flatten().chain(init)
+        });
+        let containers = statuses
+            .filter_map(|c| {
+                let (_, id) = c.container_id.as_deref()?.split_once("://")?;
+                Some((id.to_string(), c.name.clone()))
+            })
+            .collect();
+        Some(Entry {
+            uid,
+            info: PodInfo {
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+                workload,
+            },
+            containers,
+        })
+    }
+}
+
+/// The entries of a list's pods (those with a UID).
+pub fn entries(pods: &[Pod]) -> Vec<Entry> {
+    pods.iter().filter_map(Entry::of).collect()
+}
+
 impl Names {
     /// Add a pod or update it (its containers get ids as they start).
-    pub fn upsert(&mut self, pod: Pod) {
-        let uid = pod.metadata.uid.clone();
-        self.forget_containers(&uid);
-        self.retiring.remove(&uid);
+    pub fn upsert(&mut self, pod: Entry) {
+        self.forget_containers(&pod.uid);
+        self.retiring.remove(&pod.uid);
         let mut ids = Vec::new();
-        for c in pod
-            .status
-            .containers
-            .iter()
-            .chain(&pod.status.init_containers)
-        {
-            if let Some((_, id)) = c.id.split_once("://") {
-                self.containers.insert(id.to_string(), c.name.clone());
-                ids.push(id.to_string());
-            }
+        for (id, name) in pod.containers {
+            self.containers.insert(id.clone(), name);
+            ids.push(id);
         }
-        self.pod_containers.insert(uid.clone(), ids);
-        self.pods.insert(uid, info(pod.metadata));
+        self.pod_containers.insert(pod.uid.clone(), ids);
+        self.pods.insert(pod.uid, pod.info);
     }
 
     /// The pod is gone: keep its names for `RETAIN`.
@@ -190,9 +187,9 @@ impl Names {
     }
 
     /// A full list: its pods are upserted, pods missing from it retire.
-    pub fn replace_all(&mut self, pods: Vec<Pod>, now: Instant) {
+    pub fn replace_all(&mut self, pods: Vec<Entry>, now: Instant) {
         let listed: std::collections::HashSet<String> =
-            pods.iter().map(|p| p.metadata.uid.clone()).collect();
+            pods.iter().map(|p| p.uid.clone()).collect();
         let gone: Vec<String> = self
             .pods
             .keys()
@@ -230,20 +227,6 @@ impl Names {
     }
 }
 
-fn info(meta: Meta) -> PodInfo {
-    let workload = meta
-        .owners
-        .iter()
-        .find(|o| o.controller)
-        .map(|o| controller(&o.kind, &o.name))
-        .unwrap_or_default();
-    PodInfo {
-        namespace: meta.namespace,
-        name: meta.name,
-        workload,
-    }
-}
-
 /// `ReplicaSet/web-7d4b9c8f5` -> `Deployment/web`: Deployments name their ReplicaSets
 /// with the pod-template hash appended.
 fn controller(kind: &str, name: &str) -> String {
@@ -257,51 +240,54 @@ fn controller(kind: &str, name: &str) -> String {
     format!("{kind}/{name}")
 }
 
-/// Keep `shared` filled from the kubelet's pod list at `url` (http only) until the
-/// process ends.
-fn spawn_kubelet_refresher(url: String, shared: Shared) {
+/// Keep `shared` filled from the kubelet's pod list at `url` until the process ends.
+fn spawn_kubelet_refresher(url: Uri, shared: Shared) {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http();
     tokio::spawn(async move {
         loop {
-            let fetched = {
-                let url = url.clone();
-                tokio::task::spawn_blocking(move || {
-                    fetch_kubelet(&url).and_then(|b| parse_list(&b))
-                })
-                .await
-            };
-            match fetched {
-                Ok(Ok(list)) => {
+            match fetch_kubelet(&client, &url).await {
+                Ok(list) => {
                     log::debug!("kubelet: {} pods", list.items.len());
                     let mut names = shared.write().unwrap_or_else(|p| p.into_inner());
-                    names.replace_all(list.items, Instant::now());
+                    names.replace_all(entries(&list.items), Instant::now());
                 }
-                Ok(Err(e)) => log::warn!("kubelet pod list from {url}: {e:#}"),
-                Err(e) => log::warn!("kubelet pod list: {e}"),
+                Err(e) => log::warn!("kubelet pod list from {url}: {e:#}"),
             }
             tokio::time::sleep(REFRESH).await;
         }
     });
 }
 
-/// `GET` over plain HTTP/1.1 (the kubelet's read-only port, or a local proxy).
-fn fetch_kubelet(url: &str) -> Result<Vec<u8>> {
-    let rest = url
-        .strip_prefix("http://")
-        .context("only http:// URLs are supported (the kubelet read-only port or a proxy)")?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
-    let path = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    };
-    let stream = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    let response = http_get::get(stream, host, &path, &[])?;
-    if response.status != 200 {
-        bail!("HTTP status {}", response.status);
+/// `--kubelet`: plain http (the kubelet's read-only port, or a local proxy).
+fn kubelet_url(url: &str) -> Result<Uri> {
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("`{url}` is not a URL"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        bail!("`{url}`: only http://HOST[:PORT]/PATH URLs are supported (the kubelet read-only port or a proxy)");
     }
-    response.body.read_all(MAX_LIST)
+    Ok(uri)
+}
+
+/// `GET url`, the whole answer within `TIMEOUT` and `MAX_LIST` bytes, as a PodList.
+async fn fetch_kubelet(
+    client: &HttpClient<HttpConnector, Empty<Bytes>>,
+    url: &Uri,
+) -> Result<PodList> {
+    let body = tokio::time::timeout(TIMEOUT, async {
+        let response = client.get(url.clone()).await?;
+        if response.status() != hyper::StatusCode::OK {
+            bail!("HTTP status {}", response.status());
+        }
+        let body = Limited::new(response.into_body(), MAX_LIST)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?;
+        Ok(body.to_bytes())
+    })
+    .await
+    .with_context(|| format!("no answer within {TIMEOUT:?}"))??;
+    parse_list(&body)
 }
 
 #[cfg(test)]
@@ -310,9 +296,13 @@ mod tests {
 
     fn recorded() -> Names {
         let mut names = Names::default();
-        let list = parse_list(include_bytes!("../../tests/kubelet/pods.json")).unwrap();
-        names.replace_all(list.items, Instant::now());
+        names.replace_all(recorded_entries(), Instant::now());
         names
+    }
+
+    fn recorded_entries() -> Vec<Entry> {
+        let list = parse_list(include_bytes!("../../tests/kubelet/pods.json")).unwrap();
+        entries(&list.items)
     }
 
     const WEB_UID: &str = "3a5a1e6b-7d1f-4c2e-9b8a-2b6f0e3c1d4e";
@@ -347,9 +337,28 @@ mod tests {
         // A pod listed again before its retention ends stays.
         let mut names = recorded();
         names.retire(WEB_UID, t0);
-        let list = parse_list(include_bytes!("../../tests/kubelet/pods.json")).unwrap();
-        names.replace_all(list.items, t0 + Duration::from_secs(1));
+        names.replace_all(recorded_entries(), t0 + Duration::from_secs(1));
         names.purge(t0 + RETAIN * 2);
         assert!(names.pods.contains_key(WEB_UID));
+    }
+
+    #[test]
+    fn init_containers_are_named_and_pods_without_uid_skipped() {
+        let pod: Pod = serde_json::from_str(
+            r#"{"metadata":{"uid":"u","name":"p","namespace":"n"},"status":{"initContainerStatuses":[{"name":"init","image":"i","imageID":"","ready":false,"restartCount":0,"containerID":"cri-o://abc"}]}}"#,
+        )
+        .unwrap();
+        let mut names = Names::default();
+        names.upsert(Entry::of(&pod).unwrap());
+        assert_eq!(names.containers["abc"], "init");
+        let no_uid: Pod = serde_json::from_str(r#"{"metadata":{"name":"p"}}"#).unwrap();
+        assert!(Entry::of(&no_uid).is_none());
+    }
+
+    #[test]
+    fn kubelet_urls_are_plain_http() {
+        assert!(kubelet_url("http://127.0.0.1:10255/pods").is_ok());
+        assert!(kubelet_url("https://127.0.0.1:10250/pods").is_err());
+        assert!(kubelet_url("127.0.0.1:10255/pods").is_err());
     }
 }
