@@ -5,11 +5,16 @@
 //! when an interrupt fires the tracepoint again in the middle of a run (a softirq state
 //! change while a close() was being traced), and the event would be lost. So each such
 //! probe attaches two programs to its tracepoint, main first; the backup runs after the
-//! main one for every event. The main program notes each event it handles (by the
-//! tracepoint's arguments) among the last few on this CPU; the backup handles an event
-//! that is not among them: one the kernel skipped the main program for. A set of the
-//! last few rather than a flag survives interrupts that land in the gaps the kernel
-//! leaves before and after a program's own code (its guard is already taken there).
+//! main one for every event. The main program pushes each event it handles (by the
+//! tracepoint's arguments) on a small per-CPU stack; the backup pops it when it is on
+//! top, and otherwise handles the event itself: the kernel skipped the main program for
+//! it. A stack, because every event that interrupts the pair on the CPU (between the
+//! main program and its backup, or inside either) is pushed and popped by its own pair
+//! before the interrupted pair goes on; interrupts in the gaps the kernel leaves before
+//! and after a program's own code (its guard already taken) find their event missing
+//! from the top and are handled by the backup. (A ring of the last few events handled
+//! failed there: an interrupt handling more than a few events between a main program
+//! and its backup pushed the event out, and the backup counted it a second time.)
 //! Skipped runs the backup handled are counted as recovered; the agent reports only
 //! the rest as missed.
 use aya_ebpf::{macros::map, maps::PerCpuArray};
@@ -17,21 +22,23 @@ use tcptrace_common::stats::{Guarded, GUARDED_SLOTS};
 
 use crate::emit::add_slot;
 
-/// How many handled events a CPU remembers per probe: more than can nest on one CPU.
-const REMEMBERED: usize = 4;
+/// Events that can be pending at once on one CPU (task, softirq, hardirq, NMI, with
+/// margin); an entry a skipped backup left behind is overwritten in time.
+const DEPTH: u64 = 8;
 
 /// An event, as the tracepoint's arguments identify it.
 pub type EventId = [u64; 3];
 
 #[repr(C)]
-pub struct Handled {
-    ids: [EventId; REMEMBERED],
-    next: u64,
+pub struct Pending {
+    ids: [EventId; DEPTH as usize],
+    /// Events pushed and not popped (modulo `DEPTH` for the slot).
+    depth: u64,
 }
 
-/// The events each probe's main program handled last, per CPU.
+/// The events each probe's main program handled and its backup has not yet seen, per CPU.
 #[map]
-static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(GUARDED_SLOTS, 0);
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(GUARDED_SLOTS, 0);
 
 /// Events the main program was skipped for and the backup handled.
 #[map]
@@ -40,32 +47,31 @@ pub static RECOVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(GUARDED_S
 /// In the main program, before handling `id`.
 #[inline(always)]
 pub fn handling(probe: Guarded, id: EventId) {
-    if let Some(h) = HANDLED.get_ptr_mut(probe as u32) {
+    if let Some(p) = PENDING.get_ptr_mut(probe as u32) {
         // SAFETY: this CPU's slot.
-        let h = unsafe { &mut *h };
-        let slot = &mut h.ids[(h.next as usize) % REMEMBERED];
+        let p = unsafe { &mut *p };
+        let slot = &mut p.ids[(p.depth % DEPTH) as usize];
         // Word by word: a copy or comparison of the whole array becomes a byte loop,
         // and the verifier refuses byte reads of a spilled pointer (the socket).
         slot[0] = id[0];
         slot[1] = id[1];
         slot[2] = id[2];
-        h.next = h.next.wrapping_add(1);
+        p.depth = p.depth.wrapping_add(1);
     }
 }
 
 /// In the backup program: was the main program skipped for `id`? Counts it when so.
 #[inline(always)]
 pub fn main_was_skipped(probe: Guarded, id: EventId) -> bool {
-    let Some(h) = HANDLED.get(probe as u32) else {
+    let Some(p) = PENDING.get_ptr_mut(probe as u32) else {
         return false;
     };
-    let mut i = 0;
-    while i < REMEMBERED {
-        let seen = &h.ids[i];
-        if seen[0] == id[0] && seen[1] == id[1] && seen[2] == id[2] {
-            return false;
-        }
-        i += 1;
+    // SAFETY: this CPU's slot.
+    let p = unsafe { &mut *p };
+    let top = &p.ids[(p.depth.wrapping_sub(1) % DEPTH) as usize];
+    if p.depth > 0 && top[0] == id[0] && top[1] == id[1] && top[2] == id[2] {
+        p.depth -= 1;
+        return false;
     }
     add_slot(&RECOVERED, probe as u32, 1);
     true
