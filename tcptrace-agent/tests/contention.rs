@@ -59,6 +59,33 @@ impl LossyLink {
     }
 }
 
+/// The loss goes first, and then the namespaces once none of their sockets can send
+/// any more: a socket still retransmitting a lost FIN would outlive its deleted
+/// namespace and add retransmits no later test's namespaces count.
+impl Drop for LossyLink {
+    fn drop(&mut self) {
+        // Nothing here may panic: this also runs while a failed test unwinds.
+        let in_ns = |ns: &Netns, args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for ns in [&self.client, &self.server] {
+            in_ns(ns, &["nft", "delete", "table", "inet", "tcptrace_lossy"]);
+        }
+        let sending = |ns: &Netns| {
+            let open = in_ns(ns, &["ss", "-tanH", "exclude", "time-wait"]);
+            !open.trim().is_empty()
+        };
+        let _ = common::poll_until(Duration::from_secs(30), || {
+            (!sending(&self.client) && !sending(&self.server)).then_some(())
+        });
+    }
+}
+
 /// A server in its namespace: each connection gets a 2 KB answer and is closed, as by
 /// a web server with `Connection: close`; bulk uploads are read to the end.
 fn serve(link: &LossyLink, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
