@@ -5,16 +5,15 @@
 //! when an interrupt fires the tracepoint again in the middle of a run (a softirq state
 //! change while a close() was being traced), and the event would be lost. So each such
 //! probe attaches two programs to its tracepoint, main first; the backup runs after the
-//! main one for every event. The main program pushes each event it handles (by the
-//! tracepoint's arguments) on a small per-CPU stack; the backup pops it when it is on
-//! top, and otherwise handles the event itself: the kernel skipped the main program for
-//! it. A stack, because every event that interrupts the pair on the CPU (between the
-//! main program and its backup, or inside either) is pushed and popped by its own pair
-//! before the interrupted pair goes on; interrupts in the gaps the kernel leaves before
-//! and after a program's own code (its guard already taken) find their event missing
-//! from the top and are handled by the backup. (A ring of the last few events handled
-//! failed there: an interrupt handling more than a few events between a main program
-//! and its backup pushed the event out, and the backup counted it a second time.)
+//! main one for every event. The main program adds each event it handles (by the
+//! tracepoint's arguments) to a small per-CPU set of pending events; the backup takes
+//! it out again, and handles an event it does not find there itself: the kernel
+//! skipped the main program for it. Every event that interrupts a pair on the CPU is
+//! added and taken out by its own pair, so the set holds only the events whose backup
+//! has not run yet: a handful at most, however many events an interrupt handles in
+//! between. (A ring of the last four events handled lost the event to an interrupt
+//! handling more than four, and the backup counted it twice; a stack checked only at
+//! its top did the same when an interrupt's backup was itself skipped.)
 //! Skipped runs the backup handled are counted as recovered; the agent reports only
 //! the rest as missed.
 use aya_ebpf::{macros::map, maps::PerCpuArray};
@@ -23,17 +22,18 @@ use tcptrace_common::stats::{Guarded, GUARDED_SLOTS};
 use crate::emit::add_slot;
 
 /// Events that can be pending at once on one CPU (task, softirq, hardirq, NMI, with
-/// margin); an entry a skipped backup left behind is overwritten in time.
-const DEPTH: u64 = 8;
+/// margin); an entry whose backup was skipped is overwritten in time.
+const PENDING_MAX: u64 = 8;
 
-/// An event, as the tracepoint's arguments identify it.
+/// An event, as the tracepoint's arguments identify it; all zero marks a free entry
+/// (no event has a null first argument: it is the socket or the skb).
 pub type EventId = [u64; 3];
 
 #[repr(C)]
 pub struct Pending {
-    ids: [EventId; DEPTH as usize],
-    /// Events pushed and not popped (modulo `DEPTH` for the slot).
-    depth: u64,
+    ids: [EventId; PENDING_MAX as usize],
+    /// Where the next event goes (modulo `PENDING_MAX`).
+    next: u64,
 }
 
 /// The events each probe's main program handled and its backup has not yet seen, per CPU.
@@ -50,13 +50,13 @@ pub fn handling(probe: Guarded, id: EventId) {
     if let Some(p) = PENDING.get_ptr_mut(probe as u32) {
         // SAFETY: this CPU's slot.
         let p = unsafe { &mut *p };
-        let slot = &mut p.ids[(p.depth % DEPTH) as usize];
+        let slot = &mut p.ids[(p.next % PENDING_MAX) as usize];
         // Word by word: a copy or comparison of the whole array becomes a byte loop,
         // and the verifier refuses byte reads of a spilled pointer (the socket).
         slot[0] = id[0];
         slot[1] = id[1];
         slot[2] = id[2];
-        p.depth = p.depth.wrapping_add(1);
+        p.next = p.next.wrapping_add(1);
     }
 }
 
@@ -68,10 +68,16 @@ pub fn main_was_skipped(probe: Guarded, id: EventId) -> bool {
     };
     // SAFETY: this CPU's slot.
     let p = unsafe { &mut *p };
-    let top = &p.ids[(p.depth.wrapping_sub(1) % DEPTH) as usize];
-    if p.depth > 0 && top[0] == id[0] && top[1] == id[1] && top[2] == id[2] {
-        p.depth -= 1;
-        return false;
+    let mut i = 0;
+    while i < PENDING_MAX as usize {
+        let entry = &mut p.ids[i];
+        if entry[0] == id[0] && entry[1] == id[1] && entry[2] == id[2] {
+            entry[0] = 0;
+            entry[1] = 0;
+            entry[2] = 0;
+            return false;
+        }
+        i += 1;
     }
     add_slot(&RECOVERED, probe as u32, 1);
     true
