@@ -76,8 +76,10 @@ pub(super) fn boot(
 
 fn start_qemu(image: &KernelImage, initrd: &Path) -> Result<Child> {
     Command::new("qemu-system-x86_64")
-        // -enable-kvm fails on this host (a Firecracker VM): pure emulation.
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
+        // -enable-kvm fails on this host (a Firecracker VM): pure emulation. The root
+        // is the unpacked initramfs, in RAM: the debug test binaries (each with the
+        // agent's library and kube's types) unpack to more than 1 GiB could hold.
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2560", "-smp", "1"])
         .arg("-kernel")
         .arg(&image.vmlinuz)
         .arg("-initrd")
