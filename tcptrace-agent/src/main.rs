@@ -46,8 +46,11 @@ enum Command {
     /// local port, ENETUNREACH no route) and, on request, `segment` (a segment received
     /// in LISTEN/SYN_SENT/SYN_RECV with its TCP flags: SYN-ACK, RST, unexpected ACK),
     /// and `error` (the kernel reported an error on a socket: ETIMEDOUT when keep-alive
-    /// or retransmissions gave up on the peer, ECONNRESET, ICMP unreachables), and, on
-    /// request, `reset` (a RST sent or received on a socket tcptrace tracks).
+    /// or retransmissions gave up on the peer, ECONNRESET, ICMP unreachables), `close`
+    /// (a connection ended: lifetime, bytes, retransmits, RTT, who closed first), `drop`
+    /// (the kernel dropped a TCP packet, with its reason: NETFILTER_DROP, PROTO_MEM, ...),
+    /// `overflow` (a full accept queue turned a connection away), and, on request,
+    /// `reset` (a RST sent or received on a socket tcptrace tracks).
     /// Filters run in the kernel, so filtered events cost no ring-buffer space.
     ///
     /// Examples:
@@ -186,11 +189,11 @@ struct TraceArgs {
     #[arg(short = '6', long = "ipv6")]
     ipv6: bool,
     /// Which events to print: any of states, handshakes, retransmits, connects,
-    /// segments, errors, resets, closes (comma-separated).
+    /// segments, errors, resets, closes, drops, overflows (comma-separated).
     #[arg(
         long,
         value_name = "LIST",
-        default_value = "states,handshakes,retransmits,connects,errors,closes"
+        default_value = "states,handshakes,retransmits,connects,errors,closes,drops,overflows"
     )]
     events: String,
     /// Stop after this many seconds (fractions allowed).

@@ -118,6 +118,9 @@ pub struct Config {
     pub error_report: TpLayout,
     /// `tcp:tcp_probe`: only `skaddr` (the byte counts are read from the socket).
     pub tcp_probe: TpLayout,
+    /// `skb:kfree_skb`: `skbaddr`, `reason` (in the `err` slot) and, since Linux 6.11,
+    /// `rx_sk` (in the `skaddr` slot), the socket that received the packet.
+    pub kfree_skb: TpLayout,
     /// `struct sock_common` read like a record, offsets from BTF, for the function
     /// hooks: `sport` is `skc_num` (host order), `dport` is `skc_dport` (network
     /// order), `oldstate` is the one-byte `skc_state`. `len` 0 without BTF.
@@ -152,11 +155,37 @@ pub struct Config {
     /// 1 where `tcp_retransmit_skb` passes `err` as its third argument (raw and
     /// BTF-typed tracepoints read it there), 0 before that (Linux 6.17).
     pub retransmit_err_arg: u32,
+    /// Arguments `skb:kfree_skb` passes to raw and BTF-typed programs: 2 (skb, location)
+    /// before drop reasons (5.17), 3 with the reason, 4 with `rx_sk` too (6.11).
+    pub kfree_skb_args: u32,
+    /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` on this kernel (from the tracepoint's
+    /// format), 0 where it has no such reason.
+    pub listen_overflow_reason: u32,
+    /// `struct sk_buff` members a dropped packet's headers and socket are found with:
+    /// `head`, `network_header`, `transport_header` (u16 offsets from `head`), `sk`,
+    /// and `_skb_refdst` (its route: `dst_entry.dev` -> `net_device.nd_net` gives the
+    /// network namespace of a packet that has no socket and no device any more).
+    pub skb_head_offset: u32,
+    pub skb_network_header_offset: u32,
+    pub skb_transport_header_offset: u32,
+    pub skb_sk_offset: u32,
+    pub skb_refdst_offset: u32,
+    pub dst_dev_offset: u32,
+    pub dev_nd_net_offset: u32,
+    /// `struct sock` `sk_ack_backlog` and `sk_max_ack_backlog`: a listener's accept
+    /// queue and its limit.
+    pub sk_ack_backlog_offset: u32,
+    pub sk_max_ack_backlog_offset: u32,
     /// Wake the reader once this many bytes wait in the ring buffer; below it events
     /// are batched and the reader polls on a short timer (fewer wakeups under load).
     pub wakeup_bytes: u32,
     pub _pad: u32,
     pub filter: Filter,
+    /// `[start, end)` of `tcp_rcv_state_process` in kernel text (from kallsyms): a SYN a
+    /// listener consumed there went through `tcp_conn_request`, overflow or not. Both 0
+    /// where the addresses are hidden (`kptr_restrict`).
+    pub rcv_state_process_start: u64,
+    pub rcv_state_process_end: u64,
 }
 
 impl Config {
@@ -170,6 +199,7 @@ impl Config {
         sys_exit_connect: TpLayout::ABSENT,
         error_report: TpLayout::ABSENT,
         tcp_probe: TpLayout::ABSENT,
+        kfree_skb: TpLayout::ABSENT,
         sock: TpLayout::ABSENT,
         sk_err_offset: OFFSET_UNKNOWN,
         srtt_offset: OFFSET_UNKNOWN,
@@ -183,9 +213,22 @@ impl Config {
         bytes_acked_offset: OFFSET_UNKNOWN,
         bytes_received_offset: OFFSET_UNKNOWN,
         retransmit_err_arg: 0,
+        kfree_skb_args: 0,
+        listen_overflow_reason: 0,
+        skb_head_offset: OFFSET_UNKNOWN,
+        skb_network_header_offset: OFFSET_UNKNOWN,
+        skb_transport_header_offset: OFFSET_UNKNOWN,
+        skb_sk_offset: OFFSET_UNKNOWN,
+        skb_refdst_offset: OFFSET_UNKNOWN,
+        dst_dev_offset: OFFSET_UNKNOWN,
+        dev_nd_net_offset: OFFSET_UNKNOWN,
+        sk_ack_backlog_offset: OFFSET_UNKNOWN,
+        sk_max_ack_backlog_offset: OFFSET_UNKNOWN,
         wakeup_bytes: 0,
         _pad: 0,
         filter: Filter::ANY,
+        rcv_state_process_start: 0,
+        rcv_state_process_end: 0,
     };
 }
 
@@ -243,6 +286,6 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<TpLayout>(), 28);
         assert_eq!(size_of::<Filter>(), 56);
-        assert_eq!(size_of::<Config>(), 10 * 28 + 14 * 4 + 56);
+        assert_eq!(size_of::<Config>(), 11 * 28 + 25 * 4 + 56 + 2 * 8);
     }
 }

@@ -100,6 +100,37 @@ pub fn log2_bucket(value: u64, buckets: u32) -> u32 {
     }
 }
 
+/// `DROPS` slots: TCP packets the kernel dropped, by (drop reason, socket state). The
+/// core reasons are numbered below 256 (128 of them on Linux 6.18); a subsystem's
+/// reasons (high bits set) and anything larger share the last row. State 0: the packet
+/// had no socket (dropped before the socket lookup, or no socket wanted it). A hash of
+/// this many keys: it holds every pair.
+pub const DROP_REASON_ROWS: u32 = 256;
+pub const DROP_SLOTS: u32 = DROP_REASON_ROWS * crate::state::TCP_STATE_SLOTS;
+
+#[inline(always)]
+pub fn drop_index(reason: u32, state: u8) -> u32 {
+    let row = if reason < DROP_REASON_ROWS {
+        reason
+    } else {
+        DROP_REASON_ROWS - 1
+    };
+    row * crate::state::TCP_STATE_SLOTS + (state as u32 % crate::state::TCP_STATE_SLOTS)
+}
+
+pub fn drop_from_index(index: u32) -> (u32, u8) {
+    (
+        index / crate::state::TCP_STATE_SLOTS,
+        (index % crate::state::TCP_STATE_SLOTS) as u8,
+    )
+}
+
+/// `LISTEN_OVERFLOWS` slots: overflows by [`crate::event::OverflowAt`], then the SYNs
+/// that reached a listener tcptrace does not know (it was listening before tcptrace
+/// started, or the listener table was full), whose overflow it cannot judge.
+pub const OVERFLOW_SYN_UNJUDGED: u32 = 2;
+pub const LISTEN_OVERFLOW_SLOTS: u32 = 3;
+
 /// `FAILURES` key: what the kernel knew when a handshake failed. The agent turns it
 /// into a reason with the same function that labels `tcptrace trace` output.
 pub fn failure_key(side: u8, flags: u8, err: i32) -> u32 {
@@ -185,6 +216,10 @@ mod tests {
             (0, 1, false)
         );
         assert_eq!(failure_from_key(failure_key(1, 5, 111)), (1, 5, 111));
+        assert_eq!(drop_from_index(drop_index(12, 0)), (12, 0));
+        assert_eq!(drop_from_index(drop_index(40, 10)), (40, 10));
+        assert_eq!(drop_from_index(drop_index(0x10005, 1)), (255, 1));
+        assert!(drop_index(u32::MAX, 15) < DROP_SLOTS);
     }
 
     #[test]

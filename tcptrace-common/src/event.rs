@@ -26,6 +26,15 @@ pub enum EventKind {
     /// its lifetime, bytes, retransmitted segments and smoothed RTT, read from the
     /// socket at that moment; `detail` is the [`ClosedBy`].
     Close = 8,
+    /// The kernel dropped a TCP packet and said why (`skb:kfree_skb`): `err` is the drop
+    /// reason (`enum skb_drop_reason`), `old_state` the socket's state when the packet
+    /// had one (0 when not). Endpoints are the socket's when it is known (local first),
+    /// else the packet's own (its source first); `skaddr` is 0 then.
+    Drop = 9,
+    /// A connection a listener's full accept queue turned away, as the kernel counts in
+    /// ListenOverflows: `detail` is [`OverflowAt`]; the endpoints are the listener's
+    /// (local) and the client's; owner is the listener's.
+    ListenOverflow = 10,
 }
 
 impl EventKind {
@@ -39,6 +48,8 @@ impl EventKind {
             6 => Some(EventKind::SocketError),
             7 => Some(EventKind::Reset),
             8 => Some(EventKind::Close),
+            9 => Some(EventKind::Drop),
+            10 => Some(EventKind::ListenOverflow),
             _ => None,
         }
     }
@@ -136,6 +147,43 @@ impl ClosedBy {
     }
 }
 
+/// Where a listen-queue overflow turned a connection away, in a listen-overflow event's
+/// `detail`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverflowAt {
+    /// Its SYN found the accept queue full (`tcp_conn_request`): no SYN-ACK was sent,
+    /// the client retransmits its SYN.
+    Syn = 0,
+    /// Its final ACK found the queue full (`tcp_check_req`): the client believes it is
+    /// connected; the server retransmits its SYN-ACK and drops the half-open connection
+    /// after `tcp_synack_retries`.
+    Ack = 1,
+}
+
+impl OverflowAt {
+    pub const ALL: [OverflowAt; 2] = [OverflowAt::Syn, OverflowAt::Ack];
+
+    pub fn from_u8(v: u8) -> Option<OverflowAt> {
+        Self::ALL.iter().copied().find(|c| *c as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OverflowAt::Syn => "syn",
+            OverflowAt::Ack => "ack",
+        }
+    }
+
+    /// What the kernel dropped, in words.
+    pub fn segment(self) -> &'static str {
+        match self {
+            OverflowAt::Syn => "SYN",
+            OverflowAt::Ack => "final ACK",
+        }
+    }
+}
+
 /// Handshake outcome codes in [`Event::outcome`].
 pub const OUTCOME_ESTABLISHED: u8 = 0;
 pub const OUTCOME_FAILED: u8 = 1;
@@ -209,6 +257,15 @@ pub struct ListenKey {
     pub netns: u32,
 }
 
+/// A listener in the listener table: its owner, for children to inherit, and its
+/// socket, whose accept queue a SYN's overflow is judged by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub owner: Owner,
+    pub skaddr: u64,
+}
+
 /// One ring-buffer record. Addresses are 16 bytes; IPv4 uses the first four.
 /// Ports are in host byte order.
 #[repr(C)]
@@ -225,6 +282,7 @@ pub struct Event {
     /// Retransmit: the tracepoint's `err` (0 = sent). Handshake: the socket error
     /// (`ECONNREFUSED`, `ETIMEDOUT`, ...; 0 = none) when `FLAG_SK_ERR_READ` is set.
     /// ConnectError: the errno connect() returned. SocketError: the errno reported.
+    /// Drop: the kernel's drop reason.
     pub err: i32,
     pub sport: u16,
     pub dport: u16,
@@ -300,6 +358,7 @@ mod tests {
         assert_eq!(size_of::<Owner>(), 32);
         assert_eq!(size_of::<SockInfo>(), 88);
         assert_eq!(size_of::<ListenKey>(), 24);
+        assert_eq!(size_of::<Listener>(), 40);
         assert_eq!(size_of::<Event>(), 128);
         assert_eq!(align_of::<Event>(), 8);
         assert_eq!(offset_of!(Event, netns), 56);
@@ -318,6 +377,8 @@ mod tests {
             EventKind::SocketError,
             EventKind::Reset,
             EventKind::Close,
+            EventKind::Drop,
+            EventKind::ListenOverflow,
         ] {
             assert_eq!(EventKind::from_u8(k as u8), Some(k));
         }
@@ -329,6 +390,9 @@ mod tests {
         assert_eq!(HandshakeSide::from_u8(2), None);
         for c in ClosedBy::ALL {
             assert_eq!(ClosedBy::from_u8(c as u8), Some(c));
+        }
+        for at in OverflowAt::ALL {
+            assert_eq!(OverflowAt::from_u8(at as u8), Some(at));
         }
     }
 }

@@ -31,4 +31,5 @@ mod pod {
     unsafe impl aya::Pod for crate::Owner {}
     unsafe impl aya::Pod for crate::event::SockInfo {}
     unsafe impl aya::Pod for crate::event::ListenKey {}
+    unsafe impl aya::Pod for crate::event::Listener {}
 }

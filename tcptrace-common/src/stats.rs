@@ -65,9 +65,10 @@ pub enum Guarded {
     ReceiveReset = 3,
     SendReset = 4,
     ErrorReport = 5,
+    KfreeSkb = 6,
 }
 
-pub const GUARDED_SLOTS: u32 = 6;
+pub const GUARDED_SLOTS: u32 = 7;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! hooks share lives in `maps.rs`, `frame.rs` (per-run scratch space),
 //! `tracepoint.rs` (reading records through the runtime layout), `sock.rs` (reading
 //! kernel structs at BTF offsets), `sockets.rs` (per-socket tracking), `lifetime.rs`
-//! (what a connection carried) and `emit.rs` (filters, ring buffer, counters).
+//! (what a connection carried), `packet.rs` (a packet's own headers) and `emit.rs` (filters, ring buffer, counters).
 #![no_std]
 #![no_main]
 
@@ -13,6 +13,7 @@ mod frame;
 mod guard;
 mod lifetime;
 mod maps;
+mod packet;
 mod probes;
 mod sock;
 mod sockets;

@@ -8,12 +8,12 @@ use aya_ebpf::{
 use tcptrace_common::{
     config::SOURCE_SLOTS,
     counters::{
-        CONNECTION_SLOTS, CONNECT_ERROR_SLOTS, HANDSHAKE_SLOTS, RESET_SLOTS, SEGMENT_SLOTS,
-        TRANSITION_SLOTS,
+        CONNECTION_SLOTS, CONNECT_ERROR_SLOTS, DROP_SLOTS, HANDSHAKE_SLOTS, LISTEN_OVERFLOW_SLOTS,
+        RESET_SLOTS, SEGMENT_SLOTS, TRANSITION_SLOTS,
     },
-    event::{ListenKey, SockInfo},
+    event::{ListenKey, Listener, SockInfo},
     stats::STAT_SLOTS,
-    Config, Owner,
+    Config,
 };
 
 /// Load-time configuration (tracepoint layouts, kernel offsets, trace filters).
@@ -63,10 +63,13 @@ pub static SOCK_STORAGE: SockStorageMap = SockStorageMap {
     map_flags: core::ptr::null(),
 };
 
-/// Owner of every listening socket, so accepted children inherit it (fallback store;
-/// socket-local storage copies it into each child).
+/// Every listening socket opened since tcptrace attached, by address, port and network
+/// namespace: its owner, which accepted children inherit in the fallback store (socket
+/// storage copies it into each child), and its socket, whose accept queue tells whether
+/// a SYN to it overflowed. A full table is counted (`listener_map_full`), and SYNs to a
+/// listener not in it are counted as not judged.
 #[map]
-pub static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);
+pub static LISTENERS: HashMap<ListenKey, Listener> = HashMap::with_max_entries(4096, 0);
 
 /// Lossless counters behind the Prometheus metrics, independent of the ring buffer.
 /// Keys: `tcptrace_common::counters`. The sparse ones are hashes sized to their whole
@@ -81,6 +84,14 @@ pub static HANDSHAKES: PerCpuArray<u64> = PerCpuArray::with_max_entries(HANDSHAK
 pub static FAILURES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
 #[map]
 pub static RESETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESET_SLOTS, 0);
+/// TCP packets dropped, by (reason, socket state) (`counters::drop_index`): a hash the
+/// size of the whole key space, so only the few pairs that happen are read.
+#[map]
+pub static DROPS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(DROP_SLOTS, 0);
+/// Listen-queue overflows (`counters::LISTEN_OVERFLOW_SLOTS`).
+#[map]
+pub static LISTEN_OVERFLOWS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(LISTEN_OVERFLOW_SLOTS, 0);
 /// Connection bytes, lifetimes, RTTs and closes (`counters::CONN_*`).
 #[map]
 pub static CONNECTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CONNECTION_SLOTS, 0);

@@ -10,8 +10,9 @@
 //! 5.11+) lives and dies with the socket: no capacity, no cleanup, and a listener's
 //! entry is copied into each child it accepts (`BPF_F_CLONE`), which is exactly the
 //! inheritance wanted. The fallback (`HashStore`) is a hash keyed by socket address,
-//! bounded by `--max-sockets`, with a listener table keyed by address, port *and*
-//! network namespace; what it cannot hold is counted.
+//! bounded by `--max-sockets`; children find their listener's owner in the listener
+//! table (kept for both stores), keyed by address, port *and* network namespace; what
+//! either cannot hold is counted.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -20,7 +21,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tcptrace_common::{
-    event::{ListenKey, SockInfo, RETRANS_SEEN_UNKNOWN},
+    event::{ListenKey, Listener, SockInfo, RETRANS_SEEN_UNKNOWN},
     Owner, Stat, AF_INET6,
 };
 
@@ -41,8 +42,6 @@ pub trait Store {
     fn forget(&self);
     /// The owner of the listener whose child this socket (just created, in SYN_RECV) is.
     fn listener_owner(&self, ep: &Endpoints, netns: u32) -> Option<Owner>;
-    /// A listener opened (`Some(owner)`) or closed (`None`): children look it up.
-    fn set_listener(&self, ep: &Endpoints, netns: u32, owner: Option<&Owner>);
 }
 
 /// The fallback: `SOCKETS` keyed by socket address, `LISTENERS` by endpoint and netns.
@@ -68,35 +67,47 @@ impl Store for HashStore {
         let _ = SOCKETS.remove(self.skaddr);
     }
 
-    /// A listener bound to exactly this address first, then a wildcard one of the same
-    /// family, then an IPv6 wildcard (dual-stack listeners accept IPv4 children); each
-    /// in the child's own network namespace.
     #[inline(always)]
     fn listener_owner(&self, ep: &Endpoints, netns: u32) -> Option<Owner> {
-        let exact = listen_key(ep.family, ep.sport, &ep.saddr, netns);
-        if let Some(o) = unsafe { LISTENERS.get(&exact) } {
-            return Some(*o);
-        }
-        let any = listen_key(ep.family, ep.sport, &bytes16(0, 0), netns);
-        if let Some(o) = unsafe { LISTENERS.get(&any) } {
-            return Some(*o);
-        }
-        let any6 = listen_key(AF_INET6, ep.sport, &bytes16(0, 0), netns);
-        unsafe { LISTENERS.get(&any6) }.copied()
+        listener(ep.family, &ep.saddr, ep.sport, netns).map(|l| l.owner)
     }
+}
 
-    #[inline(always)]
-    fn set_listener(&self, ep: &Endpoints, netns: u32, owner: Option<&Owner>) {
-        let key = listen_key(ep.family, ep.sport, &ep.saddr, netns);
-        match owner {
-            Some(owner) => {
-                if LISTENERS.insert(&key, owner, 0).is_err() {
-                    bump(Stat::ListenerMapFull);
-                }
+/// The listener a connection to `addr`:`port` in namespace `netns` reaches: one bound to
+/// exactly that address first, then a wildcard one of the same family, then an IPv6
+/// wildcard (dual-stack listeners accept IPv4 connections).
+#[inline(always)]
+pub fn listener(family: u16, addr: &[u8; 16], port: u16, netns: u32) -> Option<Listener> {
+    let exact = listen_key(family, port, addr, netns);
+    if let Some(l) = unsafe { LISTENERS.get(&exact) } {
+        return Some(*l);
+    }
+    let any = listen_key(family, port, &bytes16(0, 0), netns);
+    if let Some(l) = unsafe { LISTENERS.get(&any) } {
+        return Some(*l);
+    }
+    let any6 = listen_key(AF_INET6, port, &bytes16(0, 0), netns);
+    unsafe { LISTENERS.get(&any6) }.copied()
+}
+
+/// A listener opened (`Some(owner)`) or closed (`None`). Kept whichever store tracks
+/// sockets: children look up their owner here where socket storage is missing, and a
+/// SYN's overflow is judged by the queue of the listener found here.
+#[inline(always)]
+pub fn set_listener(ep: &Endpoints, netns: u32, owner: Option<&Owner>) {
+    let key = listen_key(ep.family, ep.sport, &ep.saddr, netns);
+    match owner {
+        Some(owner) => {
+            let listener = Listener {
+                owner: *owner,
+                skaddr: ep.skaddr,
+            };
+            if LISTENERS.insert(&key, &listener, 0).is_err() {
+                bump(Stat::ListenerMapFull);
             }
-            None => {
-                let _ = LISTENERS.remove(&key);
-            }
+        }
+        None => {
+            let _ = LISTENERS.remove(&key);
         }
     }
 }
@@ -160,10 +171,6 @@ impl Store for SkStore {
     fn listener_owner(&self, _ep: &Endpoints, _netns: u32) -> Option<Owner> {
         self.entry().map(|e| e.owner)
     }
-
-    /// The listener's own storage is its entry.
-    #[inline(always)]
-    fn set_listener(&self, _ep: &Endpoints, _netns: u32, _owner: Option<&Owner>) {}
 }
 
 /// A socket whose tracking entry could not be stored: counted, and logged at powers of

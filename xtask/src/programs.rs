@@ -38,36 +38,71 @@ fn measure_all(opts: &churn::Options) -> Result<()> {
         let before = prog_stats(pid)?;
         let (conns, elapsed) = churn::run_load(opts)?;
         let after = prog_stats(pid)?;
-        tool.finish()?;
         println!(
             "\n{} {}: {conns} connections in {:.1} s",
             config.label(),
             args.join(" "),
             elapsed.as_secs_f64()
         );
-        println!("| program | runs per connection | ns per run | us per connection |");
-        println!("| --- | --- | --- | --- |");
-        let mut total_ns = 0;
-        for (id, (name, runs, ns)) in &after {
-            let (_, runs0, ns0) = before.get(id).cloned().unwrap_or_default();
-            let (runs, ns) = (runs - runs0, ns - ns0);
-            if runs == 0 {
-                continue;
-            }
-            total_ns += ns;
+        print_table(&before, &after, conns, "connection");
+        if config == Config::TcptraceRun {
+            // Every connect to a port nobody listens on has its SYN dropped (NO_SOCKET):
+            // what the drop programs cost per drop.
+            let before = prog_stats(pid)?;
+            let refused = refused_connects(REFUSED)?;
+            let after = prog_stats(pid)?;
             println!(
-                "| {name} | {:.2} | {:.0} | {:.2} |",
-                runs as f64 / conns.max(1) as f64,
-                ns as f64 / runs as f64,
-                ns as f64 / conns.max(1) as f64 / 1000.0
+                "\n{} {}: {refused} connects refused",
+                config.label(),
+                args.join(" ")
             );
+            print_table(&before, &after, refused, "refused connect");
         }
-        println!(
-            "| all | | | {:.2} |",
-            total_ns as f64 / conns.max(1) as f64 / 1000.0
-        );
+        tool.finish()?;
     }
     Ok(())
+}
+
+/// Refused connects in the drop phase.
+const REFUSED: u64 = 20_000;
+
+/// What each program ran between two readings, per unit of load.
+fn print_table(before: &ProgStats, after: &ProgStats, units: u64, unit: &str) {
+    println!("| program | runs per {unit} | ns per run | us per {unit} |");
+    println!("| --- | --- | --- | --- |");
+    let mut total_ns = 0;
+    for (id, (name, runs, ns)) in after {
+        let (_, runs0, ns0) = before.get(id).cloned().unwrap_or_default();
+        let (runs, ns) = (runs - runs0, ns - ns0);
+        if runs == 0 {
+            continue;
+        }
+        total_ns += ns;
+        println!(
+            "| {name} | {:.2} | {:.0} | {:.2} |",
+            runs as f64 / units.max(1) as f64,
+            ns as f64 / runs as f64,
+            ns as f64 / units.max(1) as f64 / 1000.0
+        );
+    }
+    println!(
+        "| all | | | {:.2} |",
+        total_ns as f64 / units.max(1) as f64 / 1000.0
+    );
+}
+
+/// `n` connects to a loopback port nobody listens on; how many were refused.
+fn refused_connects(n: u64) -> Result<u64> {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut refused = 0;
+    for _ in 0..n {
+        match std::net::TcpStream::connect(closed) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(e) => return Err(e).context("a connect to a closed port"),
+            Ok(_) => anyhow::bail!("{closed} accepted a connection"),
+        }
+    }
+    Ok(refused)
 }
 
 /// Every BPF program the process holds an fd of: id -> (name, run_cnt, run_time_ns).

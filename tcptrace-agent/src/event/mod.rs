@@ -13,7 +13,7 @@ use std::{
 
 use tcptrace_common::{
     config::Source,
-    event::{ClosedBy, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED},
+    event::{ClosedBy, OverflowAt, FLAG_OWNER_UNKNOWN, FLAG_SK_ERR_READ, OUTCOME_ESTABLISHED},
     Event, EventKind, HandshakeSide, RetransmitKind, AF_INET,
 };
 
@@ -98,6 +98,13 @@ pub enum What {
     },
     /// A connection closed: what it carried, read from the socket as it closed.
     Close(Close),
+    /// The kernel dropped a TCP packet for `reason` (its number on this kernel); the
+    /// socket's state where the packet had a socket. Without one, `local` is the
+    /// packet's source and `remote` its destination.
+    Drop { reason: u32, state: Option<u8> },
+    /// A listener's full accept queue turned a connection away (`local` the listener,
+    /// `remote` the client).
+    ListenOverflow { at: OverflowAt },
 }
 
 /// A connection's life, as its close reports it.
@@ -167,6 +174,8 @@ impl TcpEvent {
             What::SocketError { .. } => EventKind::SocketError,
             What::Reset { .. } => EventKind::Reset,
             What::Close(_) => EventKind::Close,
+            What::Drop { .. } => EventKind::Drop,
+            What::ListenOverflow { .. } => EventKind::ListenOverflow,
         }
     }
 
@@ -221,6 +230,13 @@ fn what(e: &Event) -> Option<What> {
             rtt_us: (e.rtt_us != 0).then_some(e.rtt_us),
             closed_by: ClosedBy::from_u8(e.detail)?,
         }),
+        EventKind::Drop => What::Drop {
+            reason: e.err as u32,
+            state: (e.old_state != 0).then_some(e.old_state),
+        },
+        EventKind::ListenOverflow => What::ListenOverflow {
+            at: OverflowAt::from_u8(e.detail)?,
+        },
     })
 }
 

@@ -18,7 +18,7 @@ pub struct KindName {
     pub counted: &'static str,
 }
 
-pub const KINDS: [KindName; 8] = [
+pub const KINDS: [KindName; 10] = [
     KindName {
         kind: EventKind::StateChange,
         name: "state",
@@ -67,7 +67,24 @@ pub const KINDS: [KindName; 8] = [
         word: "closes",
         counted: "closes",
     },
+    KindName {
+        kind: EventKind::Drop,
+        name: "drop",
+        word: "drops",
+        counted: "drops",
+    },
+    KindName {
+        kind: EventKind::ListenOverflow,
+        name: "overflow",
+        word: "overflows",
+        counted: "listen overflows",
+    },
 ];
+
+/// A drop reason's name (`NETFILTER_DROP`, ...), from this kernel's own table.
+pub fn drop_reason_name(reason: u32) -> String {
+    crate::kernel::drop_reasons::name(reason)
+}
 
 /// The kind's name in output (`state`, `handshake`, ...).
 pub fn kind_name(kind: EventKind) -> &'static str {

@@ -20,7 +20,7 @@ use tcptrace_common::{
 };
 
 use super::{
-    connections,
+    connections, drops,
     exposition::{self, counter, gauge, histogram, Family, HistogramSeries},
     workloads::WorkloadMetrics,
 };
@@ -227,6 +227,11 @@ fn family_label(ipv6: bool) -> &'static str {
 
 /// The metric families backed by the kernel's lossless counters.
 pub fn kernel_families(s: &Snapshot) -> Vec<Family> {
+    kernel_families_with(s, &drops::reason_label)
+}
+
+/// The same, each drop reason labelled by `reason_label`.
+pub fn kernel_families_with(s: &Snapshot, reason_label: &dyn Fn(u32) -> String) -> Vec<Family> {
     let connect_errors = by_errno(&s.connect_errors, libc::EADDRNOTAVAIL);
     let socket_errors = by_errno(&s.socket_errors, libc::ETIMEDOUT);
     let mut families = vec![
@@ -313,6 +318,7 @@ pub fn kernel_families(s: &Snapshot) -> Vec<Family> {
         ),
     ];
     families.extend(connections::families(&s.connections));
+    families.extend(drops::families(s, reason_label));
     families
 }
 

@@ -3,6 +3,7 @@
 //! `/readyz` until SIGTERM or SIGINT.
 pub mod budget;
 pub mod connections;
+pub mod drops;
 pub mod exposition;
 pub mod http;
 pub mod metrics;

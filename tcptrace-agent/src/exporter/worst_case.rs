@@ -9,7 +9,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 
 use prometheus::core::Collector as _;
 use tcptrace_common::{
-    counters::{CONNECT_ERROR_SLOTS, HANDSHAKE_BUCKETS, SEGMENT_SLOTS},
+    counters::{CONNECT_ERROR_SLOTS, DROP_REASON_ROWS, HANDSHAKE_BUCKETS, SEGMENT_SLOTS},
     RetransmitKind, TcpState,
 };
 
@@ -76,7 +76,9 @@ pub fn node(max_series: usize, remote: bool) -> Bound {
 
 /// Every family but the per-workload ones, at its largest.
 fn node_families() -> Vec<Family> {
-    let mut families = metrics::kernel_families(&every_key());
+    // Drop reasons at the longest label they can have (the kernel names them).
+    let longest = |_| "X".repeat(super::drops::REASON_LABEL_MAX);
+    let mut families = metrics::kernel_families_with(&every_key(), &longest);
     let missed = PROBES.iter().map(|p| (p.name, 1)).collect();
     families.extend(metrics::agent_families(
         &|_| 1,
@@ -117,6 +119,11 @@ fn every_key() -> Snapshot {
     s.segments = vec![1; SEGMENT_SLOTS as usize];
     s.connections.lifetimes = vec![1; tcptrace_common::counters::LIFETIME_BUCKETS as usize];
     s.connections.rtts = vec![1; tcptrace_common::counters::RTT_BUCKETS as usize];
+    for reason in 0..DROP_REASON_ROWS {
+        for state in states.into_iter().chain([0]) {
+            s.drops.insert((reason, state), 1);
+        }
+    }
     s
 }
 

@@ -21,6 +21,8 @@ pub struct KernelCounters {
     socket_errors: PerCpuHashMap<MapData, u32, u64>,
     segments: PerCpuArray<MapData, u64>,
     recovered: PerCpuArray<MapData, u64>,
+    drops: PerCpuHashMap<MapData, u32, u64>,
+    listen_overflows: PerCpuArray<MapData, u64>,
 }
 
 /// Latency histogram of one handshake side, straight from the kernel's log2 buckets.
@@ -77,6 +79,12 @@ pub struct Snapshot {
     pub socket_errors: BTreeMap<i32, u64>,
     /// Segments received in handshake states, by `counters::segment_index` slot.
     pub segments: Vec<u64>,
+    /// (drop reason, socket state or 0) -> TCP packets dropped.
+    pub drops: BTreeMap<(u32, u8), u64>,
+    /// Listen-queue overflows by `OverflowAt`: [SYN, final ACK].
+    pub listen_overflows: [u64; 2],
+    /// SYNs to listeners tcptrace does not know, whose overflow it could not judge.
+    pub syns_unjudged: u64,
 }
 
 fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -116,6 +124,8 @@ impl KernelCounters {
             socket_errors: take_map(ebpf, "SOCKET_ERRORS")?,
             segments: take_map(ebpf, "SEGMENTS")?,
             recovered: take_map(ebpf, "RECOVERED")?,
+            drops: take_map(ebpf, "DROPS")?,
+            listen_overflows: take_map(ebpf, "LISTEN_OVERFLOWS")?,
         })
     }
 
@@ -187,6 +197,12 @@ impl KernelCounters {
             segments: (0..counters::SEGMENT_SLOTS)
                 .map(|i| sum_slot(&self.segments, i))
                 .collect(),
+            drops: sum_hash(&self.drops)
+                .into_iter()
+                .map(|(i, n)| (counters::drop_from_index(i), n))
+                .collect(),
+            listen_overflows: std::array::from_fn(|at| sum_slot(&self.listen_overflows, at as u32)),
+            syns_unjudged: sum_slot(&self.listen_overflows, counters::OVERFLOW_SYN_UNJUDGED),
         }
     }
 }

@@ -170,6 +170,14 @@ pub const ERROR_REPORT_EXTRA: [Want; 2] = [
     req("protocol", Slot::Protocol, 2),
 ];
 
+/// `skb:kfree_skb`: the packet, its drop reason (5.17+) and, since 6.11, the socket
+/// that received it.
+pub const KFREE_SKB_EXTRA: [Want; 3] = [
+    req("skbaddr", Slot::Skbaddr, 8),
+    req("reason", Slot::Err, 4),
+    opt("rx_sk", Slot::Skaddr, 8),
+];
+
 /// `syscalls:sys_exit_*`: the return value, a long.
 pub const SYSCALL_RET: [Want; 1] = [req("ret", Slot::Err, 8)];
 

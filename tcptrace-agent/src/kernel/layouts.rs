@@ -108,11 +108,11 @@ mod tests {
             let errors = resolve_layouts(&root, &mut config);
             // inet_sk_error_report came with 5.14: on 5.10 it is missing, and says so.
             // tcp_probe's record has no socket address before 6.8: there only its raw
-            // and BTF-typed methods attach.
+            // and BTF-typed methods attach. kfree_skb has no drop reason before 5.17.
             let mut missing: Vec<&&str> = errors.keys().collect();
             missing.sort();
             let expected: Vec<&&str> = match series {
-                "5.10" => vec![&"inet_sk_error_report", &"tcp_probe"],
+                "5.10" => vec![&"inet_sk_error_report", &"kfree_skb", &"tcp_probe"],
                 "6.1" => vec![&"tcp_probe"],
                 _ => vec![],
             };
@@ -135,6 +135,17 @@ mod tests {
                 assert_eq!(config.error_report.err, 8, "{series}: error");
             }
             assert_eq!(config.send_reset.skaddr, 16, "{series}: send_reset skaddr");
+            if series != "5.10" {
+                // The drop reason everywhere it exists; the receiving socket since 6.11.
+                let reason = if series == "6.1" { 28 } else { 36 };
+                assert_eq!(config.kfree_skb.err, reason, "{series}: reason");
+                let rx_sk = (series != "6.1").then_some(24);
+                let skaddr = config.kfree_skb.skaddr;
+                assert_eq!(
+                    (skaddr != tcptrace_common::FIELD_ABSENT).then_some(skaddr),
+                    rx_sk
+                );
+            }
             let _ = std::fs::remove_dir_all(root);
         }
     }

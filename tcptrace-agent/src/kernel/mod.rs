@@ -13,7 +13,9 @@
 pub mod attach;
 pub mod btf;
 pub mod counters;
+pub mod drop_reasons;
 pub mod format;
+pub mod kallsyms;
 pub mod layouts;
 pub mod offsets;
 pub mod plan;
@@ -144,10 +146,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let mut loader = EbpfLoader::new();
     loader.btf(None);
     release_free_memory();
-    let (offsets, btf) = offsets::read_kernel_btf();
+    let (mut offsets, btf) = offsets::read_kernel_btf();
     if opts.filter.netns != 0 && offsets.netns.is_none() {
         bail!("--netns needs the network namespace offsets from kernel BTF (/sys/kernel/btf/vmlinux), which this kernel does not provide");
     }
+    offsets.drop_reasons = drop_reasons::resolve(&tracefs_root, &mut config);
+    offsets.rcv_state_process = syn_consumer(&tracefs_root)
+        .map_err(|e| warn!("SYN-time listen overflows cannot be counted: {e:#}"))
+        .ok();
     offsets.apply(&mut config);
     if EBPF_OBJECT.is_empty() {
         bail!("this binary was built with AYA_BUILD_SKIP and holds no eBPF object");
@@ -185,6 +191,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         kernel,
         programs,
     })
+}
+
+/// Where `tcp_rcv_state_process` lies, for the consume_skb programs, which also need the
+/// caller's address the tracepoint passes since Linux 6.3.
+fn syn_consumer(tracefs_root: &Path) -> Result<(u64, u64)> {
+    let format = tracefs::format_path(tracefs_root, "skb", "consume_skb");
+    let text = std::fs::read_to_string(&format)
+        .with_context(|| format!("reading {}", format.display()))?;
+    if !format::parse_fields(&text)?.contains_key("location") {
+        bail!("skb:consume_skb passes no caller address before Linux 6.3");
+    }
+    kallsyms::function_range("tcp_rcv_state_process")
 }
 
 /// Return freed heap pages to the kernel (glibc keeps them otherwise; musl's allocator,

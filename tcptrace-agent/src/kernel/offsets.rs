@@ -22,6 +22,13 @@ pub enum Reads {
     SockAndError,
     /// `tcp_sock.bytes_acked` and `bytes_received`.
     Bytes,
+    /// A dropped packet: its reason (a tracepoint argument since 5.17), `Sock`, and the
+    /// `sk_buff` members its headers, socket and route are found with.
+    Drops,
+    /// A SYN a listener consumed: the `sk_buff` members, `sock_common`, the listener's
+    /// `sk_ack_backlog` and `sk_max_ack_backlog`, and where `tcp_rcv_state_process`
+    /// lies in kernel text (kallsyms).
+    ListenQueue,
 }
 
 impl Reads {
@@ -34,6 +41,8 @@ impl Reads {
                 "struct sock_common, sock.sk_protocol, inet_sock.inet_sport and sock.sk_err"
             }
             Reads::Bytes => "tcp_sock.bytes_acked and tcp_sock.bytes_received",
+            Reads::Drops => "the drop reason (Linux 5.17+), struct sock and struct sk_buff's head, headers, sk and route",
+            Reads::ListenQueue => "struct sk_buff's head, headers and route, sock.sk_ack_backlog and sk_max_ack_backlog, and tcp_rcv_state_process's address (kallsyms)",
         }
     }
 }
@@ -61,6 +70,28 @@ pub struct KernelOffsets {
     pub total_retrans: Option<u32>,
     /// `struct tcp_sock.bytes_acked` and `bytes_received`: what a connection carried.
     pub bytes: Option<(u32, u32)>,
+    /// `struct sk_buff` members and the route to a device's namespace: a packet's own
+    /// headers, socket and network namespace.
+    pub skb: Option<SkbOffsets>,
+    /// `struct sock.sk_ack_backlog` and `sk_max_ack_backlog`: a listener's accept queue.
+    pub ack_backlog: Option<(u32, u32)>,
+    /// Not BTF: does `skb:kfree_skb` pass a drop reason (its format, Linux 5.17+)?
+    pub drop_reasons: bool,
+    /// Not BTF: `[start, end)` of `tcp_rcv_state_process` from kallsyms.
+    pub rcv_state_process: Option<(u64, u64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkbOffsets {
+    pub head: u32,
+    pub network_header: u32,
+    pub transport_header: u32,
+    pub sk: u32,
+    pub refdst: u32,
+    /// `struct dst_entry.dev`, then `struct net_device.nd_net` (a `possible_net_t`
+    /// whose only member is the `struct net *`).
+    pub dst_dev: u32,
+    pub dev_nd_net: u32,
 }
 
 /// Read the running kernel's BTF once for the whole load: the offsets from its raw
@@ -95,6 +126,10 @@ impl KernelOffsets {
         netns: None,
         total_retrans: None,
         bytes: None,
+        skb: None,
+        ack_backlog: None,
+        drop_reasons: false,
+        rcv_state_process: None,
     };
 
     /// The offsets from a raw BTF blob (`/sys/kernel/btf/vmlinux`).
@@ -129,6 +164,13 @@ impl KernelOffsets {
                 .member_offset("tcp_sock", "bytes_acked")
                 .ok()
                 .zip(btf.member_offset("tcp_sock", "bytes_received").ok()),
+            skb: skb_offsets(btf),
+            ack_backlog: btf
+                .member_offset("sock", "sk_ack_backlog")
+                .ok()
+                .zip(btf.member_offset("sock", "sk_max_ack_backlog").ok()),
+            drop_reasons: false,
+            rcv_state_process: None,
         }
     }
 
@@ -146,6 +188,18 @@ impl KernelOffsets {
         config.total_retrans_offset = or_unknown(self.total_retrans);
         config.bytes_acked_offset = or_unknown(self.bytes.map(|b| b.0));
         config.bytes_received_offset = or_unknown(self.bytes.map(|b| b.1));
+        config.skb_head_offset = or_unknown(self.skb.map(|s| s.head));
+        config.skb_network_header_offset = or_unknown(self.skb.map(|s| s.network_header));
+        config.skb_transport_header_offset = or_unknown(self.skb.map(|s| s.transport_header));
+        config.skb_sk_offset = or_unknown(self.skb.map(|s| s.sk));
+        config.skb_refdst_offset = or_unknown(self.skb.map(|s| s.refdst));
+        config.dst_dev_offset = or_unknown(self.skb.map(|s| s.dst_dev));
+        config.dev_nd_net_offset = or_unknown(self.skb.map(|s| s.dev_nd_net));
+        config.sk_ack_backlog_offset = or_unknown(self.ack_backlog.map(|b| b.0));
+        config.sk_max_ack_backlog_offset = or_unknown(self.ack_backlog.map(|b| b.1));
+        let (start, end) = self.rcv_state_process.unwrap_or((0, 0));
+        config.rcv_state_process_start = start;
+        config.rcv_state_process_end = end;
     }
 
     /// Can a program read what `reads` names?
@@ -158,6 +212,14 @@ impl KernelOffsets {
             }
             Reads::SockAndError => self.provide(Reads::Sock) && self.sk_err.is_some(),
             Reads::Bytes => self.bytes.is_some(),
+            Reads::Drops => self.drop_reasons && self.skb.is_some() && self.provide(Reads::Sock),
+            Reads::ListenQueue => {
+                self.skb.is_some()
+                    && self.sock.is_some()
+                    && self.netns.is_some()
+                    && self.ack_backlog.is_some()
+                    && self.rcv_state_process.is_some()
+            }
         }
     }
 
@@ -183,6 +245,19 @@ impl KernelOffsets {
             None => warn!("tcp_skb_cb unknown: retransmits count skbs, which under GSO is fewer than TcpRetransSegs"),
         }
     }
+}
+
+fn skb_offsets(btf: &Btf) -> Option<SkbOffsets> {
+    let skb = |member: &str| btf.member_offset("sk_buff", member).ok();
+    Some(SkbOffsets {
+        head: skb("head")?,
+        network_header: skb("network_header")?,
+        transport_header: skb("transport_header")?,
+        sk: skb("sk")?,
+        refdst: skb("_skb_refdst")?,
+        dst_dev: btf.member_offset("dst_entry", "dev").ok()?,
+        dev_nd_net: btf.member_offset("net_device", "nd_net").ok()?,
+    })
 }
 
 /// (`sock_common.skc_net`, `net.ns` + `ns_common.inum`): the first is a `possible_net_t`

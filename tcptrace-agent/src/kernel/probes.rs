@@ -30,7 +30,7 @@ pub struct Tracepoint {
     pub in_place: bool,
 }
 
-pub const TRACEPOINTS: [Tracepoint; 9] = [
+pub const TRACEPOINTS: [Tracepoint; 10] = [
     Tracepoint {
         category: "sock",
         event: "inet_sock_set_state",
@@ -94,6 +94,14 @@ pub const TRACEPOINTS: [Tracepoint; 9] = [
         extra: &format::SKADDR_ONLY,
         slot: |c| &mut c.tcp_probe,
         in_place: true,
+    },
+    Tracepoint {
+        category: "skb",
+        event: "kfree_skb",
+        carries: Carries::Nothing,
+        extra: &format::KFREE_SKB_EXTRA,
+        slot: |c| &mut c.kfree_skb,
+        in_place: false,
     },
     Tracepoint {
         category: "syscalls",
@@ -266,7 +274,7 @@ macro_rules! connect_probe {
 /// tracepoint, else the fallback socket map (`--max-sockets`).
 pub const SOCKET_TRACKING: &str = "socket_tracking";
 
-pub const PROBES: [Probe; 12] = [
+pub const PROBES: [Probe; 14] = [
     Probe {
         name: "inet_sock_set_state",
         required: true,
@@ -397,6 +405,41 @@ pub const PROBES: [Probe; 12] = [
             Method {
                 reads: Reads::Bytes,
                 ..classic_method!("tcp", "tcp_probe")
+            },
+        ],
+        source_slot: None,
+        guarded: None,
+    },
+    socket_probe!(
+        "skb",
+        "kfree_skb",
+        Guarded::KfreeSkb,
+        Reads::Drops,
+        "TCP packets dropped, with the kernel's reason (Linux 5.17+); final ACKs a full accept queue turned away"
+    ),
+    // One program per method, no backup (consume_skb.rs in the eBPF crate says why).
+    Probe {
+        name: "consume_skb",
+        required: false,
+        purpose: "SYNs a full accept queue turned away (listen overflows at SYN time)",
+        methods: &[
+            Method {
+                name: "tp_btf",
+                attach: &[Attach::BtfTracepoint {
+                    program: "consume_skb_btf",
+                    event: "consume_skb",
+                }],
+                derived_from: &[],
+                reads: Reads::ListenQueue,
+            },
+            Method {
+                name: "raw_tracepoint",
+                attach: &[Attach::RawTracepoint {
+                    program: "consume_skb_raw",
+                    event: "consume_skb",
+                }],
+                derived_from: &[],
+                reads: Reads::ListenQueue,
             },
         ],
         source_slot: None,

@@ -10,7 +10,7 @@ use crate::{
     event::{
         clock::Clock,
         errno_name,
-        names::{kind_name, tcp_flags},
+        names::{drop_reason_name, kind_name, tcp_flags},
         Failure, TcpEvent, What,
     },
     k8s::cgroup::Workload,
@@ -186,6 +186,13 @@ fn what_fields(out: &mut Vec<u8>, what: &What) {
             }
             string_field(out, "closed_by", c.closed_by.name());
         }
+        What::Drop { reason, state } => {
+            string_field(out, "reason", &drop_reason_name(reason));
+            if let Some(state) = state {
+                string_field(out, "state", state_name(state));
+            }
+        }
+        What::ListenOverflow { at } => string_field(out, "at", at.name()),
     }
 }
 
@@ -291,6 +298,15 @@ fn detail(out: &mut Vec<u8>, what: &What) {
                 duration(out, us as u64 * 1000);
             }
             let _ = write!(out, ", {} closed first", c.closed_by.name());
+        }
+        What::Drop { reason, state } => {
+            let _ = write!(out, "dropped: {}", drop_reason_name(reason));
+            if let Some(state) = state {
+                let _ = write!(out, " in {}", state_name(state));
+            }
+        }
+        What::ListenOverflow { at } => {
+            let _ = write!(out, "accept queue full: {} dropped", at.segment());
         }
     }
 }
@@ -579,6 +595,22 @@ mod tests {
                 }),
                 "closed from LAST_ACK after 1.235s: sent 1001 B, received 65537 B, 2 retransmitted, rtt 45us, remote closed first",
                 serde_json::json!({"old_state": "LAST_ACK", "duration_ns": 1_234_567_890u64, "bytes_sent": 1001, "bytes_received": 65_537, "retransmitted": 2, "rtt_us": 45, "closed_by": "remote"}),
+            ),
+            (
+                // No kernel table loaded in a unit test: the number stands for the name.
+                What::Drop {
+                    reason: 12,
+                    state: Some(TcpState::Established as u8),
+                },
+                "dropped: reason_12 in ESTABLISHED",
+                serde_json::json!({"reason": "reason_12", "state": "ESTABLISHED"}),
+            ),
+            (
+                What::ListenOverflow {
+                    at: tcptrace_common::event::OverflowAt::Syn,
+                },
+                "accept queue full: SYN dropped",
+                serde_json::json!({"at": "syn"}),
             ),
         ];
         // Every kind of the vocabulary has a case here (state: `state_event` itself).

@@ -169,7 +169,7 @@ fn transition<C: EbpfContext>(
         }
     }
     if old == LISTEN && new == CLOSE {
-        store.set_listener(ep, sock::netns(ep.skaddr), None);
+        sockets::set_listener(ep, sock::netns(ep.skaddr), None);
     }
     if new == CLOSE && lifetime::synchronised(old) {
         let info = existing.as_deref_mut();
@@ -228,7 +228,7 @@ fn begin_tracking<C: EbpfContext>(
         }
     };
     if new == LISTEN {
-        store.set_listener(ep, sock::netns(ep.skaddr), Some(&owner));
+        sockets::set_listener(ep, sock::netns(ep.skaddr), Some(&owner));
     }
     let handshake_start = if new == LISTEN { 0 } else { now };
     let mut info = sockets::new_info(owner, new, now, handshake_start);

@@ -1,7 +1,9 @@
 //! One module per kernel hook, each with its entry points (the program macros) beside
 //! the handler they share.
+pub mod consume_skb;
 pub mod inet_sk_error_report;
 pub mod inet_sock_set_state;
+pub mod kfree_skb;
 pub mod sys_exit_connect;
 pub mod tcp_connect;
 pub mod tcp_destroy_sock;

@@ -16,6 +16,8 @@ pub(super) const TRACEPOINT_FORMATS: &[&str] = &[
     "tcp/tcp_destroy_sock",
     "tcp/tcp_probe",
     "syscalls/sys_exit_connect",
+    "skb/kfree_skb",
+    "skb/consume_skb",
 ];
 /// Before each format file, with the tracepoint's path after it.
 pub(super) const FORMAT_MARKER: &str = "TCPTRACE-VM-FORMAT ";
