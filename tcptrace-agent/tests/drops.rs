@@ -15,7 +15,8 @@ use std::{
 };
 
 use common::{
-    bracketed, delta, require_root, serial, settled, total, value, wait_until, Agent, Netns, Tracer,
+    bracketed, delta, label, require_root, serial, series_of, settled, total, value, wait_until,
+    Agent, Netns, Tracer,
 };
 use serde_json::Value;
 
@@ -171,7 +172,7 @@ fn listen_overflows_equal_the_namespace_counter_with_their_listener() {
     let ns = Netns::new("overflow");
     let port = port_for(2);
     let netns = format!("/var/run/netns/{}", ns.name);
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(&["--labels", "workload"]);
     let tracer = Tracer::start(&["--netns", &netns, "--events", "overflows"]);
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -215,6 +216,16 @@ fn listen_overflows_equal_the_namespace_counter_with_their_listener() {
     let counted = total(&scraped, "tcptrace_listen_overflows_total")
         - total(&scraped_before, "tcptrace_listen_overflows_total");
     assert_eq!(counted as u64, truth, "tcptrace vs TcpExtListenOverflows");
+    // By workload: the listener's, from the events.
+    let listener = format!("127.0.0.1:{port}");
+    let by_listener = settled("the listener's workload series", || {
+        series_of(&agent.scrape(), "tcptrace_workload_listen_overflows_total")
+            .into_iter()
+            .filter(|(series, _)| label(series, "listener") == listener)
+            .map(|(_, n)| n)
+            .sum::<f64>()
+    });
+    assert_eq!(by_listener as u64, truth, "the listener's workload series");
     tracer.wait_for("an overflow event per overflow", |events| {
         events.len() as u64 >= truth
     });

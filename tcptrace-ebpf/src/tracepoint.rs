@@ -5,6 +5,16 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, programs::TracePointContext, EbpfContext};
 use tcptrace_common::{config::RECORD_MAX, TpLayout, AF_INET, AF_INET6, FIELD_ABSENT};
 
+/// Argument `n` of a raw or BTF-typed tracepoint, read where the code reads it: an
+/// argument a kernel may not pass must be read only in the branch that knows it does
+/// (the verifier refuses a BTF-typed program that reads past the tracepoint's
+/// arguments, even in a branch it would skip), and a plain load may be hoisted out of it.
+#[inline(always)]
+pub fn arg<C: EbpfContext>(ctx: &C, n: usize) -> u64 {
+    // SAFETY: raw and BTF-typed tracepoint contexts are arrays of u64 arguments.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(n)) }
+}
+
 /// A copy of the first `layout.len` bytes of this event's record.
 pub struct Record<'a> {
     buf: &'a [u8; RECORD_MAX],

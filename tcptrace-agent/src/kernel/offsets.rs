@@ -32,17 +32,22 @@ pub enum Reads {
 }
 
 impl Reads {
-    pub fn fields(self) -> &'static str {
+    /// What a method reading these needs, as the reason it was skipped says it.
+    pub fn needs(self) -> &'static str {
         match self {
             Reads::Nothing => "nothing",
-            Reads::SockAndSkbFlags => "struct sock_common and TCP_SKB_CB(skb)->tcp_flags",
-            Reads::Sock => "struct sock_common, sock.sk_protocol and inet_sock.inet_sport",
-            Reads::SockAndError => {
-                "struct sock_common, sock.sk_protocol, inet_sock.inet_sport and sock.sk_err"
+            Reads::SockAndSkbFlags => {
+                "kernel BTF for the offsets of struct sock_common and TCP_SKB_CB(skb)->tcp_flags"
             }
-            Reads::Bytes => "tcp_sock.bytes_acked and tcp_sock.bytes_received",
-            Reads::Drops => "the drop reason (Linux 5.17+), struct sock and struct sk_buff's head, headers, sk and route",
-            Reads::ListenQueue => "struct sk_buff's head, headers and route, sock.sk_ack_backlog and sk_max_ack_backlog, and tcp_rcv_state_process's address (kallsyms)",
+            Reads::Sock => "kernel BTF for the offsets of struct sock_common, sock.sk_protocol and inet_sock.inet_sport",
+            Reads::SockAndError => {
+                "kernel BTF for the offsets of struct sock_common, sock.sk_protocol, inet_sock.inet_sport and sock.sk_err"
+            }
+            Reads::Bytes => {
+                "kernel BTF for the offsets of tcp_sock.bytes_acked and tcp_sock.bytes_received"
+            }
+            Reads::Drops => "the drop reason skb:kfree_skb passes since Linux 5.17, and kernel BTF for the offsets of struct sock and struct sk_buff's head, headers, sk and route",
+            Reads::ListenQueue => "the caller's address skb:consume_skb passes since Linux 6.3, tcp_rcv_state_process's address from kallsyms, and kernel BTF for the offsets of struct sk_buff's head, headers and route and sock.sk_ack_backlog and sk_max_ack_backlog",
         }
     }
 }

@@ -194,10 +194,7 @@ impl Planner<'_> {
             }
         }
         if !self.offsets.provide(method.reads) {
-            bail!(
-                "needs kernel BTF for the offsets of {}",
-                method.reads.fields()
-            );
+            bail!("needs {}", method.reads.needs());
         }
         Ok(())
     }

@@ -129,9 +129,10 @@ impl Tracer {
             let stderr = self.stderr.lock().unwrap();
             stderr.iter().any(|l| l.contains("tracing:")).then_some(())
         };
-        if poll_until(Duration::from_secs(30), attached).is_none() {
+        let limit = attach_timeout();
+        if poll_until(limit, attached).is_none() {
             panic!(
-                "tcptrace did not attach within 30 s; stderr:\n{}",
+                "tcptrace did not attach within {limit:?}; stderr:\n{}",
                 self.stderr.lock().unwrap().join("\n")
             );
         }
@@ -196,6 +197,16 @@ impl Traced {
         let before = summary.split(" lost").next().unwrap();
         before.rsplit(' ').next().unwrap().parse().unwrap()
     }
+}
+
+/// How long the agent may take to load and attach its programs: 30 s, or
+/// `TCPTRACE_TEST_ATTACH_SECS` (the emulated guests of `cargo xtask vm-test` set more).
+pub fn attach_timeout() -> Duration {
+    let secs = std::env::var("TCPTRACE_TEST_ATTACH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    Duration::from_secs(secs)
 }
 
 /// Poll `check` every 20 ms until it gives a value; panic naming `what` after `timeout`.
@@ -465,8 +476,9 @@ impl Agent {
             stderr,
             reader,
         };
-        if !until_ready(addr, Duration::from_secs(30)) {
-            panic!("agent not ready within 30 s:\n{}", agent.stderr());
+        let limit = attach_timeout();
+        if !until_ready(addr, limit) {
+            panic!("agent not ready within {limit:?}:\n{}", agent.stderr());
         }
         agent
     }

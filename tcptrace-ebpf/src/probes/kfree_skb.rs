@@ -20,7 +20,7 @@ use crate::{
     maps::{DROPS, LISTEN_OVERFLOWS},
     packet, raw_programs, sock,
     sockets::{HashStore, SkStore, Store},
-    tracepoint::{Endpoints, Record},
+    tracepoint::{arg, Endpoints, Record},
 };
 
 /// `SKB_NOT_DROPPED_YET`. (`SKB_CONSUMED`, 1 since 6.2, goes to `consume_skb`; on 6.1,
@@ -42,7 +42,7 @@ btf_programs!(
         // its owner stays unknown.
         let mut rx_sk: u64 = 0;
         if conf!(kfree_skb_args) >= 4 {
-            rx_sk = ctx.arg(3);
+            rx_sk = arg(&ctx, 3);
         }
         let sk = if rx_sk != 0 {
             rx_sk
@@ -64,7 +64,7 @@ raw_programs!(
         let reason: u64 = ctx.arg(2);
         let mut sk = 0;
         if conf!(kfree_skb_args) >= 4 {
-            sk = ctx.arg(3);
+            sk = arg(&ctx, 3);
         }
         if sk == 0 {
             sk = packet::socket(skb);

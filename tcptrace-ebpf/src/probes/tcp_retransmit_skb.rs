@@ -18,7 +18,7 @@ use crate::{
     maps::RETRANSMITS,
     raw_programs, sock,
     sockets::{HashStore, SkStore, Store},
-    tracepoint::{endpoints, Endpoints, Record},
+    tracepoint::{arg, endpoints, Endpoints, Record},
 };
 
 btf_programs!(
@@ -70,12 +70,6 @@ fn from_socket<C: EbpfContext>(ctx: &C, store: &impl Store, sk: u64) -> Option<(
     let state = sock::state(sk)?;
     retransmitted(store, frame, &ep, state, skb, err);
     Some(())
-}
-
-#[inline(always)]
-fn arg<C: EbpfContext>(ctx: &C, n: usize) -> u64 {
-    // SAFETY: raw and BTF-typed tracepoint contexts are arrays of u64 arguments.
-    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(n)) }
 }
 
 #[inline(always)]

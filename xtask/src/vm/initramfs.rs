@@ -168,6 +168,9 @@ fn init_script(built: &Built, filter: &[String], lib_dirs: &[String]) -> String 
 /bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1
 export LD_LIBRARY_PATH={libs}
+# An emulated CPU (TCG, one vCPU) verifies and loads the programs many times slower
+# than a real one: the tests wait this long for the agent to attach.
+export TCPTRACE_TEST_ATTACH_SECS=180
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

@@ -5,12 +5,16 @@
 //! buffer, so a full ring (counted in tcptrace_ringbuf_events_lost_total) undercounts them.
 mod labels;
 
-use std::time::{Duration, Instant};
+use std::{
+    borrow::Cow,
+    time::{Duration, Instant},
+};
 
 use tcptrace_common::EventKind;
 
 use super::{
     budget::{Budget, Landing},
+    drops::{reason_label, REASON_LABEL_MAX},
     exposition::{counter, gauge, histogram, Family, HistogramSeries},
 };
 use crate::{
@@ -46,16 +50,20 @@ pub const HANDSHAKE_LE_NS: [u64; 6] = [
 /// Exposed series of one handshake histogram label set: buckets, +Inf, _sum, _count.
 pub const HISTOGRAM_SERIES: usize = HANDSHAKE_LE_NS.len() + 3;
 
-/// Exposed series of the four families' `other` label sets, reserved in the budget:
-/// three counters and the histogram. `--max-series` can be no smaller.
-pub const OTHER_SERIES: usize = 3 + HISTOGRAM_SERIES;
+/// Exposed series of the families' `other` label sets, reserved in the budget: the
+/// counters and the histogram. `--max-series` can be no smaller.
+pub const OTHER_SERIES: usize = BUDGET_FAMILIES.len() - 1 + HISTOGRAM_SERIES;
 
 /// The families the budget covers, as their sample lines begin.
-pub const BUDGET_FAMILIES: [&str; 4] = [
+pub const BUDGET_FAMILIES: [&str; 8] = [
     "tcptrace_workload_retransmits_total",
     "tcptrace_workload_connect_failures_total",
     "tcptrace_workload_resets_total",
     "tcptrace_workload_handshake_duration_seconds",
+    "tcptrace_workload_connection_sent_bytes_total",
+    "tcptrace_workload_connection_received_bytes_total",
+    "tcptrace_workload_drops_total",
+    "tcptrace_workload_listen_overflows_total",
 ];
 
 /// `into` of tcptrace_series_folded_total, for each coarser level an update can land
@@ -79,6 +87,12 @@ enum Kind {
     Handshakes,
     ConnectFailures,
     Resets,
+    /// Bytes of closed connections (close events), sent and received.
+    SentBytes,
+    ReceivedBytes,
+    Drops,
+    /// By listener (`address:port`), the owner being the listener's.
+    ListenOverflows,
 }
 
 impl Kind {
@@ -101,8 +115,9 @@ struct Key {
     container: String,
     workload: String,
     remote: String,
-    /// The family's own label: retransmit kind, handshake side, failure reason.
-    detail: &'static str,
+    /// The family's own label: retransmit kind, handshake side, failure reason, reset
+    /// direction, drop reason, listener.
+    detail: Cow<'static, str>,
 }
 
 #[derive(Default)]
@@ -171,26 +186,43 @@ impl WorkloadMetrics {
     }
 
     /// The event kinds `record` counts; the kernel sends `run` no others.
-    pub const KINDS_READ: [EventKind; 3] = [
+    pub const KINDS_READ: [EventKind; 6] = [
         EventKind::Retransmit,
         EventKind::Handshake,
         EventKind::Reset,
+        EventKind::Close,
+        EventKind::Drop,
+        EventKind::ListenOverflow,
     ];
 
     /// Count one event from the ring buffer.
     pub fn record(&mut self, e: &TcpEvent) {
-        let Some((kind, detail)) = classify(e) else {
-            return;
-        };
+        match &e.what {
+            What::Close(c) => {
+                self.add(Kind::SentBytes, "".into(), e, c.bytes_sent);
+                self.add(Kind::ReceivedBytes, "".into(), e, c.bytes_received);
+            }
+            _ => {
+                if let Some((kind, detail)) = classify(e) {
+                    let added = match e.what {
+                        What::Retransmit { segments, .. } => {
+                            u64::from(segments.unwrap_or(1).max(1))
+                        }
+                        _ => 1,
+                    };
+                    self.add(kind, detail, e, added);
+                }
+            }
+        }
+    }
+
+    /// Add `added` (or an observation, for handshakes) to the event's series of `kind`.
+    fn add(&mut self, kind: Kind, detail: Cow<'static, str>, e: &TcpEvent, added: u64) {
         let choices = self.choices(kind, detail, e);
         let remote = self.opts.remote;
         let now = Instant::now();
         let other = || other_key(kind, remote);
         let (landing, v) = self.budget.entry(choices, other, kind.cost(), now);
-        let added = match e.what {
-            What::Retransmit { segments, .. } => u64::from(segments.unwrap_or(1).max(1)),
-            _ => 1,
-        };
         match e.what {
             What::Handshake { duration_ns, .. } if kind == Kind::Handshakes => {
                 v.observe(duration_ns)
@@ -217,7 +249,7 @@ impl WorkloadMetrics {
     fn choices(
         &mut self,
         kind: Kind,
-        detail: &'static str,
+        detail: Cow<'static, str>,
         e: &TcpEvent,
     ) -> impl ExactSizeIterator<Item = Key> {
         let owner = self.labeler.owner(e);
@@ -262,7 +294,9 @@ impl WorkloadMetrics {
             if self.opts.remote {
                 v.push(k.remote.clone());
             }
-            v.push(k.detail.to_string());
+            if !k.detail.is_empty() {
+                v.push(k.detail.to_string());
+            }
             v
         };
         let scalar = |kind: Kind| -> Vec<(Vec<String>, f64)> {
@@ -273,6 +307,10 @@ impl WorkloadMetrics {
         let retransmits = scalar(Kind::Retransmits);
         let failures = scalar(Kind::ConnectFailures);
         let resets = scalar(Kind::Resets);
+        let sent = scalar(Kind::SentBytes);
+        let received = scalar(Kind::ReceivedBytes);
+        let drops = scalar(Kind::Drops);
+        let overflows = scalar(Kind::ListenOverflows);
         let handshakes: Vec<(Vec<String>, &Value)> = series(Kind::Handshakes)
             .map(|(k, v)| (labels(k), v))
             .collect();
@@ -315,6 +353,30 @@ impl WorkloadMetrics {
                     .map(|(l, v)| v.histogram(l.iter().map(String::as_str).collect()))
                     .collect(),
             ),
+            counter(
+                BUDGET_FAMILIES[4],
+                "Bytes closed connections sent (acknowledged by the peer) by workload (from close events).",
+                &names,
+                as_refs(&sent),
+            ),
+            counter(
+                BUDGET_FAMILIES[5],
+                "Bytes closed connections received by workload (from close events).",
+                &names,
+                as_refs(&received),
+            ),
+            counter(
+                BUDGET_FAMILIES[6],
+                "TCP packets dropped on the workload's sockets, by the kernel's reason (from drop events).",
+                &with("reason"),
+                as_refs(&drops),
+            ),
+            counter(
+                BUDGET_FAMILIES[7],
+                "Connections a full accept queue turned away, by the listener (address:port) and its workload (from overflow events).",
+                &with("listener"),
+                as_refs(&overflows),
+            ),
             gauge(
                 "tcptrace_workload_series",
                 "Time series the per-workload families expose now, `other` series included (at most --max-series).",
@@ -350,11 +412,15 @@ impl WorkloadMetrics {
         };
         let mut w = WorkloadMetrics::new(opts, pod_names::Shared::default());
         let longest = "x".repeat(MAX_LABEL_BYTES);
-        let details = [
-            (Kind::Retransmits, "unknown"),
-            (Kind::Handshakes, "unknown"),
-            (Kind::ConnectFailures, "unreachable"),
-            (Kind::Resets, "received"),
+        let details: [(Kind, Cow<'static, str>); 8] = [
+            (Kind::Retransmits, "unknown".into()),
+            (Kind::Handshakes, "unknown".into()),
+            (Kind::ConnectFailures, "unreachable".into()),
+            (Kind::Resets, "received".into()),
+            (Kind::SentBytes, "".into()),
+            (Kind::ReceivedBytes, "".into()),
+            (Kind::Drops, "X".repeat(REASON_LABEL_MAX).into()),
+            (Kind::ListenOverflows, WIDEST_REMOTE.into()),
         ];
         for (kind, detail) in details {
             let key = Key {
@@ -387,26 +453,37 @@ fn other_key(kind: Kind, remote: bool) -> Key {
         container: OTHER.into(),
         workload: OTHER.into(),
         remote: if remote { OTHER.into() } else { String::new() },
-        detail: OTHER,
+        detail: if matches!(kind, Kind::SentBytes | Kind::ReceivedBytes) {
+            "".into()
+        } else {
+            OTHER.into()
+        },
     }
 }
 
 /// The family an event counts in, and its own label there (retransmit kind, handshake
-/// side, failure reason, reset direction); `None` for events no family counts.
-fn classify(e: &TcpEvent) -> Option<(Kind, &'static str)> {
+/// side, failure reason, reset direction, drop reason, listener); `None` for events no
+/// family counts (closes count twice, see `record`).
+fn classify(e: &TcpEvent) -> Option<(Kind, Cow<'static, str>)> {
     Some(match &e.what {
-        What::Retransmit { kind, .. } => (Kind::Retransmits, kind.name()),
+        What::Retransmit { kind, .. } => (Kind::Retransmits, kind.name().into()),
         What::Handshake {
             side,
             failure: None,
             ..
-        } => (Kind::Handshakes, side.name()),
+        } => (Kind::Handshakes, side.name().into()),
         What::Handshake {
             side: tcptrace_common::HandshakeSide::Client,
             failure: Some(f),
             ..
-        } => (Kind::ConnectFailures, f.reason.name()),
-        What::Reset { direction, .. } => (Kind::Resets, direction.name()),
+        } => (Kind::ConnectFailures, f.reason.name().into()),
+        What::Reset { direction, .. } => (Kind::Resets, direction.name().into()),
+        // A drop on a socket of a workload; drops before any socket are node-level only.
+        What::Drop {
+            reason,
+            state: Some(_),
+        } => (Kind::Drops, reason_label(*reason).into()),
+        What::ListenOverflow { .. } => (Kind::ListenOverflows, e.local.to_string().into()),
         _ => return None,
     })
 }
@@ -526,7 +603,7 @@ mod tests {
         // 28 series of room: shares of 9, 18 and 28, enough for one histogram label set
         // at each of the first two levels, and for the client's at `remote="other"`,
         // not the server's: every level is used.
-        let mut w = metrics(true, 40);
+        let mut w = metrics(true, OTHER_SERIES + 28);
         many_peers(&mut w);
         let m = scrape(&w);
         // Events: handshakes count in _count, refusals in the counter.
@@ -558,8 +635,8 @@ mod tests {
 
     #[test]
     fn a_peer_beyond_the_first_share_is_counted_by_address() {
-        let mut w = metrics(true, 2 * OTHER_SERIES + 30);
-        // 42 series of room, three levels of 14: port 1..=14 of one address take the
+        let mut w = metrics(true, OTHER_SERIES + 42);
+        // 42 series of room besides the `other` ones, three levels of 14: port 1..=14 of one address take the
         // first share, port 15 goes to the address alone, as does port 16.
         for port in 1..=16 {
             w.record(&client([10, 0, 0, 1], port, None));
@@ -570,6 +647,65 @@ mod tests {
         assert_eq!(
             m["tcptrace_series_folded_total{into=\"remote_address\"}"],
             2.0
+        );
+    }
+
+    #[test]
+    fn closes_drops_and_overflows_count_by_workload() {
+        let mut w = metrics(false, 100);
+        let mut e = client([10, 0, 0, 1], 80, Some(1));
+        e.local = "10.0.0.2:8080".parse().unwrap();
+        let what = |what: What| TcpEvent { what, ..e.clone() };
+        w.record(&what(What::Close(crate::event::Close {
+            from: tcptrace_common::TcpState::LastAck as u8,
+            lifetime_ns: None,
+            bytes_sent: 1001,
+            bytes_received: 42,
+            retransmitted: 0,
+            rtt_us: None,
+            closed_by: tcptrace_common::event::ClosedBy::Remote,
+        })));
+        let established = Some(tcptrace_common::TcpState::Established as u8);
+        w.record(&what(What::Drop {
+            reason: 7,
+            state: established,
+        }));
+        // No socket had it: node-level only.
+        w.record(&what(What::Drop {
+            reason: 7,
+            state: None,
+        }));
+        for _ in 0..3 {
+            w.record(&what(What::ListenOverflow {
+                at: tcptrace_common::event::OverflowAt::Syn,
+            }));
+        }
+        let m = scrape(&w);
+        let labels = "namespace=\"\",pod=\"\",container=\"unknown\",workload=\"\"";
+        let get = |series: String| m.get(&series).copied();
+        assert_eq!(
+            get(format!(
+                "tcptrace_workload_connection_sent_bytes_total{{{labels}}}"
+            )),
+            Some(1001.0)
+        );
+        assert_eq!(
+            get(format!(
+                "tcptrace_workload_connection_received_bytes_total{{{labels}}}"
+            )),
+            Some(42.0)
+        );
+        assert_eq!(
+            get(format!(
+                "tcptrace_workload_drops_total{{{labels},reason=\"reason_7\"}}"
+            )),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(format!(
+                "tcptrace_workload_listen_overflows_total{{{labels},listener=\"10.0.0.2:8080\"}}"
+            )),
+            Some(3.0)
         );
     }
 
