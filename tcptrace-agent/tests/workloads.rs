@@ -276,6 +276,18 @@ fn wait_for_watch(server: &FakeApiServer, lists: usize) {
     });
 }
 
+/// An agent watching the fake API server's pods of a node of this test run, once its
+/// first watch is open; the server then holds its answers (`pause`) until the test
+/// resumes it.
+fn agent_watching_a_paused_server() -> (String, FakeApiServer, Agent) {
+    let node = format!("node-{}", std::process::id());
+    let server = FakeApiServer::serve(recorded_pods(&node));
+    let agent = agent_on(&server, &node);
+    wait_for_watch(&server, 1);
+    server.pause();
+    (node, server, agent)
+}
+
 fn is_watch(request_line: &str) -> bool {
     request_line.contains("watch=true")
 }
@@ -357,11 +369,7 @@ fn pods_added_by_the_api_server_watch_are_named() {
 fn a_watch_cut_off_resumes_without_losing_a_pod() {
     require_root!();
     let _serial = serial();
-    let node = format!("node-{}", std::process::id());
-    let server = FakeApiServer::serve(recorded_pods(&node));
-    let agent = agent_on(&server, &node);
-    wait_for_watch(&server, 1);
-    server.pause();
+    let (node, server, agent) = agent_watching_a_paused_server();
     let seen = server.version();
     let (pod, uid, id) = api_pod(&node, 2);
     server.add(pod);
@@ -386,11 +394,7 @@ fn a_watch_cut_off_resumes_without_losing_a_pod() {
 fn an_expired_version_relists_and_picks_up_the_current_pods() {
     require_root!();
     let _serial = serial();
-    let node = format!("node-{}", std::process::id());
-    let server = FakeApiServer::serve(recorded_pods(&node));
-    let agent = agent_on(&server, &node);
-    wait_for_watch(&server, 1);
-    server.pause();
+    let (node, server, agent) = agent_watching_a_paused_server();
     let (pod, uid, id) = api_pod(&node, 3);
     server.add(pod);
     server.compact();

@@ -21,12 +21,11 @@ use crate::{
 const CLOSE: u8 = TcpState::Close as u8;
 
 /// Add to the byte counters what the socket's own counts grew by since they were last
-/// added, and remember them. A run the kernel skipped only delays bytes to the next one.
+/// added, and remember them; returns the counts read. A run the kernel skipped only
+/// delays bytes to the next one.
 #[inline(always)]
-pub fn add_bytes(info: &mut SockInfo, sk: u64) {
-    let Some((acked, received)) = sock::bytes(sk) else {
-        return;
-    };
+pub fn add_bytes(info: &mut SockInfo, sk: u64) -> Option<(u64, u64)> {
+    let (acked, received) = sock::bytes(sk)?;
     add_slot(
         &CONNECTIONS,
         CONN_SENT_BYTES,
@@ -39,6 +38,7 @@ pub fn add_bytes(info: &mut SockInfo, sk: u64) {
     );
     info.acked_seen = acked;
     info.received_seen = received;
+    Some((acked, received))
 }
 
 /// Start the byte counts of a socket tracked from the middle of its life: what it
@@ -90,14 +90,14 @@ pub fn closed(
     now: u64,
 ) {
     let sk = ep.skaddr;
-    let (born, closed_by) = match info {
+    let (born, closed_by, bytes) = match info {
         Some(info) => {
-            add_bytes(info, sk);
-            (info.born_ns, closed_by(info.flags))
+            let bytes = add_bytes(info, sk);
+            (info.born_ns, closed_by(info.flags), bytes)
         }
         None => {
-            add_bytes(&mut SockInfo::default(), sk);
-            (0, ClosedBy::Neither)
+            let bytes = add_bytes(&mut SockInfo::default(), sk);
+            (0, ClosedBy::Neither, bytes)
         }
     };
     add_slot(&CONNECTIONS, CONN_CLOSED_BY + closed_by as u32, 1);
@@ -125,7 +125,7 @@ pub fn closed(
     event.duration_ns = lifetime;
     event.rtt_us = rtt_us;
     event.segs = sock::total_retrans(sk).unwrap_or(0);
-    if let Some((sent, received)) = sock::bytes(sk) {
+    if let Some((sent, received)) = bytes {
         event.bytes_sent = sent;
         event.bytes_received = received;
     }

@@ -48,7 +48,9 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn segment_arrived<C: EbpfContext>(ctx: &C, store: &impl Store, sk: u64, may_track: bool) {
     match store.entry() {
-        Some(info) => lifetime::add_bytes(info, sk),
+        Some(info) => {
+            lifetime::add_bytes(info, sk);
+        }
         // Socket storage has no capacity: a socket that predates tcptrace is tracked
         // from here on, its earlier bytes not counted. The fallback map is left to the
         // state program, which counts what it cannot hold once per socket.
