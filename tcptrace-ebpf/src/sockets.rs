@@ -133,6 +133,11 @@ pub struct SkStore {
 impl SkStore {
     #[inline(always)]
     fn get(&self, init: *mut SockInfo, flags: u64) -> Option<&'static mut SockInfo> {
+        // A null socket has no storage (a drop without a receiving socket), and 6.1's
+        // verifier refuses the helper a null it can see.
+        if self.sk == 0 {
+            return None;
+        }
         let map = &SOCK_STORAGE as *const SockStorageMap as *mut core::ffi::c_void;
         // SAFETY: the helper checks its arguments; it returns null or a value pointer.
         let p = unsafe { bpf_sk_storage_get(map, self.sk as *mut _, init.cast(), flags) };
