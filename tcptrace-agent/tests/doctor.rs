@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    io::{ErrorKind, Read},
+    io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::Command,
@@ -13,6 +13,7 @@ use std::{
 
 use common::*;
 use serde_json::Value;
+use tcptrace_agent::doctor::timeouts;
 
 /// `tcptrace doctor --json` with these arguments, run in the caller's network namespace
 /// (call it from inside `in_private_netns`): the report and the exit status.
@@ -131,11 +132,10 @@ fn set_keepalive(s: &TcpStream, idle_s: i32, intvl_s: i32, count: i32) {
     }
 }
 
-/// How long the kernel says a connection has moved no data, either way (what doctor
-/// calls idle).
-fn idle(s: &TcpStream) -> Duration {
+/// The kernel's `tcp_info` of one of our sockets.
+fn tcp_info(s: &TcpStream) -> libc::tcp_info {
     // SAFETY: getsockopt(TCP_INFO) into a zeroed tcp_info of the size we pass.
-    let info = unsafe {
+    unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         let rc = libc::getsockopt(
@@ -147,7 +147,13 @@ fn idle(s: &TcpStream) -> Duration {
         );
         assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
         info
-    };
+    }
+}
+
+/// How long the kernel says a connection has moved no data, either way (what doctor
+/// calls idle).
+fn idle(s: &TcpStream) -> Duration {
+    let info = tcp_info(s);
     let ms = info.tcpi_last_data_sent.min(info.tcpi_last_data_recv);
     Duration::from_millis(ms.into())
 }
@@ -278,4 +284,87 @@ fn a_blackholed_peer_is_counted_as_an_etimedout_close() {
         (after > before).then_some(after)
     });
     assert_eq!(after - before, 1.0, "one connection timed out");
+}
+
+#[test]
+fn tcp_retries2_of_the_namespace_is_shown_in_seconds() {
+    require_root!();
+    let _serial = serial();
+    let retries2 = || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_retries2").unwrap();
+    let host = retries2();
+    let tuned = in_private_netns(
+        &[
+            ("net.ipv4.tcp_retries2", "5"),
+            ("net.ipv4.tcp_retries1", "2"),
+        ],
+        || doctor(&["--measure", "0"]).0,
+    );
+    assert_eq!(retries2(), host, "set in the namespace only");
+    let check = finding(&tuned, "retransmission_timeout");
+    let summary = check["summary"].as_str().unwrap();
+    // tcp_model_timeout: (2^6 - 1) x 200 ms, and (2^3 - 1) x 200 ms for tcp_retries1.
+    assert!(
+        summary.contains("after 12.6 s (tcp_retries2 = 5)"),
+        "{summary}"
+    );
+    assert!(
+        check["evidence"]
+            .to_string()
+            .contains("tcp_retries1 = 2: after 1.4 s"),
+        "{check}"
+    );
+    assert_eq!(check["severity"], "warning", "under RFC 1122's 100 s");
+
+    let defaults = in_private_netns(&[], || doctor(&["--measure", "0"]).0);
+    let check = finding(&defaults, "retransmission_timeout");
+    let summary = check["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("after 924.6 s (15.4 min) (tcp_retries2 = 15)"),
+        "{summary}"
+    );
+    assert_eq!(check["severity"], "ok");
+}
+
+/// The kernel against the model doctor explains: with tcp_retries2 = 3 (3.0 s), a
+/// connection to a blackholed peer gets ETIMEDOUT at the first retransmission timeout
+/// 3.0 s or more after its first timeout retransmission (`give_up_after`).
+#[test]
+fn a_blackholed_connection_gives_up_when_the_model_says() {
+    require_root!();
+    let _serial = serial();
+    let (rto, elapsed, err) = in_private_netns(&[("net.ipv4.tcp_retries2", "3")], || {
+        let listener = TcpListener::bind("127.0.0.1:6006").unwrap();
+        let mut client = TcpStream::connect("127.0.0.1:6006").unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let rto = Duration::from_micros(tcp_info(&client).tcpi_rto.into());
+        nft(&drop_on_input(
+            "blackhole",
+            &["tcp dport 6006".into(), "tcp sport 6006".into()],
+        ));
+        client.write_all(b"x").unwrap();
+        // Consecutive timeouts (tcpi_retransmits) turn 1 at the first timeout
+        // retransmission; a tail loss probe before it leaves them at 0.
+        let first = wait_until(Duration::from_secs(5), "the first timeout", || {
+            (tcp_info(&client).tcpi_retransmits >= 1).then(Instant::now)
+        });
+        client
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let err = client.read(&mut [0u8; 1]).unwrap_err();
+        let elapsed = first.elapsed();
+        set_linger_zero(&server);
+        (rto, elapsed, err)
+    });
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    let expected = timeouts::give_up_after(rto, 3, timeouts::RTO_MAX);
+    eprintln!(
+        "RTO {rto:?}: ETIMEDOUT {elapsed:?} after the first retransmission, model {expected:?}"
+    );
+    // Noticing the first timeout takes up to a polling interval; each timer may fire
+    // late by its wheel's granularity (at most 1/8 of its length).
+    assert!(
+        elapsed + Duration::from_millis(50) >= expected
+            && elapsed <= expected + expected / 8 + Duration::from_millis(100),
+        "ETIMEDOUT {elapsed:?} after the first retransmission, expected {expected:?}"
+    );
 }

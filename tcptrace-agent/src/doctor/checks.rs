@@ -257,12 +257,6 @@ pub fn timeouts(s: &TcpSysctls, m: Option<&Measured>) -> Finding {
             s.synack_retries,
             secs(timeouts::synack_timeout(s.synack_retries))
         ),
-        format!(
-            "retransmission timeout: from {} ms (TCP_RTO_MIN) to {} s (TCP_RTO_MAX), doubling per retry; tcp_retries2 = {}",
-            timeouts::RTO_MIN.as_millis(),
-            timeouts::RTO_MAX.as_secs(),
-            s.retries2
-        ),
     ];
     if let Some(m) = m {
         evidence.push(match (m.handshake_p50_ms, p99) {
@@ -296,8 +290,8 @@ pub fn timeouts(s: &TcpSysctls, m: Option<&Measured>) -> Finding {
         fix: format!(
             "Give connect() an application timeout of about {:.1} s: the p99 handshake \
              ({}) plus the first two SYN retransmissions, so one lost SYN does not fail the \
-             call but a dead peer fails in seconds, not {}. Request timeouts must allow for \
-             retransmissions too (at least a few RTOs). Lowering net.ipv4.tcp_syn_retries \
+             call but a dead peer fails in seconds, not {}. Request timeouts: see \
+             retransmission_timeout. Lowering net.ipv4.tcp_syn_retries \
              shortens the kernel's limit for every program.",
             recommended.as_secs_f64(),
             p99.map_or("not measured".into(), |p| format!("{p:.3} ms")),
@@ -352,5 +346,167 @@ pub fn socket_errors(m: &Measured) -> Finding {
         fix: "ETIMEDOUT on an established connection means keep-alive probes or \
               retransmissions (tcp_retries2) went unanswered: the peer or the path is gone."
             .into(),
+    }
+}
+
+/// Seconds with a tenth, and minutes beside them from two minutes on: "924.6 s (15.4 min)".
+fn tenths(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 120.0 {
+        format!("{s:.1} s ({:.1} min)", s / 60.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn from_ms(ms: f64) -> Duration {
+    Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+}
+
+/// RFC 1122 (4.2.3.5): the time before an established connection is given up "MUST be
+/// large enough to provide retransmission of the segment for at least 100 seconds".
+const RFC1122_MIN_GIVE_UP: Duration = Duration::from_secs(100);
+
+/// The RTO and RTT a request timeout must allow for, and where they come from: the p99
+/// over this namespace's established connections; else the measured p99 handshake plus
+/// the RTO floor (a connection's RTO is its RTT plus at least tcp_rto_min); else the floor.
+fn round_trip_basis(
+    s: &TcpSysctls,
+    c: &Census,
+    m: Option<&Measured>,
+) -> (Duration, Duration, String) {
+    let handshake = m.and_then(|m| m.handshake_p99_ms).map(from_ms);
+    let measured = handshake.map_or(String::new(), |h| {
+        format!("; measured p99 client handshake {}", ms(h))
+    });
+    if let Some(r) = &c.round_trips {
+        let rtt = from_ms(r.rtt_p99_ms).max(handshake.unwrap_or_default());
+        let why = format!(
+            "p99 over {} established connections (tcp_info): RTO {}, RTT {}{measured} ({} left out: retransmitting now, their RTO backed off)",
+            r.connections,
+            ms(from_ms(r.rto_p99_ms)),
+            ms(from_ms(r.rtt_p99_ms)),
+            r.backing_off
+        );
+        return (from_ms(r.rto_p99_ms), rtt, why);
+    }
+    if let Some(h) = handshake {
+        let why = format!(
+            "no established connection to read: RTO estimated as tcp_rto_min {} + the measured p99 handshake {}",
+            ms(s.rto_min()),
+            ms(h)
+        );
+        return (s.rto_min() + h, h, why);
+    }
+    let why = format!(
+        "no established connection to read and nothing measured: the RTO floor, tcp_rto_min {}",
+        ms(s.rto_min())
+    );
+    (s.rto_min(), Duration::ZERO, why)
+}
+
+/// When the error comes after the first retransmission: exactly for the RTO read from
+/// this namespace's connections; else only its bound, since a real RTO is above the
+/// floor by the RTT and a jiffy or so, and whether one more timeout is needed can turn
+/// on that (1044.4 s for 200 ms exactly, 928.5 s for 204 ms).
+fn first_timeout_past(s: &TcpSysctls, c: &Census, rto: Duration) -> String {
+    if c.round_trips.is_some() {
+        return format!(
+            "{} after the first retransmission for the RTO above ({})",
+            tenths(timeouts::give_up_after(rto, s.retries2, s.rto_max())),
+            ms(rto)
+        );
+    }
+    format!(
+        "up to one RTO (at most {} s) past the model",
+        s.rto_max().as_secs()
+    )
+}
+
+/// What tcp_retries2 and tcp_retries1 mean in seconds, and how the kernel gets there.
+fn retries_evidence(s: &TcpSysctls, c: &Census, rto: Duration) -> Vec<String> {
+    vec![
+        format!(
+            "net.ipv4.tcp_retries2 = {}: an established connection whose peer stopped answering fails with ETIMEDOUT after {} of retransmissions",
+            s.retries2,
+            tenths(timeouts::retransmission_timeout(s.retries2, s.rto_max()))
+        ),
+        format!(
+            "the kernel turns the count into time (tcp_model_timeout): {} ms doubling to {} s, then {} s per retry, whatever the connection's own RTO; at each retransmission timeout it compares that with the time since the first one, so the error comes at the first timeout past it: {}",
+            timeouts::RTO_MIN.as_millis(),
+            s.rto_max().as_secs(),
+            s.rto_max().as_secs(),
+            first_timeout_past(s, c, rto)
+        ),
+        format!(
+            "net.ipv4.tcp_retries1 = {}: after {} of retransmissions the kernel asks for the route to be looked up again (and, with tcp_mtu_probing, probes a smaller MTU)",
+            s.retries1,
+            tenths(timeouts::retransmission_timeout(s.retries1, s.rto_max()))
+        ),
+    ]
+}
+
+/// The request timeout's arithmetic, and what a shorter one costs.
+fn request_timeout_evidence(rto: Duration, rtt: Duration, allowance: Duration) -> String {
+    format!(
+        "request timeout = server time + 3 x RTO {}{} = server time + {:.2} s: two lost transmissions of one segment in a row still succeed; a timeout under one RTO ({}) fails on a single lost segment",
+        ms(rto),
+        if rtt.is_zero() {
+            String::new()
+        } else {
+            format!(" + RTT {}", ms(rtt))
+        },
+        allowance.as_secs_f64(),
+        ms(rto)
+    )
+}
+
+fn retransmission_fix(s: &TcpSysctls, give_up: Duration, allowance: Duration) -> String {
+    let eight = tenths(timeouts::retransmission_timeout(8, s.rto_max()));
+    let mut fix = format!(
+        "Give every request an application timeout of the server's own time (its p99) plus \
+         {:.2} s, so one or two lost segments do not fail it, and a dead peer fails it in \
+         seconds instead of {}. TCP_USER_TIMEOUT bounds the kernel's retransmissions for \
+         one socket; net.ipv4.tcp_retries2 for every connection of the namespace (8 gives \
+         up after {eight}).",
+        allowance.as_secs_f64(),
+        tenths(give_up)
+    );
+    if give_up < RFC1122_MIN_GIVE_UP {
+        fix.push_str(&format!(
+            " Below 100 s (RFC 1122 asks at least that), an outage as short as a router \
+             failover kills established connections: keep net.ipv4.tcp_retries2 at 8 or \
+             more ({eight})."
+        ));
+    }
+    fix
+}
+
+pub fn retransmission_timeout(s: &TcpSysctls, c: &Census, m: Option<&Measured>) -> Finding {
+    let give_up = timeouts::retransmission_timeout(s.retries2, s.rto_max());
+    let (rto, rtt, basis) = round_trip_basis(s, c, m);
+    let allowance = timeouts::request_timeout_allowance(rto, rtt);
+    let mut evidence = retries_evidence(s, c, rto);
+    evidence.push(basis);
+    evidence.push(request_timeout_evidence(rto, rtt, allowance));
+    Finding {
+        check: "retransmission_timeout",
+        severity: if give_up < RFC1122_MIN_GIVE_UP {
+            Severity::Warning
+        } else {
+            Severity::Ok
+        },
+        summary: format!(
+            "unanswered retransmissions end a connection after {} (tcp_retries2 = {}); request timeouts need the server's time + {:.2} s",
+            tenths(give_up),
+            s.retries2,
+            allowance.as_secs_f64()
+        ),
+        evidence,
+        fix: retransmission_fix(s, give_up, allowance),
     }
 }

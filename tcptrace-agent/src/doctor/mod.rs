@@ -77,12 +77,14 @@ async fn examine(opts: &DoctorOptions) -> Result<Report> {
     // Sockets are counted after measuring, so what the window produced is included.
     let mut census = Census::take(&sysctls, opts.idle_after)?;
     census.find_owners();
+    census.summarize_round_trips();
     let m = measured.as_ref();
     findings.push(checks::time_wait(&sysctls, &census, m));
     findings.push(checks::ephemeral_ports(&sysctls, &census, m));
     findings.push(checks::keepalive(&sysctls, &census));
     findings.push(checks::idle_connections(&census, opts.idle_after));
     findings.push(checks::timeouts(&sysctls, m));
+    findings.push(checks::retransmission_timeout(&sysctls, &census, m));
     if let Some(m) = m {
         findings.push(checks::retransmissions(m));
         findings.push(checks::socket_errors(m));
