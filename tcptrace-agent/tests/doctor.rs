@@ -30,6 +30,17 @@ fn time_wait_in_ss() -> u64 {
     String::from_utf8_lossy(&ss.stdout).lines().count() as u64
 }
 
+/// Sockets in one state (`ss`'s name for it, e.g. "close-wait") in the calling thread's
+/// network namespace.
+fn in_ss_state(state: &str) -> u64 {
+    let ss = Command::new("ss")
+        .args(["-tanH", "state", state])
+        .output()
+        .unwrap();
+    assert!(ss.status.success(), "{ss:?}");
+    String::from_utf8_lossy(&ss.stdout).lines().count() as u64
+}
+
 fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
     find_by(&report["findings"], "check", check)
 }
@@ -284,6 +295,64 @@ fn a_blackholed_peer_is_counted_as_an_etimedout_close() {
         (after > before).then_some(after)
     });
     assert_eq!(after - before, 1.0, "one connection timed out");
+}
+
+#[test]
+fn close_wait_sockets_are_listed_under_their_process_as_ss_counts_them() {
+    require_root!();
+    let _serial = serial();
+    const N: u64 = 7;
+    let me = std::process::id();
+    in_private_netns(&[], move || {
+        let listener = TcpListener::bind("127.0.0.1:6003").unwrap();
+        // Each client closes at once; the server accepts and never closes its side.
+        let servers: Vec<TcpStream> = (0..N)
+            .map(|_| {
+                let client = TcpStream::connect("127.0.0.1:6003").unwrap();
+                let (server, _) = listener.accept().unwrap();
+                drop(client);
+                server
+            })
+            .collect();
+        wait_until(Duration::from_secs(10), "N sockets in CLOSE_WAIT", || {
+            (in_ss_state("close-wait") == N).then_some(())
+        });
+        let (fresh, _) = doctor(&["--measure", "0"]);
+        let in_ss = in_ss_state("close-wait");
+        let census = &fresh["census"];
+        eprintln!("CLOSE_WAIT: doctor {}, ss {in_ss}", census["close_wait"]);
+        assert_eq!(census["close_wait"], in_ss, "{census}");
+        assert_eq!(census["close_wait_processes"], 1, "{census}");
+        let mine = &census["close_wait_by_process"][0];
+        assert_eq!(mine["pid"], me, "{census}");
+        assert_eq!(mine["sockets"], N, "{census}");
+        assert_eq!(mine["idle"], 0, "{census}");
+        // A few seconds old and fewer than a crowd: reported, not a warning yet.
+        assert_eq!(finding(&fresh, "close_wait")["severity"], "info");
+
+        wait_until(
+            Duration::from_secs(10),
+            "every server socket idle 1 s",
+            || {
+                servers
+                    .iter()
+                    .all(|s| idle(s) >= Duration::from_secs(1))
+                    .then_some(())
+            },
+        );
+        let (stale, status) = doctor(&["--measure", "0", "--idle-after", "1"]);
+        let mine = &stale["census"]["close_wait_by_process"][0];
+        assert_eq!(mine["idle"], N, "{mine}");
+        let check = finding(&stale, "close_wait");
+        assert_eq!(check["severity"], "warning", "{check}");
+        let evidence = check["evidence"].to_string();
+        assert!(
+            evidence.contains(&format!("({me}): {N} CLOSE_WAIT sockets, {N} idle")),
+            "{evidence}"
+        );
+        assert_eq!(status, 3, "warnings exit with 3");
+        drop(servers);
+    });
 }
 
 #[test]

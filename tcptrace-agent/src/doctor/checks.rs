@@ -510,3 +510,83 @@ pub fn retransmission_timeout(s: &TcpSysctls, c: &Census, m: Option<&Measured>) 
         fix: retransmission_fix(s, give_up, allowance),
     }
 }
+
+/// Warn from this many CLOSE_WAIT sockets in one process, however recent: CLOSE_WAIT
+/// lasts from the peer's FIN to the application's close(), normally microseconds.
+pub const CLOSE_WAIT_CROWD: u64 = 100;
+
+fn owner(pid: Option<u32>, comm: Option<&str>) -> String {
+    match (comm, pid) {
+        (Some(comm), Some(pid)) => format!("{comm} ({pid})"),
+        _ => "unknown owner".into(),
+    }
+}
+
+fn close_wait_evidence(c: &Census, idle_after: Duration) -> Vec<String> {
+    if c.close_wait == 0 {
+        return vec!["no socket in CLOSE_WAIT (the peer closed, the application has not)".into()];
+    }
+    let mut evidence = vec![format!(
+        "{} sockets in CLOSE_WAIT (the peer closed, the application has not), held by {} processes; {} of them without data for {} or more",
+        c.close_wait,
+        c.close_wait_processes,
+        c.close_wait_idle,
+        secs(idle_after)
+    )];
+    for o in &c.close_wait_by_process {
+        evidence.push(format!(
+            "{}: {} CLOSE_WAIT sockets, {} idle {} or more, the longest without data for {:.0} s",
+            owner(o.pid, o.comm.as_deref()),
+            o.sockets,
+            o.idle,
+            secs(idle_after),
+            o.longest_idle_s
+        ));
+    }
+    let unlisted = c.close_wait_processes - c.close_wait_by_process.len() as u64;
+    if unlisted > 0 {
+        evidence.push(format!("{unlisted} more processes hold fewer"));
+    }
+    evidence.push(
+        "sock_diag gives no time since the peer's FIN; idle is the time without data either way, and the FIN came after the last data received".into(),
+    );
+    evidence
+}
+
+pub fn close_wait(c: &Census, idle_after: Duration) -> Finding {
+    let crowded = c
+        .close_wait_by_process
+        .iter()
+        .any(|o| o.sockets >= CLOSE_WAIT_CROWD);
+    let severity = if crowded || c.close_wait_idle > 0 {
+        Severity::Warning
+    } else if c.close_wait > 0 {
+        Severity::Info
+    } else {
+        Severity::Ok
+    };
+    let summary = match c.close_wait_by_process.first() {
+        Some(top) => format!(
+            "{} CLOSE_WAIT sockets, most held by {}: {}",
+            c.close_wait,
+            owner(top.pid, top.comm.as_deref()),
+            top.sockets
+        ),
+        None => format!("{} CLOSE_WAIT sockets", c.close_wait),
+    };
+    Finding {
+        check: "close_wait",
+        severity,
+        summary,
+        evidence: close_wait_evidence(c, idle_after),
+        fix: format!(
+            "The application does not close() after the peer closed: a leaked connection. \
+             A read returning 0 (end of stream) or an error means the peer is done: close \
+             the socket, on error paths too, and in connection pools drop a pooled \
+             connection found closed. Nothing in the kernel ends CLOSE_WAIT: each socket \
+             holds a file descriptor and its buffers until the process closes it or exits. \
+             Warns from {CLOSE_WAIT_CROWD} in one process, or any idle for the idle \
+             threshold."
+        ),
+    }
+}

@@ -83,6 +83,7 @@ async fn examine(opts: &DoctorOptions) -> Result<Report> {
     findings.push(checks::ephemeral_ports(&sysctls, &census, m));
     findings.push(checks::keepalive(&sysctls, &census));
     findings.push(checks::idle_connections(&census, opts.idle_after));
+    findings.push(checks::close_wait(&census, opts.idle_after));
     findings.push(checks::timeouts(&sysctls, m));
     findings.push(checks::retransmission_timeout(&sysctls, &census, m));
     if let Some(m) = m {
