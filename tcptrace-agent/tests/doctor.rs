@@ -4,6 +4,7 @@
 mod common;
 
 use std::{
+    collections::HashMap,
     io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
@@ -353,6 +354,123 @@ fn close_wait_sockets_are_listed_under_their_process_as_ss_counts_them() {
         assert_eq!(status, 3, "warnings exit with 3");
         drop(servers);
     });
+}
+
+/// /proc/net/sockstat's TCP line as the calling thread's namespace has it, by name.
+fn sockstat_tcp() -> HashMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").unwrap();
+    let line = text.lines().find_map(|l| l.strip_prefix("TCP:")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .chunks(2)
+        .map(|kv| (kv[0].to_string(), kv[1].parse().unwrap()))
+        .collect()
+}
+
+/// Write to a peer that never reads until the send buffer is full: what is left waits
+/// for a window the peer keeps closed.
+fn fill_until_blocked(s: &mut TcpStream) {
+    s.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 65536];
+    loop {
+        match s.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) => panic!("filling the send buffer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn orphans_and_memory_are_sockstat_s_figures() {
+    require_root!();
+    let _serial = serial();
+    const ORPHANS: u64 = 3;
+    const TIME_WAIT: u64 = 5;
+    let (report, sockstat) = in_private_netns(&[], || {
+        // Orphans: closed with data the peer does not read, they stay in FIN_WAIT1.
+        let stalled = TcpListener::bind("127.0.0.1:6004").unwrap();
+        let mut servers = Vec::new();
+        for _ in 0..ORPHANS {
+            let mut client = TcpStream::connect("127.0.0.1:6004").unwrap();
+            let (server, _) = stalled.accept().unwrap();
+            fill_until_blocked(&mut client);
+            drop(client);
+            // Dropping the server end (unread data in it) resets its orphan: the test
+            // leaves nothing behind, also when it fails.
+            servers.push(server);
+        }
+        let churned = TcpListener::bind("127.0.0.1:6005").unwrap();
+        churn(&churned, TIME_WAIT as usize);
+        wait_until(
+            Duration::from_secs(10),
+            "orphans and TIME_WAIT in place",
+            || {
+                (in_ss_state("fin-wait-1") == ORPHANS && in_ss_state("time-wait") == TIME_WAIT)
+                    .then_some(())
+            },
+        );
+        // inuse and tw are this namespace's and hold still; orphan, alloc and mem are the
+        // node's and may move: a doctor run between two equal readings must show them.
+        let still = wait_until(
+            Duration::from_secs(30),
+            "sockstat holding still across a doctor run",
+            || {
+                let before = sockstat_tcp();
+                let (report, _) = doctor(&["--measure", "0"]);
+                (sockstat_tcp() == before).then_some((report, before))
+            },
+        );
+        drop((servers, churned));
+        still
+    });
+    let memory = &report["memory"];
+    eprintln!("doctor {memory}, sockstat {sockstat:?}");
+    for (ours, sockstat_name) in [
+        ("inuse", "inuse"),
+        ("tw", "tw"),
+        ("orphan", "orphan"),
+        ("alloc", "alloc"),
+        ("mem_pages", "mem"),
+    ] {
+        assert_eq!(memory[ours], sockstat[sockstat_name], "{ours}: {memory}");
+    }
+    // The two listeners, the orphans and their server ends.
+    assert_eq!(sockstat["inuse"], 2 + 2 * ORPHANS);
+    assert_eq!(sockstat["tw"], TIME_WAIT);
+    assert!(sockstat["orphan"] >= ORPHANS, "ours are among the node's");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    assert_eq!(memory["page_size"], page);
+    // The limits are node-wide: a namespace other than the host's has no tcp_mem.
+    assert!(memory["tcp_mem"].is_null() && memory["max_orphans"].is_null());
+    let check = finding(&report, "orphans_and_memory");
+    assert!(
+        check["evidence"]
+            .to_string()
+            .contains("net.ipv4.tcp_mem is not visible from this network namespace"),
+        "{check}"
+    );
+}
+
+#[test]
+fn the_node_wide_limits_are_read_where_they_are_visible() {
+    require_root!();
+    // The test's own namespace: the host's, unless the tests run in another.
+    let (report, _) = doctor(&["--measure", "0"]);
+    let memory = &report["memory"];
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
+    match (read("tcp_max_orphans"), read("tcp_mem")) {
+        (Some(max_orphans), Some(tcp_mem)) => {
+            assert_eq!(memory["max_orphans"].to_string(), max_orphans.trim());
+            let pages: Vec<Value> = tcp_mem
+                .split_whitespace()
+                .map(|v| Value::from(v.parse::<u64>().unwrap()))
+                .collect();
+            assert_eq!(memory["tcp_mem"], Value::from(pages), "{memory}");
+        }
+        _ => assert!(memory["tcp_mem"].is_null() && memory["max_orphans"].is_null()),
+    }
 }
 
 #[test]

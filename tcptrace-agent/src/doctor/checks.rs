@@ -4,7 +4,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::measure::Measured;
-use crate::{doctor::census::Census, doctor::sysctl::TcpSysctls, doctor::timeouts};
+use crate::{
+    doctor::census::Census, doctor::sockstat::TcpMemory, doctor::sysctl::TcpSysctls,
+    doctor::timeouts,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -588,5 +591,128 @@ pub fn close_wait(c: &Census, idle_after: Duration) -> Finding {
              Warns from {CLOSE_WAIT_CROWD} in one process, or any idle for the idle \
              threshold."
         ),
+    }
+}
+
+fn mib(t: &TcpMemory, pages: u64) -> String {
+    format!("{:.1} MiB", t.bytes(pages) as f64 / (1024.0 * 1024.0))
+}
+
+/// Orphans against tcp_max_orphans: evidence, severity.
+fn orphan_use(t: &TcpMemory) -> (String, Severity) {
+    let Some(max) = t.max_orphans else {
+        return (
+            format!(
+                "{} orphans (closed by their application, still sending or waiting for the peer), node-wide; net.ipv4.tcp_max_orphans is not visible from this network namespace",
+                t.orphan
+            ),
+            Severity::Ok,
+        );
+    };
+    let share = t.orphan as f64 / max.max(1) as f64;
+    let severity = if share >= CRITICAL_SHARE {
+        Severity::Critical
+    } else if share > WARN_SHARE {
+        Severity::Warning
+    } else {
+        Severity::Ok
+    };
+    (
+        format!(
+            "{} orphans (closed by their application, still sending or waiting for the peer), node-wide, of net.ipv4.tcp_max_orphans = {max} ({:.1}%); past it the kernel resets orphans (\"too many orphaned sockets\"), sooner those that sent nothing in 240 s or got an ICMP error (past a half of it, a quarter with both)",
+            t.orphan,
+            share * 100.0
+        ),
+        severity,
+    )
+}
+
+/// TCP's buffer memory against tcp_mem (or the pressure flag): evidence, severity.
+fn memory_use(t: &TcpMemory) -> (Vec<String>, Severity) {
+    let pressure_flag = match t.under_pressure {
+        Some(true) => Severity::Warning,
+        _ => Severity::Ok,
+    };
+    let flag = format!(
+        "the kernel's TCP memory-pressure flag (/proc/net/protocols): {}",
+        match t.under_pressure {
+            Some(true) => "set",
+            Some(false) => "clear",
+            None => "not shown",
+        }
+    );
+    let Some([low, pressure, high]) = t.tcp_mem else {
+        return (
+            vec![
+                format!(
+                    "TCP buffers hold {} pages ({}), node-wide; net.ipv4.tcp_mem is not visible from this network namespace (run doctor in the host's namespace to compare)",
+                    t.mem_pages,
+                    mib(t, t.mem_pages)
+                ),
+                flag,
+            ],
+            pressure_flag,
+        );
+    };
+    let severity = if t.mem_pages >= high {
+        Severity::Critical
+    } else if t.mem_pages >= pressure {
+        Severity::Warning
+    } else {
+        pressure_flag
+    };
+    (
+        vec![
+            format!(
+                "TCP buffers hold {} pages ({}), node-wide; net.ipv4.tcp_mem = {low} {pressure} {high} pages (low {}, pressure {}, high {}): {:.1}% of the pressure value",
+                t.mem_pages,
+                mib(t, t.mem_pages),
+                mib(t, low),
+                mib(t, pressure),
+                mib(t, high),
+                t.mem_pages as f64 / pressure.max(1) as f64 * 100.0
+            ),
+            flag,
+        ],
+        severity,
+    )
+}
+
+pub fn orphans_and_memory(t: &TcpMemory) -> Finding {
+    let (orphans, orphan_severity) = orphan_use(t);
+    let (memory, memory_severity) = memory_use(t);
+    let mut evidence = vec![format!(
+        "/proc/net/sockstat: {} TCP sockets in use and {} TIME_WAIT in this network namespace; node-wide (every namespace sees the same): {} orphans, {} sockets allocated, {} pages of buffers (pages of {} bytes, sysconf)",
+        t.inuse, t.tw, t.orphan, t.alloc, t.mem_pages, t.page_size
+    )];
+    evidence.push(orphans);
+    evidence.extend(memory);
+    Finding {
+        check: "orphans_and_memory",
+        severity: orphan_severity.max(memory_severity),
+        summary: format!(
+            "{} orphan sockets, TCP buffers {}{}",
+            t.orphan,
+            mib(t, t.mem_pages),
+            match t.tcp_mem {
+                Some([_, pressure, _]) => format!(
+                    " ({:.1}% of tcp_mem's pressure value)",
+                    t.mem_pages as f64 / pressure.max(1) as f64 * 100.0
+                ),
+                None => String::new(),
+            }
+        ),
+        evidence,
+        fix: "Orphans are sockets their application closed while the kernel still sends \
+              (FIN_WAIT1: unsent data or a FIN to a peer that does not read or is gone) or \
+              waits for the peer (LAST_ACK, CLOSING). Many mean peers that stopped reading \
+              or vanished: find them (`ss -to state fin-wait-1`), lower \
+              net.ipv4.tcp_orphan_retries to retry less, and raise tcp_max_orphans only \
+              with the memory for it (an orphan keeps its send buffer). Past tcp_mem's \
+              pressure value the kernel shrinks every socket's buffers, past its high value \
+              it refuses memory (\"out of memory -- consider tuning tcp_mem\"): find the \
+              sockets with large queues (`ss -tm`), and raise tcp_mem only if the node has \
+              the memory."
+            .into(),
     }
 }
