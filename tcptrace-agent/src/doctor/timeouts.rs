@@ -96,7 +96,7 @@ pub fn retransmission_timeout(retries: u64, rto_max: Duration) -> Duration {
 /// count) has reached `retransmission_timeout`; after it the timeouts come 2, 4, 8...
 /// RTOs apart, capped at `rto_max`: the error comes at the first one past the limit.
 /// Measured on 6.18 with tcp_retries2 = 3 (limit 3.0 s) and an RTO of 204 ms: the
-/// fifth timeout, 6.12 s after the first retransmission (6.30 s with timer slack).
+/// fifth timeout, 6.12 s after the first retransmission (6.2-6.4 s with timer slack).
 pub fn give_up_after(rto: Duration, retries: u64, rto_max: Duration) -> Duration {
     let limit = retransmission_timeout(retries, rto_max);
     let mut wait = rto.max(Duration::from_millis(1)).min(rto_max);
