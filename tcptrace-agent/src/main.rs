@@ -106,9 +106,12 @@ enum Command {
     /// local ports in use per destination against ip_local_port_range (and EADDRNOTAVAIL
     /// seen); how long keep-alive takes to notice a dead peer against common load
     /// balancer idle timeouts; idle connections with and without keep-alive, with their
-    /// owner; what tcp_syn_retries and tcp_synack_retries mean in seconds and an
-    /// application connect timeout derived from measured handshakes; retransmits and
-    /// ETIMEDOUT seen. Each finding has a severity, its evidence and the fix.
+    /// owner; CLOSE_WAIT sockets by owning process; what tcp_syn_retries and
+    /// tcp_synack_retries mean in seconds and an application connect timeout derived
+    /// from measured handshakes; tcp_retries2 in seconds and a request timeout from the
+    /// RTO and RTT of established connections; orphans and TCP memory (/proc/net/sockstat)
+    /// against tcp_max_orphans and tcp_mem; retransmits and ETIMEDOUT seen. Each finding
+    /// has a severity, its evidence and the fix.
     ///
     /// For --measure seconds it attaches the programs (root or CAP_BPF+CAP_PERFMON) and
     /// watches the kernel; --measure 0 runs the static checks only, without privileges.

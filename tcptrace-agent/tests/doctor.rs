@@ -4,7 +4,8 @@
 mod common;
 
 use std::{
-    io::{ErrorKind, Read},
+    collections::HashMap,
+    io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::Command,
@@ -13,6 +14,7 @@ use std::{
 
 use common::*;
 use serde_json::Value;
+use tcptrace_agent::doctor::timeouts;
 
 /// `tcptrace doctor --json` with these arguments, run in the caller's network namespace
 /// (call it from inside `in_private_netns`): the report and the exit status.
@@ -26,6 +28,17 @@ fn time_wait_in_ss() -> u64 {
         .args(["-tanH", "state", "time-wait"])
         .output()
         .unwrap();
+    String::from_utf8_lossy(&ss.stdout).lines().count() as u64
+}
+
+/// Sockets in one state (`ss`'s name for it, e.g. "close-wait") in the calling thread's
+/// network namespace.
+fn in_ss_state(state: &str) -> u64 {
+    let ss = Command::new("ss")
+        .args(["-tanH", "state", state])
+        .output()
+        .unwrap();
+    assert!(ss.status.success(), "{ss:?}");
     String::from_utf8_lossy(&ss.stdout).lines().count() as u64
 }
 
@@ -131,11 +144,10 @@ fn set_keepalive(s: &TcpStream, idle_s: i32, intvl_s: i32, count: i32) {
     }
 }
 
-/// How long the kernel says a connection has moved no data, either way (what doctor
-/// calls idle).
-fn idle(s: &TcpStream) -> Duration {
+/// The kernel's `tcp_info` of one of our sockets.
+fn tcp_info(s: &TcpStream) -> libc::tcp_info {
     // SAFETY: getsockopt(TCP_INFO) into a zeroed tcp_info of the size we pass.
-    let info = unsafe {
+    unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         let rc = libc::getsockopt(
@@ -147,7 +159,13 @@ fn idle(s: &TcpStream) -> Duration {
         );
         assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
         info
-    };
+    }
+}
+
+/// How long the kernel says a connection has moved no data, either way (what doctor
+/// calls idle).
+fn idle(s: &TcpStream) -> Duration {
+    let info = tcp_info(s);
     let ms = info.tcpi_last_data_sent.min(info.tcpi_last_data_recv);
     Duration::from_millis(ms.into())
 }
@@ -278,4 +296,262 @@ fn a_blackholed_peer_is_counted_as_an_etimedout_close() {
         (after > before).then_some(after)
     });
     assert_eq!(after - before, 1.0, "one connection timed out");
+}
+
+#[test]
+fn close_wait_sockets_are_listed_under_their_process_as_ss_counts_them() {
+    require_root!();
+    let _serial = serial();
+    const N: u64 = 7;
+    let me = std::process::id();
+    in_private_netns(&[], move || {
+        let listener = TcpListener::bind("127.0.0.1:6003").unwrap();
+        // Each client closes at once; the server accepts and never closes its side.
+        let servers: Vec<TcpStream> = (0..N)
+            .map(|_| {
+                let client = TcpStream::connect("127.0.0.1:6003").unwrap();
+                let (server, _) = listener.accept().unwrap();
+                drop(client);
+                server
+            })
+            .collect();
+        wait_until(Duration::from_secs(10), "N sockets in CLOSE_WAIT", || {
+            (in_ss_state("close-wait") == N).then_some(())
+        });
+        let (fresh, _) = doctor(&["--measure", "0"]);
+        let in_ss = in_ss_state("close-wait");
+        let census = &fresh["census"];
+        eprintln!("CLOSE_WAIT: doctor {}, ss {in_ss}", census["close_wait"]);
+        assert_eq!(census["close_wait"], in_ss, "{census}");
+        assert_eq!(census["close_wait_processes"], 1, "{census}");
+        let mine = &census["close_wait_by_process"][0];
+        assert_eq!(mine["pid"], me, "{census}");
+        assert_eq!(mine["sockets"], N, "{census}");
+        assert_eq!(mine["idle"], 0, "{census}");
+        // A few seconds old and fewer than a crowd: reported, not a warning yet.
+        assert_eq!(finding(&fresh, "close_wait")["severity"], "info");
+
+        wait_until(
+            Duration::from_secs(10),
+            "every server socket idle 1 s",
+            || {
+                servers
+                    .iter()
+                    .all(|s| idle(s) >= Duration::from_secs(1))
+                    .then_some(())
+            },
+        );
+        let (stale, status) = doctor(&["--measure", "0", "--idle-after", "1"]);
+        let mine = &stale["census"]["close_wait_by_process"][0];
+        assert_eq!(mine["idle"], N, "{mine}");
+        let check = finding(&stale, "close_wait");
+        assert_eq!(check["severity"], "warning", "{check}");
+        let evidence = check["evidence"].to_string();
+        assert!(
+            evidence.contains(&format!("({me}): {N} CLOSE_WAIT sockets, {N} idle")),
+            "{evidence}"
+        );
+        assert_eq!(status, 3, "warnings exit with 3");
+        drop(servers);
+    });
+}
+
+/// /proc/net/sockstat's TCP line as the calling thread's namespace has it, by name.
+fn sockstat_tcp() -> HashMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").unwrap();
+    let line = text.lines().find_map(|l| l.strip_prefix("TCP:")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .chunks(2)
+        .map(|kv| (kv[0].to_string(), kv[1].parse().unwrap()))
+        .collect()
+}
+
+/// Write to a peer that never reads until the send buffer is full: what is left waits
+/// for a window the peer keeps closed.
+fn fill_until_blocked(s: &mut TcpStream) {
+    s.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 65536];
+    loop {
+        match s.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) => panic!("filling the send buffer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn orphans_and_memory_are_sockstat_s_figures() {
+    require_root!();
+    let _serial = serial();
+    const ORPHANS: u64 = 3;
+    const TIME_WAIT: u64 = 5;
+    let (report, sockstat) = in_private_netns(&[], || {
+        // Orphans: closed with data the peer does not read, they stay in FIN_WAIT1.
+        let stalled = TcpListener::bind("127.0.0.1:6004").unwrap();
+        let mut servers = Vec::new();
+        for _ in 0..ORPHANS {
+            let mut client = TcpStream::connect("127.0.0.1:6004").unwrap();
+            let (server, _) = stalled.accept().unwrap();
+            fill_until_blocked(&mut client);
+            drop(client);
+            // Dropping the server end (unread data in it) resets its orphan: the test
+            // leaves nothing behind, also when it fails.
+            servers.push(server);
+        }
+        let churned = TcpListener::bind("127.0.0.1:6005").unwrap();
+        churn(&churned, TIME_WAIT as usize);
+        wait_until(
+            Duration::from_secs(10),
+            "orphans and TIME_WAIT in place",
+            || {
+                (in_ss_state("fin-wait-1") == ORPHANS && in_ss_state("time-wait") == TIME_WAIT)
+                    .then_some(())
+            },
+        );
+        // inuse and tw are this namespace's and hold still; orphan, alloc and mem are the
+        // node's and may move: a doctor run between two equal readings must show them.
+        let still = wait_until(
+            Duration::from_secs(30),
+            "sockstat holding still across a doctor run",
+            || {
+                let before = sockstat_tcp();
+                let (report, _) = doctor(&["--measure", "0"]);
+                (sockstat_tcp() == before).then_some((report, before))
+            },
+        );
+        drop((servers, churned));
+        still
+    });
+    let memory = &report["memory"];
+    eprintln!("doctor {memory}, sockstat {sockstat:?}");
+    for (ours, sockstat_name) in [
+        ("inuse", "inuse"),
+        ("tw", "tw"),
+        ("orphan", "orphan"),
+        ("alloc", "alloc"),
+        ("mem_pages", "mem"),
+    ] {
+        assert_eq!(memory[ours], sockstat[sockstat_name], "{ours}: {memory}");
+    }
+    // The two listeners, the orphans and their server ends.
+    assert_eq!(sockstat["inuse"], 2 + 2 * ORPHANS);
+    assert_eq!(sockstat["tw"], TIME_WAIT);
+    assert!(sockstat["orphan"] >= ORPHANS, "ours are among the node's");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    assert_eq!(memory["page_size"], page);
+    // The limits are node-wide: a namespace other than the host's has no tcp_mem.
+    assert!(memory["tcp_mem"].is_null() && memory["max_orphans"].is_null());
+    let check = finding(&report, "orphans_and_memory");
+    assert!(
+        check["evidence"]
+            .to_string()
+            .contains("net.ipv4.tcp_mem is not visible from this network namespace"),
+        "{check}"
+    );
+}
+
+#[test]
+fn the_node_wide_limits_are_read_where_they_are_visible() {
+    require_root!();
+    // The test's own namespace: the host's, unless the tests run in another.
+    let (report, _) = doctor(&["--measure", "0"]);
+    let memory = &report["memory"];
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
+    match (read("tcp_max_orphans"), read("tcp_mem")) {
+        (Some(max_orphans), Some(tcp_mem)) => {
+            assert_eq!(memory["max_orphans"].to_string(), max_orphans.trim());
+            let pages: Vec<Value> = tcp_mem
+                .split_whitespace()
+                .map(|v| Value::from(v.parse::<u64>().unwrap()))
+                .collect();
+            assert_eq!(memory["tcp_mem"], Value::from(pages), "{memory}");
+        }
+        _ => assert!(memory["tcp_mem"].is_null() && memory["max_orphans"].is_null()),
+    }
+}
+
+#[test]
+fn tcp_retries2_of_the_namespace_is_shown_in_seconds() {
+    require_root!();
+    let _serial = serial();
+    let retries2 = || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_retries2").unwrap();
+    let host = retries2();
+    let tuned = in_private_netns(
+        &[
+            ("net.ipv4.tcp_retries2", "5"),
+            ("net.ipv4.tcp_retries1", "2"),
+        ],
+        || doctor(&["--measure", "0"]).0,
+    );
+    assert_eq!(retries2(), host, "set in the namespace only");
+    let check = finding(&tuned, "retransmission_timeout");
+    let summary = check["summary"].as_str().unwrap();
+    // tcp_model_timeout: (2^6 - 1) x 200 ms, and (2^3 - 1) x 200 ms for tcp_retries1.
+    assert!(
+        summary.contains("after 12.6 s (tcp_retries2 = 5)"),
+        "{summary}"
+    );
+    assert!(
+        check["evidence"]
+            .to_string()
+            .contains("tcp_retries1 = 2: after 1.4 s"),
+        "{check}"
+    );
+    assert_eq!(check["severity"], "warning", "under RFC 1122's 100 s");
+
+    let defaults = in_private_netns(&[], || doctor(&["--measure", "0"]).0);
+    let check = finding(&defaults, "retransmission_timeout");
+    let summary = check["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("after 924.6 s (15.4 min) (tcp_retries2 = 15)"),
+        "{summary}"
+    );
+    assert_eq!(check["severity"], "ok");
+}
+
+/// The kernel against the model doctor explains: with tcp_retries2 = 3 (3.0 s), a
+/// connection to a blackholed peer gets ETIMEDOUT at the first retransmission timeout
+/// 3.0 s or more after its first timeout retransmission (`give_up_after`).
+#[test]
+fn a_blackholed_connection_gives_up_when_the_model_says() {
+    require_root!();
+    let _serial = serial();
+    let (rto, elapsed, err) = in_private_netns(&[("net.ipv4.tcp_retries2", "3")], || {
+        let listener = TcpListener::bind("127.0.0.1:6006").unwrap();
+        let mut client = TcpStream::connect("127.0.0.1:6006").unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let rto = Duration::from_micros(tcp_info(&client).tcpi_rto.into());
+        nft(&drop_on_input(
+            "blackhole",
+            &["tcp dport 6006".into(), "tcp sport 6006".into()],
+        ));
+        client.write_all(b"x").unwrap();
+        // Consecutive timeouts (tcpi_retransmits) turn 1 at the first timeout
+        // retransmission; a tail loss probe before it leaves them at 0.
+        let first = wait_until(Duration::from_secs(5), "the first timeout", || {
+            (tcp_info(&client).tcpi_retransmits >= 1).then(Instant::now)
+        });
+        client
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let err = client.read(&mut [0u8; 1]).unwrap_err();
+        let elapsed = first.elapsed();
+        set_linger_zero(&server);
+        (rto, elapsed, err)
+    });
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    let expected = timeouts::give_up_after(rto, 3, timeouts::RTO_MAX);
+    eprintln!(
+        "RTO {rto:?}: ETIMEDOUT {elapsed:?} after the first retransmission, model {expected:?}"
+    );
+    // Noticing the first timeout takes up to a polling interval; each timer may fire
+    // late by its wheel's granularity (at most 1/8 of its length).
+    assert!(
+        elapsed + Duration::from_millis(50) >= expected
+            && elapsed <= expected + expected / 8 + Duration::from_millis(100),
+        "ETIMEDOUT {elapsed:?} after the first retransmission, expected {expected:?}"
+    );
 }

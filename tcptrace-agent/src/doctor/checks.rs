@@ -4,7 +4,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::measure::Measured;
-use crate::{doctor::census::Census, doctor::sysctl::TcpSysctls, doctor::timeouts};
+use crate::{
+    doctor::census::Census, doctor::sockstat::TcpMemory, doctor::sysctl::TcpSysctls,
+    doctor::timeouts,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -257,12 +260,6 @@ pub fn timeouts(s: &TcpSysctls, m: Option<&Measured>) -> Finding {
             s.synack_retries,
             secs(timeouts::synack_timeout(s.synack_retries))
         ),
-        format!(
-            "retransmission timeout: from {} ms (TCP_RTO_MIN) to {} s (TCP_RTO_MAX), doubling per retry; tcp_retries2 = {}",
-            timeouts::RTO_MIN.as_millis(),
-            timeouts::RTO_MAX.as_secs(),
-            s.retries2
-        ),
     ];
     if let Some(m) = m {
         evidence.push(match (m.handshake_p50_ms, p99) {
@@ -296,8 +293,8 @@ pub fn timeouts(s: &TcpSysctls, m: Option<&Measured>) -> Finding {
         fix: format!(
             "Give connect() an application timeout of about {:.1} s: the p99 handshake \
              ({}) plus the first two SYN retransmissions, so one lost SYN does not fail the \
-             call but a dead peer fails in seconds, not {}. Request timeouts must allow for \
-             retransmissions too (at least a few RTOs). Lowering net.ipv4.tcp_syn_retries \
+             call but a dead peer fails in seconds, not {}. Request timeouts: see \
+             retransmission_timeout. Lowering net.ipv4.tcp_syn_retries \
              shortens the kernel's limit for every program.",
             recommended.as_secs_f64(),
             p99.map_or("not measured".into(), |p| format!("{p:.3} ms")),
@@ -351,6 +348,371 @@ pub fn socket_errors(m: &Measured) -> Finding {
         )],
         fix: "ETIMEDOUT on an established connection means keep-alive probes or \
               retransmissions (tcp_retries2) went unanswered: the peer or the path is gone."
+            .into(),
+    }
+}
+
+/// Seconds with a tenth, and minutes beside them from two minutes on: "924.6 s (15.4 min)".
+fn tenths(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 120.0 {
+        format!("{s:.1} s ({:.1} min)", s / 60.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn from_ms(ms: f64) -> Duration {
+    Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+}
+
+/// RFC 1122 (4.2.3.5): the time before an established connection is given up "MUST be
+/// large enough to provide retransmission of the segment for at least 100 seconds".
+const RFC1122_MIN_GIVE_UP: Duration = Duration::from_secs(100);
+
+/// The RTO and RTT a request timeout must allow for, and where they come from: the p99
+/// over this namespace's established connections; else the measured p99 handshake plus
+/// the RTO floor (a connection's RTO is its RTT plus at least tcp_rto_min); else the floor.
+fn round_trip_basis(
+    s: &TcpSysctls,
+    c: &Census,
+    m: Option<&Measured>,
+) -> (Duration, Duration, String) {
+    let handshake = m.and_then(|m| m.handshake_p99_ms).map(from_ms);
+    let measured = handshake.map_or(String::new(), |h| {
+        format!("; measured p99 client handshake {}", ms(h))
+    });
+    if let Some(r) = &c.round_trips {
+        let rtt = from_ms(r.rtt_p99_ms).max(handshake.unwrap_or_default());
+        let why = format!(
+            "p99 over {} established connections (tcp_info): RTO {}, RTT {}{measured} ({} left out: retransmitting now, their RTO backed off)",
+            r.connections,
+            ms(from_ms(r.rto_p99_ms)),
+            ms(from_ms(r.rtt_p99_ms)),
+            r.backing_off
+        );
+        return (from_ms(r.rto_p99_ms), rtt, why);
+    }
+    if let Some(h) = handshake {
+        let why = format!(
+            "no established connection to read: RTO estimated as tcp_rto_min {} + the measured p99 handshake {}",
+            ms(s.rto_min()),
+            ms(h)
+        );
+        return (s.rto_min() + h, h, why);
+    }
+    let why = format!(
+        "no established connection to read and nothing measured: the RTO floor, tcp_rto_min {}",
+        ms(s.rto_min())
+    );
+    (s.rto_min(), Duration::ZERO, why)
+}
+
+/// When the error comes after the first retransmission: exactly for the RTO read from
+/// this namespace's connections; else only its bound, since a real RTO is above the
+/// floor by the RTT and a jiffy or so, and whether one more timeout is needed can turn
+/// on that (1044.4 s for 200 ms exactly, 928.5 s for 204 ms).
+fn first_timeout_past(s: &TcpSysctls, c: &Census, rto: Duration) -> String {
+    if c.round_trips.is_some() {
+        return format!(
+            "{} after the first retransmission for the RTO above ({})",
+            tenths(timeouts::give_up_after(rto, s.retries2, s.rto_max())),
+            ms(rto)
+        );
+    }
+    format!(
+        "up to one RTO (at most {} s) past the model",
+        s.rto_max().as_secs()
+    )
+}
+
+/// What tcp_retries2 and tcp_retries1 mean in seconds, and how the kernel gets there.
+fn retries_evidence(s: &TcpSysctls, c: &Census, rto: Duration) -> Vec<String> {
+    vec![
+        format!(
+            "net.ipv4.tcp_retries2 = {}: an established connection whose peer stopped answering fails with ETIMEDOUT after {} of retransmissions",
+            s.retries2,
+            tenths(timeouts::retransmission_timeout(s.retries2, s.rto_max()))
+        ),
+        format!(
+            "the kernel turns the count into time (tcp_model_timeout): {} ms doubling to {} s, then {} s per retry, whatever the connection's own RTO; at each retransmission timeout it compares that with the time since the first one, so the error comes at the first timeout past it: {}",
+            timeouts::RTO_MIN.as_millis(),
+            s.rto_max().as_secs(),
+            s.rto_max().as_secs(),
+            first_timeout_past(s, c, rto)
+        ),
+        format!(
+            "net.ipv4.tcp_retries1 = {}: after {} of retransmissions the kernel asks for the route to be looked up again (and, with tcp_mtu_probing, probes a smaller MTU)",
+            s.retries1,
+            tenths(timeouts::retransmission_timeout(s.retries1, s.rto_max()))
+        ),
+    ]
+}
+
+/// The request timeout's arithmetic, and what a shorter one costs.
+fn request_timeout_evidence(rto: Duration, rtt: Duration, allowance: Duration) -> String {
+    format!(
+        "request timeout = server time + 3 x RTO {}{} = server time + {:.2} s: two lost transmissions of one segment in a row still succeed; a timeout under one RTO ({}) fails on a single lost segment",
+        ms(rto),
+        if rtt.is_zero() {
+            String::new()
+        } else {
+            format!(" + RTT {}", ms(rtt))
+        },
+        allowance.as_secs_f64(),
+        ms(rto)
+    )
+}
+
+fn retransmission_fix(s: &TcpSysctls, give_up: Duration, allowance: Duration) -> String {
+    let eight = tenths(timeouts::retransmission_timeout(8, s.rto_max()));
+    let mut fix = format!(
+        "Give every request an application timeout of the server's own time (its p99) plus \
+         {:.2} s, so one or two lost segments do not fail it, and a dead peer fails it in \
+         seconds instead of {}. TCP_USER_TIMEOUT bounds the kernel's retransmissions for \
+         one socket; net.ipv4.tcp_retries2 for every connection of the namespace (8 gives \
+         up after {eight}).",
+        allowance.as_secs_f64(),
+        tenths(give_up)
+    );
+    if give_up < RFC1122_MIN_GIVE_UP {
+        fix.push_str(&format!(
+            " Below 100 s (RFC 1122 asks at least that), an outage as short as a router \
+             failover kills established connections: keep net.ipv4.tcp_retries2 at 8 or \
+             more ({eight})."
+        ));
+    }
+    fix
+}
+
+pub fn retransmission_timeout(s: &TcpSysctls, c: &Census, m: Option<&Measured>) -> Finding {
+    let give_up = timeouts::retransmission_timeout(s.retries2, s.rto_max());
+    let (rto, rtt, basis) = round_trip_basis(s, c, m);
+    let allowance = timeouts::request_timeout_allowance(rto, rtt);
+    let mut evidence = retries_evidence(s, c, rto);
+    evidence.push(basis);
+    evidence.push(request_timeout_evidence(rto, rtt, allowance));
+    Finding {
+        check: "retransmission_timeout",
+        severity: if give_up < RFC1122_MIN_GIVE_UP {
+            Severity::Warning
+        } else {
+            Severity::Ok
+        },
+        summary: format!(
+            "unanswered retransmissions end a connection after {} (tcp_retries2 = {}); request timeouts need the server's time + {:.2} s",
+            tenths(give_up),
+            s.retries2,
+            allowance.as_secs_f64()
+        ),
+        evidence,
+        fix: retransmission_fix(s, give_up, allowance),
+    }
+}
+
+/// Warn from this many CLOSE_WAIT sockets in one process, however recent: CLOSE_WAIT
+/// lasts from the peer's FIN to the application's close(), normally microseconds.
+pub const CLOSE_WAIT_CROWD: u64 = 100;
+
+fn owner(pid: Option<u32>, comm: Option<&str>) -> String {
+    match (comm, pid) {
+        (Some(comm), Some(pid)) => format!("{comm} ({pid})"),
+        _ => "unknown owner".into(),
+    }
+}
+
+fn close_wait_evidence(c: &Census, idle_after: Duration) -> Vec<String> {
+    if c.close_wait == 0 {
+        return vec!["no socket in CLOSE_WAIT (the peer closed, the application has not)".into()];
+    }
+    let mut evidence = vec![format!(
+        "{} sockets in CLOSE_WAIT (the peer closed, the application has not), held by {} processes; {} of them without data for {} or more",
+        c.close_wait,
+        c.close_wait_processes,
+        c.close_wait_idle,
+        secs(idle_after)
+    )];
+    for o in &c.close_wait_by_process {
+        evidence.push(format!(
+            "{}: {} CLOSE_WAIT sockets, {} idle {} or more, the longest without data for {:.0} s",
+            owner(o.pid, o.comm.as_deref()),
+            o.sockets,
+            o.idle,
+            secs(idle_after),
+            o.longest_idle_s
+        ));
+    }
+    let unlisted = c.close_wait_processes - c.close_wait_by_process.len() as u64;
+    if unlisted > 0 {
+        evidence.push(format!("{unlisted} more processes hold fewer"));
+    }
+    evidence.push(
+        "sock_diag gives no time since the peer's FIN; idle is the time without data either way, and the FIN came after the last data received".into(),
+    );
+    evidence
+}
+
+pub fn close_wait(c: &Census, idle_after: Duration) -> Finding {
+    let crowded = c
+        .close_wait_by_process
+        .iter()
+        .any(|o| o.sockets >= CLOSE_WAIT_CROWD);
+    let severity = if crowded || c.close_wait_idle > 0 {
+        Severity::Warning
+    } else if c.close_wait > 0 {
+        Severity::Info
+    } else {
+        Severity::Ok
+    };
+    let summary = match c.close_wait_by_process.first() {
+        Some(top) => format!(
+            "{} CLOSE_WAIT sockets, most held by {}: {}",
+            c.close_wait,
+            owner(top.pid, top.comm.as_deref()),
+            top.sockets
+        ),
+        None => format!("{} CLOSE_WAIT sockets", c.close_wait),
+    };
+    Finding {
+        check: "close_wait",
+        severity,
+        summary,
+        evidence: close_wait_evidence(c, idle_after),
+        fix: format!(
+            "The application does not close() after the peer closed: a leaked connection. \
+             A read returning 0 (end of stream) or an error means the peer is done: close \
+             the socket, on error paths too, and in connection pools drop a pooled \
+             connection found closed. Nothing in the kernel ends CLOSE_WAIT: each socket \
+             holds a file descriptor and its buffers until the process closes it or exits. \
+             Warns from {CLOSE_WAIT_CROWD} in one process, or any idle for the idle \
+             threshold."
+        ),
+    }
+}
+
+fn mib(t: &TcpMemory, pages: u64) -> String {
+    format!("{:.1} MiB", t.bytes(pages) as f64 / (1024.0 * 1024.0))
+}
+
+/// Orphans against tcp_max_orphans: evidence, severity.
+fn orphan_use(t: &TcpMemory) -> (String, Severity) {
+    let Some(max) = t.max_orphans else {
+        return (
+            format!(
+                "{} orphans (closed by their application, still sending or waiting for the peer), node-wide; net.ipv4.tcp_max_orphans is not visible from this network namespace",
+                t.orphan
+            ),
+            Severity::Ok,
+        );
+    };
+    let share = t.orphan as f64 / max.max(1) as f64;
+    let severity = if share >= CRITICAL_SHARE {
+        Severity::Critical
+    } else if share > WARN_SHARE {
+        Severity::Warning
+    } else {
+        Severity::Ok
+    };
+    (
+        format!(
+            "{} orphans (closed by their application, still sending or waiting for the peer), node-wide, of net.ipv4.tcp_max_orphans = {max} ({:.1}%); past it the kernel resets orphans (\"too many orphaned sockets\"), sooner those that sent nothing in 240 s or got an ICMP error (past a half of it, a quarter with both)",
+            t.orphan,
+            share * 100.0
+        ),
+        severity,
+    )
+}
+
+/// TCP's buffer memory against tcp_mem (or the pressure flag): evidence, severity.
+fn memory_use(t: &TcpMemory) -> (Vec<String>, Severity) {
+    let pressure_flag = match t.under_pressure {
+        Some(true) => Severity::Warning,
+        _ => Severity::Ok,
+    };
+    let flag = format!(
+        "the kernel's TCP memory-pressure flag (/proc/net/protocols): {}",
+        match t.under_pressure {
+            Some(true) => "set",
+            Some(false) => "clear",
+            None => "not shown",
+        }
+    );
+    let Some([low, pressure, high]) = t.tcp_mem else {
+        return (
+            vec![
+                format!(
+                    "TCP buffers hold {} pages ({}), node-wide; net.ipv4.tcp_mem is not visible from this network namespace (run doctor in the host's namespace to compare)",
+                    t.mem_pages,
+                    mib(t, t.mem_pages)
+                ),
+                flag,
+            ],
+            pressure_flag,
+        );
+    };
+    let severity = if t.mem_pages >= high {
+        Severity::Critical
+    } else if t.mem_pages >= pressure {
+        Severity::Warning
+    } else {
+        pressure_flag
+    };
+    (
+        vec![
+            format!(
+                "TCP buffers hold {} pages ({}), node-wide; net.ipv4.tcp_mem = {low} {pressure} {high} pages (low {}, pressure {}, high {}): {:.1}% of the pressure value",
+                t.mem_pages,
+                mib(t, t.mem_pages),
+                mib(t, low),
+                mib(t, pressure),
+                mib(t, high),
+                t.mem_pages as f64 / pressure.max(1) as f64 * 100.0
+            ),
+            flag,
+        ],
+        severity,
+    )
+}
+
+pub fn orphans_and_memory(t: &TcpMemory) -> Finding {
+    let (orphans, orphan_severity) = orphan_use(t);
+    let (memory, memory_severity) = memory_use(t);
+    let mut evidence = vec![format!(
+        "/proc/net/sockstat: {} TCP sockets in use and {} TIME_WAIT in this network namespace; node-wide (every namespace sees the same): {} orphans, {} sockets allocated, {} pages of buffers (pages of {} bytes, sysconf)",
+        t.inuse, t.tw, t.orphan, t.alloc, t.mem_pages, t.page_size
+    )];
+    evidence.push(orphans);
+    evidence.extend(memory);
+    Finding {
+        check: "orphans_and_memory",
+        severity: orphan_severity.max(memory_severity),
+        summary: format!(
+            "{} orphan sockets, TCP buffers {}{}",
+            t.orphan,
+            mib(t, t.mem_pages),
+            match t.tcp_mem {
+                Some([_, pressure, _]) => format!(
+                    " ({:.1}% of tcp_mem's pressure value)",
+                    t.mem_pages as f64 / pressure.max(1) as f64 * 100.0
+                ),
+                None => String::new(),
+            }
+        ),
+        evidence,
+        fix: "Orphans are sockets their application closed while the kernel still sends \
+              (FIN_WAIT1: unsent data or a FIN to a peer that does not read or is gone) or \
+              waits for the peer (LAST_ACK, CLOSING). Many mean peers that stopped reading \
+              or vanished: find them (`ss -to state fin-wait-1`), lower \
+              net.ipv4.tcp_orphan_retries to retry less, and raise tcp_max_orphans only \
+              with the memory for it (an orphan keeps its send buffer). Past tcp_mem's \
+              pressure value the kernel shrinks every socket's buffers, past its high value \
+              it refuses memory (\"out of memory -- consider tuning tcp_mem\"): find the \
+              sockets with large queues (`ss -tm`), and raise tcp_mem only if the node has \
+              the memory."
             .into(),
     }
 }

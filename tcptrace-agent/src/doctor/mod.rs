@@ -1,11 +1,13 @@
 //! `tcptrace doctor`: the TCP troubleshooting checklist, run against this network
-//! namespace: TIME_WAIT and ephemeral ports, keep-alive and idle connections, what the
-//! retry settings mean in seconds, and (for `--measure` seconds) what the kernel did.
+//! namespace: TIME_WAIT and ephemeral ports, keep-alive and idle connections, CLOSE_WAIT
+//! by process, what the retry settings mean in seconds, orphans and TCP memory, and
+//! (for `--measure` seconds) what the kernel did.
 //! Read-only: it changes no setting.
 pub mod census;
 mod checks;
 mod measure;
 pub mod sock_diag;
+pub mod sockstat;
 pub mod sysctl;
 pub mod timeouts;
 
@@ -16,7 +18,7 @@ use serde::Serialize;
 
 pub use checks::{Finding, Severity};
 
-use crate::{doctor::census::Census, doctor::sysctl::TcpSysctls};
+use crate::{doctor::census::Census, doctor::sockstat::TcpMemory, doctor::sysctl::TcpSysctls};
 
 pub struct DoctorOptions {
     pub json: bool,
@@ -34,6 +36,8 @@ struct Report {
     census: Census,
     #[serde(skip_serializing_if = "Option::is_none")]
     measured: Option<measure::Measured>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<TcpMemory>,
     findings: Vec<Finding>,
     worst: Severity,
 }
@@ -77,12 +81,19 @@ async fn examine(opts: &DoctorOptions) -> Result<Report> {
     // Sockets are counted after measuring, so what the window produced is included.
     let mut census = Census::take(&sysctls, opts.idle_after)?;
     census.find_owners();
+    census.summarize_round_trips();
+    let memory = read_memory(&mut findings);
     let m = measured.as_ref();
     findings.push(checks::time_wait(&sysctls, &census, m));
     findings.push(checks::ephemeral_ports(&sysctls, &census, m));
     findings.push(checks::keepalive(&sysctls, &census));
     findings.push(checks::idle_connections(&census, opts.idle_after));
+    findings.push(checks::close_wait(&census, opts.idle_after));
     findings.push(checks::timeouts(&sysctls, m));
+    findings.push(checks::retransmission_timeout(&sysctls, &census, m));
+    if let Some(memory) = &memory {
+        findings.push(checks::orphans_and_memory(memory));
+    }
     if let Some(m) = m {
         findings.push(checks::retransmissions(m));
         findings.push(checks::socket_errors(m));
@@ -96,9 +107,27 @@ async fn examine(opts: &DoctorOptions) -> Result<Report> {
         sysctls,
         census,
         measured,
+        memory,
         findings,
         worst,
     })
+}
+
+/// /proc/net/sockstat and the limits; a finding saying why where it cannot be read.
+fn read_memory(findings: &mut Vec<Finding>) -> Option<TcpMemory> {
+    match TcpMemory::read() {
+        Ok(memory) => Some(memory),
+        Err(e) => {
+            findings.push(Finding {
+                check: "orphans_and_memory",
+                severity: Severity::Info,
+                summary: "TCP memory and orphans unavailable".into(),
+                evidence: vec![format!("{e:#}")],
+                fix: "doctor reads /proc/net/sockstat; mount /proc.".into(),
+            });
+            None
+        }
+    }
 }
 
 fn print(r: &Report, json: bool) -> Result<()> {

@@ -5,6 +5,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use crate::doctor::timeouts;
+
 /// One integer sysctl, e.g. `net.ipv4.tcp_syn_retries`.
 pub fn read_u64(name: &str) -> Result<u64> {
     let text = read(name)?;
@@ -25,7 +27,13 @@ pub struct TcpSysctls {
     /// 0 on kernels before 6.5, which lack the setting.
     pub syn_linear_timeouts: u64,
     pub synack_retries: u64,
+    pub retries1: u64,
     pub retries2: u64,
+    /// `net.ipv4.tcp_rto_max_ms` (Linux 6.15+); None before it: TCP_RTO_MAX, 120 s.
+    pub rto_max_ms: Option<u64>,
+    /// `net.ipv4.tcp_rto_min_us` (Linux 6.11+), the least RTO of new connections; None
+    /// before it: TCP_RTO_MIN, 200 ms.
+    pub rto_min_us: Option<u64>,
     pub keepalive_time_s: u64,
     pub keepalive_intvl_s: u64,
     pub keepalive_probes: u64,
@@ -41,7 +49,10 @@ impl TcpSysctls {
             syn_retries: read_u64("net.ipv4.tcp_syn_retries")?,
             syn_linear_timeouts: read_u64("net.ipv4.tcp_syn_linear_timeouts").unwrap_or(0),
             synack_retries: read_u64("net.ipv4.tcp_synack_retries")?,
+            retries1: read_u64("net.ipv4.tcp_retries1")?,
             retries2: read_u64("net.ipv4.tcp_retries2")?,
+            rto_max_ms: read_u64("net.ipv4.tcp_rto_max_ms").ok(),
+            rto_min_us: read_u64("net.ipv4.tcp_rto_min_us").ok(),
             keepalive_time_s: read_u64("net.ipv4.tcp_keepalive_time")?,
             keepalive_intvl_s: read_u64("net.ipv4.tcp_keepalive_intvl")?,
             keepalive_probes: read_u64("net.ipv4.tcp_keepalive_probes")?,
@@ -60,6 +71,19 @@ impl TcpSysctls {
 
     pub fn in_ephemeral_range(&self, port: u16) -> bool {
         (self.local_port_range.0..=self.local_port_range.1).contains(&port)
+    }
+
+    /// The RTO's ceiling, and the step of `tcp_retries2` beyond the doubling phase.
+    pub fn rto_max(&self) -> Duration {
+        self.rto_max_ms
+            .map_or(timeouts::RTO_MAX, Duration::from_millis)
+    }
+
+    /// The RTO's floor for new connections: a connection's RTO is its smoothed RTT plus
+    /// at least this.
+    pub fn rto_min(&self) -> Duration {
+        self.rto_min_us
+            .map_or(timeouts::RTO_MIN, Duration::from_micros)
     }
 
     /// How long an idle connection to a dead peer lives before keep-alive notices:
