@@ -4,7 +4,9 @@
 //! Read-only: it changes no setting.
 pub mod census;
 mod checks;
+pub mod listeners;
 mod measure;
+mod netstat;
 pub mod sock_diag;
 pub mod sysctl;
 pub mod timeouts;
@@ -80,6 +82,10 @@ async fn examine(opts: &DoctorOptions) -> Result<Report> {
     let m = measured.as_ref();
     findings.push(checks::time_wait(&sysctls, &census, m));
     findings.push(checks::ephemeral_ports(&sysctls, &census, m));
+    findings.push(checks::listen_queues(
+        &census,
+        &listeners::ListenEvidence::read(),
+    ));
     findings.push(checks::keepalive(&sysctls, &census));
     findings.push(checks::idle_connections(&census, opts.idle_after));
     findings.push(checks::timeouts(&sysctls, m));
