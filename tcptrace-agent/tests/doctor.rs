@@ -122,6 +122,83 @@ fn an_exhausted_port_range_is_critical_and_eaddrnotavail_is_counted() {
     );
 }
 
+/// A listener of backlog 2 that never accepts: three connections fill its queue (the
+/// kernel queues backlog + 1), a fourth SYN overflows it. doctor reports the queue as
+/// `ss` shows it, warns, gives the namespace's ListenOverflows as `nstat` counts it, and
+/// tells of a second listener whose backlog somaxconn capped.
+#[test]
+fn a_full_accept_queue_is_reported_as_ss_and_nstat_see_it() {
+    require_root!();
+    let _serial = serial();
+    let me = std::process::id();
+    in_private_netns(&[("net.core.somaxconn", "64")], move || {
+        let _full = listener_with_backlog("127.0.0.1:6003", 2);
+        let _capped = listener_with_backlog("127.0.0.1:6004", 1024);
+        let _queued: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect("127.0.0.1:6003").unwrap())
+            .collect();
+        wait_until(Duration::from_secs(10), "3 connections queued (ss)", || {
+            (ss_listen_queue(6003) == (3, 2)).then_some(())
+        });
+        let overflows = || parse_nstat(&sh(&["nstat", "-asz"]))["TcpExtListenOverflows"];
+        // The fourth SYN finds the queue full; closed before it is retransmitted (1 s),
+        // so the counter then holds still.
+        let syn = connect_in_progress(6003);
+        wait_until(Duration::from_secs(10), "ListenOverflows counted", || {
+            (overflows() >= 1).then_some(())
+        });
+        drop(syn);
+        let before = overflows();
+        let (report, _) = doctor(&["--measure", "0"]);
+        let (ss_full, ss_capped, after) =
+            (ss_listen_queue(6003), ss_listen_queue(6004), overflows());
+        assert_eq!(before, after, "the counter moved while doctor ran");
+        eprintln!(
+            "doctor {} {}\nss 6003 {ss_full:?}, 6004 {ss_capped:?}; nstat ListenOverflows {after}",
+            report["census"]["listeners"],
+            finding(&report, "listen_queues")
+        );
+
+        let census = &report["census"];
+        let queue = |port: u16| {
+            let l = find_by(&census["listeners"], "local", &format!("127.0.0.1:{port}"));
+            (
+                l["queue_length"].as_u64().unwrap(),
+                l["queue_limit"].as_u64().unwrap(),
+            )
+        };
+        assert_eq!(queue(6003), ss_full);
+        assert_eq!(queue(6003), (3, 2), "a backlog of 2 queues 3");
+        assert_eq!(queue(6004), ss_capped);
+        assert_eq!(queue(6004), (0, 64), "1024 capped at somaxconn");
+        let full = find_by(&census["listeners"], "local", "127.0.0.1:6003");
+        assert_eq!(full["pid"], me, "{full}");
+
+        let f = finding(&report, "listen_queues");
+        assert_eq!(f["severity"], "warning", "{f}");
+        let evidence: Vec<&str> = f["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        let has = |start: &str| evidence.iter().any(|e| e.starts_with(start));
+        assert!(has("127.0.0.1:6003 ("), "{evidence:?}");
+        assert!(
+            evidence
+                .iter()
+                .any(|e| e.contains("accept queue 3 of 2, full")),
+            "{evidence:?}"
+        );
+        assert!(has("capped at somaxconn: 127.0.0.1:6004 ("), "{evidence:?}");
+        assert!(
+            has(&format!("ListenOverflows {after}, ListenDrops ")),
+            "{evidence:?}"
+        );
+        assert!(after >= 1);
+    });
+}
+
 fn set_keepalive(s: &TcpStream, idle_s: i32, intvl_s: i32, count: i32) {
     let fd = s.as_raw_fd();
     for (level, opt, value) in [

@@ -1,7 +1,8 @@
 //! One pass over this network namespace's TCP sockets (sock_diag, as `ss -tan` reads
 //! them) and what doctor and the exporter derive from it: TIME_WAIT, local ports in use
 //! per destination, idle connections and whether keep-alive watches them, CLOSE_WAIT
-//! sockets and the RTT and RTO of established connections.
+//! sockets and the RTT and RTO of established connections; listeners and their accept
+//! queues too (`listeners.rs`).
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
@@ -13,6 +14,7 @@ use serde::Serialize;
 use tcptrace_common::TcpState;
 
 use crate::{
+    doctor::listeners::{self, Listener},
     doctor::sock_diag::{self, InetDiagMsg, TcpInfo, Timer},
     doctor::sysctl::TcpSysctls,
 };
@@ -33,6 +35,10 @@ pub struct Census {
     /// Sockets holding a local port from `ip_local_port_range`, by remote endpoint: each
     /// destination can use at most the size of the range from one local address.
     pub ephemeral_by_remote: BTreeMap<SocketAddr, u64>,
+    /// Every LISTEN socket with its accept queue, fullest first. All are kept: a
+    /// namespace has few (one per port and address listened on, or per SO_REUSEPORT
+    /// socket), unlike connections.
+    pub listeners: Vec<Listener>,
     /// ESTABLISHED connections without data either way for at least the threshold.
     pub idle_with_keepalive: u64,
     pub idle_without_keepalive: u64,
@@ -119,21 +125,25 @@ impl Census {
         }
         c.idle.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
         c.idle.truncate(IDLE_LISTED);
+        c.listeners.sort_by(listeners::fullest_first);
         Ok(c)
     }
 
-    /// Name the process holding each listed idle connection. This reads the file
-    /// descriptors of every process in /proc, so only `doctor`, which shows the owners,
-    /// asks for it: the exporter exports counts, and its scrapes neither pay for the walk
-    /// nor need to see the node's processes (the DaemonSet runs without hostPID).
+    /// Name the process holding each listed idle connection and each listener. This
+    /// reads the file descriptors of every process in /proc, so only `doctor`, which
+    /// shows the owners, asks for it: the exporter's scrapes neither pay for the walk nor
+    /// need to see the node's processes (the DaemonSet runs without hostPID); it names
+    /// listeners from the programs' listener table (`exporter/listen_queues.rs`).
     pub fn find_owners(&mut self) {
         let inodes = self
             .idle
             .iter()
             .map(|i| i.inode)
             .chain(self.close_wait_sockets.iter().map(|s| s.inode))
+            .chain(self.listeners.iter().map(|l| l.inode))
             .collect();
         let owners = socket_owners(&inodes);
+        listeners::name_owners(&mut self.listeners, &owners);
         for conn in &mut self.idle {
             if let Some((pid, comm)) = owners.get(&conn.inode) {
                 conn.pid = Some(*pid);
@@ -200,6 +210,7 @@ impl Census {
         *self.by_state.entry(name).or_insert(0) += 1;
         let (local, remote) = endpoints(msg);
         if state == Some(TcpState::Listen) {
+            self.listeners.push(Listener::from_diag(msg));
             return;
         }
         if state == Some(TcpState::TimeWait) {
@@ -283,6 +294,17 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     sorted_us.get(i).map_or(0.0, |us| f64::from(*us) / 1000.0)
 }
 
+#[cfg(test)]
+impl Census {
+    /// A census of these listeners alone, for the checks' tests.
+    pub fn of_listeners(listeners: Vec<Listener>) -> Census {
+        Census {
+            listeners,
+            ..Default::default()
+        }
+    }
+}
+
 fn endpoints(msg: &InetDiagMsg) -> (SocketAddr, SocketAddr) {
     let id = &msg.socket_id;
     (
@@ -312,15 +334,7 @@ fn socket_owners(inodes: &HashSet<u32>) -> HashMap<u32, (u32, String)> {
             continue;
         };
         for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let inode = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u32>().ok());
-            if let Some(inode) = inode.filter(|i| inodes.contains(i)) {
+            if let Some(inode) = socket_inode(&fd.path()).filter(|i| inodes.contains(i)) {
                 let comm = std::fs::read_to_string(entry.path().join("comm"))
                     .map(|c| c.trim().to_string())
                     .unwrap_or_default();
@@ -329,6 +343,26 @@ fn socket_owners(inodes: &HashSet<u32>) -> HashMap<u32, (u32, String)> {
         }
     }
     owners
+}
+
+/// The inode of the socket a file descriptor link (`/proc/PID/fd/N`) points to.
+fn socket_inode(fd: &std::path::Path) -> Option<u32> {
+    let target = std::fs::read_link(fd).ok()?;
+    let inode = target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?;
+    inode.parse().ok()
+}
+
+/// The inodes of this process's own sockets (/proc/self/fd: no privilege needed).
+pub fn own_sockets() -> HashSet<u32> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return HashSet::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| socket_inode(&fd.path()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -395,5 +429,20 @@ mod tests {
         assert!(r.connections >= 2, "{r:?}");
         let floor_ms = sysctls.rto_min().as_secs_f64() * 1000.0;
         assert!(r.rto_p50_ms >= floor_ms, "{r:?}");
+    }
+
+    #[test]
+    fn lists_our_listener_with_its_queue_and_owner() {
+        let sysctls = TcpSysctls::read().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _queued = std::net::TcpStream::connect(addr).unwrap();
+        let mut c = Census::take(&sysctls, Duration::from_secs(300)).unwrap();
+        let mine = |c: &Census| c.listeners.iter().find(|l| l.local == addr).cloned();
+        let l = mine(&c).expect("our listener");
+        assert_eq!((l.queue_length, l.pid), (1, None), "{l:?}");
+        c.find_owners();
+        assert_eq!(mine(&c).unwrap().pid, Some(std::process::id()));
+        assert!(own_sockets().contains(&l.inode));
     }
 }

@@ -236,6 +236,116 @@ pub fn idle_connections(c: &Census, idle_after: Duration) -> Finding {
     }
 }
 
+/// Listeners named in the evidence, per kind (near full, capped at somaxconn).
+const LISTENERS_SHOWN: usize = 5;
+
+pub fn listen_queues(c: &Census, e: &crate::doctor::listeners::ListenEvidence) -> Finding {
+    let near_full: Vec<_> = c.listeners.iter().filter(|l| l.is_near_full()).collect();
+    let waiting = c.listeners.iter().filter(|l| l.queue_length > 0).count();
+    let mut evidence = vec![format!(
+        "{} listeners, {waiting} with connections waiting for accept(), {} at {:.0}% of their limit or more",
+        c.listeners.len(),
+        near_full.len(),
+        crate::doctor::listeners::NEAR_FULL * 100.0
+    )];
+    for l in near_full.iter().take(LISTENERS_SHOWN) {
+        evidence.push(format!(
+            "{}: accept queue {} of {}{}",
+            l.describe(),
+            l.queue_length,
+            l.queue_limit,
+            if l.is_full() {
+                ", full: new connections are turned away"
+            } else {
+                ""
+            }
+        ));
+    }
+    let capped = somaxconn_evidence(c, e, &mut evidence);
+    let o = overflow_evidence(e, &mut evidence);
+    let full = near_full.iter().filter(|l| l.is_full()).count();
+    let severity = if !near_full.is_empty() || o.listen_overflows > 0 || o.listen_drops > 0 {
+        Severity::Warning
+    } else if capped > 0 {
+        Severity::Info
+    } else {
+        Severity::Ok
+    };
+    Finding {
+        check: "listen_queues",
+        severity,
+        summary: format!(
+            "{full} accept queues full, {} near full; {} connections turned away by full queues since the namespace began; {capped} listeners capped at somaxconn",
+            near_full.len() - full,
+            o.listen_overflows
+        ),
+        evidence,
+        fix: "A full accept queue drops the SYN (the client sends it again 1 s later, \
+              then 2 s, 4 s, ...) or the handshake's final ACK (the client believes it is \
+              connected). Accept faster (more accepting threads or processes, no blocking \
+              work before accept()), and give listen() a larger backlog with \
+              net.core.somaxconn at least as large: the kernel caps the backlog at \
+              somaxconn when listen() is called, so restart the listener after raising it. \
+              The overflow counters count from the namespace's start: see whether they \
+              grow (--watch, nstat)."
+            .into(),
+    }
+}
+
+/// net.core.somaxconn and the listeners whose limit equals it (their backlog was likely
+/// larger and capped); how many those are.
+fn somaxconn_evidence(
+    c: &Census,
+    e: &crate::doctor::listeners::ListenEvidence,
+    evidence: &mut Vec<String>,
+) -> usize {
+    let somaxconn = match &e.somaxconn {
+        Ok(n) => *n,
+        Err(why) => {
+            evidence.push(format!("net.core.somaxconn unknown: {why}"));
+            return 0;
+        }
+    };
+    let capped: Vec<_> = c
+        .listeners
+        .iter()
+        .filter(|l| u64::from(l.queue_limit) == somaxconn)
+        .collect();
+    evidence.push(format!(
+        "net.core.somaxconn = {somaxconn}: {} listeners have exactly that limit: listen() asked for that much or more and was capped (Go asks for somaxconn itself); a higher somaxconn raises theirs at their next listen()",
+        capped.len()
+    ));
+    for l in capped.iter().take(LISTENERS_SHOWN) {
+        evidence.push(format!(
+            "capped at somaxconn: {}, accept queue {} of {}",
+            l.describe(),
+            l.queue_length,
+            l.queue_limit
+        ));
+    }
+    capped.len()
+}
+
+/// The namespace's overflow counters (zeros where unknown).
+fn overflow_evidence(
+    e: &crate::doctor::listeners::ListenEvidence,
+    evidence: &mut Vec<String>,
+) -> crate::doctor::listeners::Overflows {
+    match &e.overflows {
+        Ok(o) => {
+            evidence.push(format!(
+                "ListenOverflows {}, ListenDrops {} in this namespace since it began (/proc/net/netstat TcpExt; nstat TcpExtListenOverflows)",
+                o.listen_overflows, o.listen_drops
+            ));
+            *o
+        }
+        Err(why) => {
+            evidence.push(format!("listen overflow counters unknown: {why}"));
+            crate::doctor::listeners::Overflows::default()
+        }
+    }
+}
+
 pub fn timeouts(s: &TcpSysctls, m: Option<&Measured>) -> Finding {
     let connect = timeouts::connect_timeout(s.syn_retries);
     let p99 = m.and_then(|m| m.handshake_p99_ms);

@@ -5,7 +5,9 @@
 //! Read-only: it changes no setting.
 pub mod census;
 mod checks;
+pub mod listeners;
 mod measure;
+mod netstat;
 pub mod sock_diag;
 pub mod sockstat;
 pub mod sysctl;
@@ -86,6 +88,10 @@ async fn examine(opts: &DoctorOptions) -> Result<Report> {
     let m = measured.as_ref();
     findings.push(checks::time_wait(&sysctls, &census, m));
     findings.push(checks::ephemeral_ports(&sysctls, &census, m));
+    findings.push(checks::listen_queues(
+        &census,
+        &listeners::ListenEvidence::read(),
+    ));
     findings.push(checks::keepalive(&sysctls, &census));
     findings.push(checks::idle_connections(&census, opts.idle_after));
     findings.push(checks::close_wait(&census, opts.idle_after));

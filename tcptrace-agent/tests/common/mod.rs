@@ -961,3 +961,60 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A TCP listener on `addr` (of the calling thread's network namespace) with this
+/// backlog, capped by the kernel at `net.core.somaxconn`.
+pub fn listener_with_backlog(addr: &str, backlog: i32) -> TcpListener {
+    let listener = TcpListener::bind(addr).unwrap();
+    // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), backlog) }, 0);
+    listener
+}
+
+/// `ss -ltn`'s Recv-Q and Send-Q for the listener on this port of the calling thread's
+/// network namespace: its accept queue's length and limit.
+pub fn ss_listen_queue(port: u16) -> (u64, u64) {
+    let line = sh(&["ss", "-ltnH", &format!("sport = :{port}")]);
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols.first(), Some(&"LISTEN"), "ss: {line}");
+    (cols[1].parse().unwrap(), cols[2].parse().unwrap())
+}
+
+/// A connect() to 127.0.0.1:`port` left in progress (non-blocking): its SYN is sent,
+/// and the socket closes, sending nothing more, when this drops.
+pub fn connect_in_progress(port: u16) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a new socket we own, connected with a sockaddr_in of the size we pass.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        assert!(
+            rc == -1 && err.raw_os_error() == Some(libc::EINPROGRESS),
+            "non-blocking connect: {rc} {err}"
+        );
+        owned
+    }
+}
+
+/// The calling thread's command name, as the kernel records it for what it does.
+pub fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
