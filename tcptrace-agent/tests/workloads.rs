@@ -103,9 +103,11 @@ fn counted(
     after: &HashMap<String, f64>,
     pick: impl Fn(&str) -> bool,
 ) -> f64 {
+    // Every counter family (bytes for the connection ones), and the histogram's count.
     let counts = |k: &str| {
-        BUDGET_FAMILIES[..3]
+        BUDGET_FAMILIES
             .iter()
+            .filter(|f| **f != BUDGET_FAMILIES[3])
             .any(|f| k.starts_with(&format!("{f}{{")))
             || k.starts_with(&format!("{}_count{{", BUDGET_FAMILIES[3]))
     };
