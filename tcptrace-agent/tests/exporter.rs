@@ -14,8 +14,9 @@ use std::{
 };
 
 use common::{
-    bracketed, churn, connect_refused, delta, free_port, growth, host_and, http_request, label,
-    poll_until, require_root, serial, value, wait_until, Agent, KillOnDrop, Netns, TempDir,
+    bracketed, churn, connect_refused, delta, free_port, growth, host_and, http_request,
+    in_private_netns, label, listener_with_backlog, poll_until, require_root, serial, series_of,
+    ss_listen_queue, thread_comm, value, wait_until, Agent, KillOnDrop, Netns, TempDir,
 };
 
 /// One scrape is one TCP connection to the agent: between two snapshots, the first
@@ -290,6 +291,66 @@ fn counters_stay_exact_when_the_ring_buffer_overflows() {
     );
     let submitted = growth(&before, &after, "tcptrace_ringbuf_events_total");
     assert!(submitted > 0.0);
+}
+
+/// The listen-queue gauges of a listener of the test's own equal `ss`, labelled with the
+/// thread that called listen(). The agent runs in a network namespace of the test's, so
+/// the family holds that namespace's listeners only: ours, one opened before the agent
+/// (owner unknown to it) and the agent's own.
+#[test]
+fn listen_queue_gauges_equal_ss_for_our_listener() {
+    require_root!();
+    let _serial = serial();
+    in_private_netns(&[], || {
+        let older = TcpListener::bind("127.0.0.1:0").unwrap();
+        let agent = Agent::start(&[]);
+        // Opened after the programs attached: the listener table knows who listened.
+        let listener = listener_with_backlog("127.0.0.1:0", 2);
+        let port = listener.local_addr().unwrap().port();
+        let _queued: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        wait_until(Duration::from_secs(10), "3 connections queued (ss)", || {
+            (ss_listen_queue(port) == (3, 2)).then_some(())
+        });
+        let m = agent.scrape();
+        let (length, limit) = ss_listen_queue(port);
+        let ours = format!(
+            "{{listener=\"127.0.0.1:{port}\",comm=\"{}\"}}",
+            thread_comm()
+        );
+        let gauge = |family: &str| m.get(&format!("{family}{ours}")).copied();
+        eprintln!(
+            "{ours}: length {:?}, limit {:?}; ss {length}/{limit}",
+            gauge("tcptrace_listen_queue_length"),
+            gauge("tcptrace_listen_queue_limit")
+        );
+        assert_eq!(
+            gauge("tcptrace_listen_queue_length"),
+            Some(length as f64),
+            "{m:?}"
+        );
+        assert_eq!(gauge("tcptrace_listen_queue_limit"), Some(limit as f64));
+        assert_eq!((length, limit), (3, 2));
+        // The agent's own listener, opened before its programs: named from /proc/self.
+        let agents = format!("{{listener=\"{}\",comm=\"tcptrace\"}}", agent.addr);
+        let mut series: Vec<String> = series_of(&m, "tcptrace_listen_queue_limit")
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        series.sort();
+        let older = format!(
+            "{{listener=\"{}\",comm=\"unknown\"}}",
+            older.local_addr().unwrap()
+        );
+        let mut expected = vec![
+            format!("tcptrace_listen_queue_limit{ours}"),
+            format!("tcptrace_listen_queue_limit{agents}"),
+            format!("tcptrace_listen_queue_limit{older}"),
+        ];
+        expected.sort();
+        assert_eq!(series, expected, "this namespace's listeners, no other");
+    });
 }
 
 #[test]

@@ -22,6 +22,7 @@ use tcptrace_common::{
 use super::{
     connections, drops,
     exposition::{self, counter, gauge, histogram, Family, HistogramSeries},
+    listen_queues,
     workloads::WorkloadMetrics,
 };
 use crate::{
@@ -53,6 +54,8 @@ pub struct Metrics {
     pub agent: AgentStats,
     /// Per-workload series from the event stream (`run --labels workload`).
     pub workloads: Option<Mutex<WorkloadMetrics>>,
+    /// Who opened each listener, for the listen-queue gauges' `comm`.
+    listen_owners: Mutex<listen_queues::Owners>,
     process: prometheus::process_collector::ProcessCollector,
 }
 
@@ -61,11 +64,13 @@ impl Metrics {
         counters: KernelCounters,
         hooks: Vec<HookStatus>,
         workloads: Option<WorkloadMetrics>,
+        listen_owners: listen_queues::Owners,
     ) -> Metrics {
         Metrics {
             counters: Mutex::new(counters),
             hooks,
             workloads: workloads.map(Mutex::new),
+            listen_owners: Mutex::new(listen_owners),
             agent: AgentStats::default(),
             process: prometheus::process_collector::ProcessCollector::for_self(),
         }
@@ -87,7 +92,9 @@ impl Metrics {
             ));
             f
         };
-        families.extend(socket_families());
+        families.extend(socket_families(
+            &mut self.listen_owners.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
         if let Some(w) = &self.workloads {
             families.extend(w.lock().unwrap_or_else(|p| p.into_inner()).families());
         }
@@ -395,7 +402,7 @@ pub const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 pub const PORT_USE_SERIES: usize = 10;
 
 /// The families computed from one sock_diag pass over the agent's namespace.
-fn socket_families() -> Vec<Family> {
+fn socket_families(listen_owners: &mut listen_queues::Owners) -> Vec<Family> {
     let census = crate::doctor::sysctl::TcpSysctls::read().and_then(|sysctls| {
         let census = Census::take(&sysctls, IDLE_AFTER)?;
         Ok((census.port_use(&sysctls, PORT_USE_SERIES), census))
@@ -404,7 +411,10 @@ fn socket_families() -> Vec<Family> {
         log::warn!("sock_diag: {e:#}");
         Default::default()
     });
-    socket_families_of(&port_use, &census)
+    let listeners = listen_owners.rows(&census.listeners);
+    let mut families = socket_families_of(&port_use, &census);
+    families.extend(listen_queues::families(&listeners));
+    families
 }
 
 /// The sock_diag families from a census and the busiest destinations (`Census::port_use`).

@@ -6,6 +6,7 @@ pub mod connections;
 pub mod drops;
 pub mod exposition;
 pub mod http;
+pub mod listen_queues;
 pub mod metrics;
 pub mod settings;
 pub mod workloads;
@@ -35,7 +36,9 @@ use workloads::WorkloadMetrics;
 
 use crate::{
     k8s::pod_names,
-    kernel::{self, counters::KernelCounters, privileges, ring, LoadOptions},
+    kernel::{
+        self, counters::KernelCounters, listeners::ListenerTable, privileges, ring, LoadOptions,
+    },
 };
 
 pub struct RunOptions {
@@ -97,6 +100,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .clone()
             .zip(name_source.as_ref())
             .map(|(l, source)| WorkloadMetrics::new(l, source.names.clone())),
+        // The agent's own listeners are bound by now: Owners notes them.
+        listen_queues::Owners::new(
+            ListenerTable::take(&mut loaded.ebpf)
+                .map_err(|e| log::warn!("listeners' owners unknown (comm=\"unknown\"): {e:#}"))
+                .ok(),
+        ),
     ));
     privileges::drop_all()?;
     if let Some(source) = name_source {

@@ -15,11 +15,11 @@ use tcptrace_common::{
 
 use super::{
     exposition::{self, Family},
-    metrics,
+    listen_queues, metrics,
     workloads::{WorkloadMetrics, BUDGET_FAMILIES},
 };
 use crate::{
-    doctor::census::Census,
+    doctor::{census::Census, listeners::Listener},
     kernel::{attach::Stage, counters::Snapshot, plan::Skipped, probes::PROBES, HookStatus},
 };
 
@@ -88,6 +88,7 @@ fn node_families() -> Vec<Family> {
         &[1; tcptrace_common::stats::GUARDED_SLOTS as usize],
     ));
     families.extend(metrics::socket_families_of(&busiest(), &Census::default()));
+    families.extend(listen_queues::families(&widest_listeners()));
     families.push(process_families());
     families.push(metrics::scrape_duration(1.0));
     families
@@ -162,6 +163,26 @@ fn busiest() -> Vec<(SocketAddr, u64, f64)> {
             (SocketAddr::new(ip.into(), u16::MAX), 1, 1.0)
         })
         .collect()
+}
+
+/// More listeners than the listen-queue gauges name, each at the longest address, with
+/// the widest command name: `COMM_MAX_BYTES` characters the exposition escapes (two
+/// bytes each).
+fn widest_listeners() -> Vec<listen_queues::Row> {
+    let listeners: Vec<Listener> = (0..=listen_queues::LISTENERS_EXPORTED)
+        .map(|i| Listener {
+            local: SocketAddr::new(Ipv6Addr::from(u128::MAX - i as u128).into(), u16::MAX),
+            queue_length: u32::MAX,
+            queue_limit: u32::MAX,
+            pid: None,
+            comm: None,
+            inode: i as u32,
+        })
+        .collect();
+    let comm = "\\".repeat(listen_queues::COMM_MAX_BYTES);
+    listen_queues::rows(&listeners, listen_queues::LISTENERS_EXPORTED, |_| {
+        Some(comm.clone())
+    })
 }
 
 /// Every metric the process collector describes, whether or not this system lets it

@@ -17,6 +17,7 @@ pub mod drop_reasons;
 pub mod format;
 pub mod kallsyms;
 pub mod layouts;
+pub mod listeners;
 pub mod offsets;
 pub mod plan;
 pub mod privileges;
