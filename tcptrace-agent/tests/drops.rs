@@ -174,18 +174,7 @@ fn listen_overflows_equal_the_namespace_counter_with_their_listener() {
     let netns = format!("/var/run/netns/{}", ns.name);
     let agent = Agent::start(&["--labels", "workload"]);
     let tracer = Tracer::start(&["--netns", &netns, "--events", "overflows"]);
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    // A listener with room for one connection that never accepts.
-    let server = ns.run(move || {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        // SAFETY: a valid socket; listen(2) only changes its backlog.
-        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
-        ready_tx.send(()).unwrap();
-        done_rx.recv().unwrap();
-        drop(listener);
-    });
-    ready_rx.recv().unwrap();
+    let listener = listener_that_never_accepts(&ns, port);
     let kernel = || ns.nstat();
     let (before, scraped_before) = bracketed(
         kernel,
@@ -217,11 +206,11 @@ fn listen_overflows_equal_the_namespace_counter_with_their_listener() {
         - total(&scraped_before, "tcptrace_listen_overflows_total");
     assert_eq!(counted as u64, truth, "tcptrace vs TcpExtListenOverflows");
     // By workload: the listener's, from the events.
-    let listener = format!("127.0.0.1:{port}");
+    let address = format!("127.0.0.1:{port}");
     let by_listener = settled("the listener's workload series", || {
         series_of(&agent.scrape(), "tcptrace_workload_listen_overflows_total")
             .into_iter()
-            .filter(|(series, _)| label(series, "listener") == listener)
+            .filter(|(series, _)| label(series, "listener") == address)
             .map(|(_, n)| n)
             .sum::<f64>()
     });
@@ -229,8 +218,7 @@ fn listen_overflows_equal_the_namespace_counter_with_their_listener() {
     tracer.wait_for("an overflow event per overflow", |events| {
         events.len() as u64 >= truth
     });
-    done_tx.send(()).unwrap();
-    server.join().unwrap();
+    drop(listener);
     let traced = tracer.stop();
     assert_eq!(traced.lost(), 0);
     let overflows: Vec<&Value> = traced.of_kind("overflow").collect();
@@ -248,17 +236,8 @@ fn syns_to_a_listener_older_than_tcptrace_are_counted_as_unjudged() {
     let _serial = serial();
     let ns = Netns::new("oldlisten");
     let port = port_for(3);
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
     // Listening before the agent starts: tcptrace never saw it open.
-    let server = ns.run(move || {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        // SAFETY: a valid socket; listen(2) only changes its backlog.
-        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
-        ready_tx.send(()).unwrap();
-        done_rx.recv().unwrap();
-    });
-    ready_rx.recv().unwrap();
+    let listener = listener_that_never_accepts(&ns, port);
     let agent = Agent::start(&[]);
     let before = ns.nstat();
     let scraped_before = agent.scrape();
@@ -271,8 +250,7 @@ fn syns_to_a_listener_older_than_tcptrace_are_counted_as_unjudged() {
         (n >= 3).then_some(n)
     });
     drop(clients);
-    done_tx.send(()).unwrap();
-    server.join().unwrap();
+    drop(listener);
     let unjudged = value(&agent.scrape(), "tcptrace_listen_syns_unjudged_total")
         - value(&scraped_before, "tcptrace_listen_syns_unjudged_total");
     // Every SYN it received is there: those that overflowed and those it answered.
@@ -280,6 +258,18 @@ fn syns_to_a_listener_older_than_tcptrace_are_counted_as_unjudged() {
         unjudged as u64 >= overflows,
         "{unjudged} SYNs unjudged, {overflows} overflowed"
     );
+}
+
+/// A listener in `ns` on `port` with room for one connection, that never accepts.
+fn listener_that_never_accepts(ns: &Netns, port: u16) -> TcpListener {
+    ns.run(move || {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        // SAFETY: a valid socket; listen(2) only changes its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        listener
+    })
+    .join()
+    .unwrap()
 }
 
 /// Non-blocking connects: the test's clients wait in SYN_SENT or ESTABLISHED without a
