@@ -437,10 +437,22 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let _queued = std::net::TcpStream::connect(addr).unwrap();
-        let mut c = Census::take(&sysctls, Duration::from_secs(300)).unwrap();
         let mine = |c: &Census| c.listeners.iter().find(|l| l.local == addr).cloned();
-        let l = mine(&c).expect("our listener");
-        assert_eq!((l.queue_length, l.pid), (1, None), "{l:?}");
+        // The connection is queued once the server has the handshake's last ACK.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (mut c, l) = loop {
+            let c = Census::take(&sysctls, Duration::from_secs(300)).unwrap();
+            let l = mine(&c).expect("our listener");
+            if l.queue_length == 1 || std::time::Instant::now() > deadline {
+                break (c, l);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            (l.queue_length, l.queue_limit > 0, l.pid),
+            (1, true, None),
+            "{l:?}"
+        );
         c.find_owners();
         assert_eq!(mine(&c).unwrap().pid, Some(std::process::id()));
         assert!(own_sockets().contains(&l.inode));
