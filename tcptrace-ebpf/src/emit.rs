@@ -204,6 +204,19 @@ pub fn base_event<'a>(
     event
 }
 
+/// `base_event` for the socket `store` tracks, as of now, with its recorded owner.
+#[inline(always)]
+pub fn tracked_event<'a>(
+    event: &'a mut Event,
+    ep: &Endpoints,
+    store: &impl Store,
+) -> &'a mut Event {
+    let (owner, flags) = owner_of(store);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    base_event(event, ep, &owner, now, flags)
+}
+
 /// The owner and flags recorded for a socket, or "unknown" when it is not tracked.
 #[inline(always)]
 pub fn owner_of(store: &impl Store) -> (Owner, u8) {

@@ -8,14 +8,14 @@
 //!
 //! Entry points as for the other counting probes: BTF-typed, raw (each a main program
 //! and its backup), classic.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tcptrace_common::{
     counters, event::OverflowAt, stats::Guarded, EventKind, TcpState, IPPROTO_TCP,
 };
 
 use crate::{
     btf_programs, conf,
-    emit::{add_key, add_slot, base_event, owner_of, submit, wanted},
+    emit::{add_key, add_slot, submit, tracked_event, wanted},
     frame::{Frame, Scratch},
     maps::{DROPS, LISTEN_OVERFLOWS},
     packet, raw_programs, sock,
@@ -167,14 +167,7 @@ fn report(
     detail: u8,
     reason: u32,
 ) {
-    let (owner, flags) = owner_of(store);
-    let event = base_event(
-        &mut frame.event,
-        ep,
-        &owner,
-        unsafe { bpf_ktime_get_ns() },
-        flags,
-    );
+    let event = tracked_event(&mut frame.event, ep, store);
     if ep.skaddr == 0 {
         event.netns = packet::netns(skb);
     }

@@ -3,7 +3,6 @@
 //! SYN-ACK, a RST (refused), a bare ACK a listener did not expect. Where neither hook
 //! attaches, `tcp_receive_reset` derives the RST part from the tracked state.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{fentry, kprobe},
     programs::{FEntryContext, ProbeContext},
 };
@@ -14,7 +13,7 @@ use tcptrace_common::{
 
 use crate::{
     conf,
-    emit::{add_slot, base_event, owner_of, submit},
+    emit::{add_slot, submit, tracked_event},
     frame::Scratch,
     maps::{source, SEGMENTS},
     sock,
@@ -52,14 +51,7 @@ fn received(store: &impl Store, sk: u64, skb: u64) -> Option<()> {
     let mut scratch = Scratch::enter()?;
     let frame = scratch.frame();
     let ep = sock::endpoints(&mut frame.sock, sk)?;
-    let (owner, owner_flags) = owner_of(store);
-    let event = base_event(
-        &mut frame.event,
-        &ep,
-        &owner,
-        unsafe { bpf_ktime_get_ns() },
-        owner_flags,
-    );
+    let event = tracked_event(&mut frame.event, &ep, store);
     event.kind = EventKind::Segment as u8;
     event.old_state = state;
     event.detail = flags;

@@ -3,9 +3,7 @@
 //! event also carries the skb's segment count (the unit of the kernel's TcpRetransSegs).
 //!
 //! Entry points as for the state tracepoint: BTF-typed (socket storage), raw, classic.
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext, EbpfContext,
-};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext};
 use tcptrace_common::{
     counters, event::RETRANS_SEEN_UNKNOWN, stats::Guarded, EventKind, RetransmitKind, TcpState,
     AF_INET6,
@@ -13,7 +11,7 @@ use tcptrace_common::{
 
 use crate::{
     btf_programs, conf,
-    emit::{add_key, base_event, owner_of, submit, wanted},
+    emit::{add_key, submit, tracked_event, wanted},
     frame::{Frame, Scratch},
     maps::RETRANSMITS,
     raw_programs, sock,
@@ -118,14 +116,7 @@ fn retransmitted(
     if !wanted(EventKind::Retransmit) {
         return;
     }
-    let (owner, flags) = owner_of(store);
-    let event = base_event(
-        &mut frame.event,
-        ep,
-        &owner,
-        unsafe { bpf_ktime_get_ns() },
-        flags,
-    );
+    let event = tracked_event(&mut frame.event, ep, store);
     event.kind = EventKind::Retransmit as u8;
     event.detail = kind as u8;
     event.old_state = state;

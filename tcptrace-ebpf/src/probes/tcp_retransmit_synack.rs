@@ -2,7 +2,7 @@
 //! The socket is the listener (or, with TCP Fast Open, the child), so the event carries
 //! the listener's owner; the endpoints are the request's. The kernel fires it only for
 //! a SYN-ACK it sent and counted in TcpRetransSegs: one segment each.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tcptrace_common::{
     counters, event::RETRANS_SEEN_UNKNOWN, stats::Guarded, EventKind, RetransmitKind, TcpState,
     AF_INET6,
@@ -10,7 +10,7 @@ use tcptrace_common::{
 
 use crate::{
     btf_programs, conf,
-    emit::{add_key, base_event, owner_of, submit, wanted},
+    emit::{add_key, submit, tracked_event, wanted},
     frame::{Frame, Scratch},
     maps::RETRANSMITS,
     raw_programs, sock,
@@ -85,14 +85,7 @@ fn retransmitted(store: &impl Store, frame: &mut Frame, ep: &Endpoints) {
     if !wanted(EventKind::Retransmit) {
         return;
     }
-    let (owner, flags) = owner_of(store);
-    let event = base_event(
-        &mut frame.event,
-        ep,
-        &owner,
-        unsafe { bpf_ktime_get_ns() },
-        flags,
-    );
+    let event = tracked_event(&mut frame.event, ep, store);
     event.kind = EventKind::Retransmit as u8;
     event.detail = RetransmitKind::SynAck as u8;
     event.old_state = state;
