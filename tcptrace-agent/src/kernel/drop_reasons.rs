@@ -4,9 +4,9 @@
 //! `drop` events say.
 use std::{collections::BTreeMap, path::Path, sync::OnceLock};
 
-use tcptrace_common::Config;
+use tcptrace_common::{Config, FIELD_ABSENT};
 
-use super::{format, tracefs};
+use super::tracefs;
 
 static NAMES: OnceLock<BTreeMap<u32, String>> = OnceLock::new();
 
@@ -15,21 +15,18 @@ static NAMES: OnceLock<BTreeMap<u32, String>> = OnceLock::new();
 const LISTEN_OVERFLOW: &str = "TCP_LISTEN_OVERFLOW";
 
 /// Read this kernel's reasons; tell the programs how many arguments the tracepoint
-/// passes and which reason is a listen overflow. `false` where it has no reasons
-/// (before Linux 5.17) or no such tracepoint.
+/// passes (from its layout, resolved with the others) and which reason is a listen
+/// overflow. `false` where it has no reasons (before Linux 5.17) or no such tracepoint.
 pub fn resolve(tracefs_root: &Path, config: &mut Config) -> bool {
-    let path = tracefs::format_path(tracefs_root, "skb", "kfree_skb");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return false;
-    };
-    let Ok(fields) = format::parse_fields(&text) else {
-        return false;
-    };
-    if !fields.contains_key("reason") {
+    let layout = &config.kfree_skb;
+    if layout.err == FIELD_ABSENT {
         return false;
     }
-    config.kfree_skb_args = if fields.contains_key("rx_sk") { 4 } else { 3 };
-    let names = parse_names(&text);
+    config.kfree_skb_args = if layout.skaddr == FIELD_ABSENT { 3 } else { 4 };
+    let path = tracefs::format_path(tracefs_root, "skb", "kfree_skb");
+    let names = std::fs::read_to_string(path)
+        .map(|text| parse_names(&text))
+        .unwrap_or_default();
     config.listen_overflow_reason = names
         .iter()
         .find(|(_, name)| name.as_str() == LISTEN_OVERFLOW)
