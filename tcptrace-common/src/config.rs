@@ -152,6 +152,9 @@ pub struct Config {
     /// connection carried, or `OFFSET_UNKNOWN`.
     pub bytes_acked_offset: u32,
     pub bytes_received_offset: u32,
+    /// `offsetof(struct tcp_sock, data_segs_out)` (u32): data segments a connection
+    /// sent, retransmits included, or `OFFSET_UNKNOWN`.
+    pub data_segs_out_offset: u32,
     /// 1 where `tcp_retransmit_skb` passes `err` as its third argument (raw and
     /// BTF-typed tracepoints read it there), 0 before that (Linux 6.17).
     pub retransmit_err_arg: u32,
@@ -179,7 +182,6 @@ pub struct Config {
     /// Wake the reader once this many bytes wait in the ring buffer; below it events
     /// are batched and the reader polls on a short timer (fewer wakeups under load).
     pub wakeup_bytes: u32,
-    pub _pad: u32,
     pub filter: Filter,
     /// `[start, end)` of `tcp_rcv_state_process` in kernel text (from kallsyms): a SYN a
     /// listener consumed there went through `tcp_conn_request`, overflow or not. Both 0
@@ -212,6 +214,7 @@ impl Config {
         total_retrans_offset: OFFSET_UNKNOWN,
         bytes_acked_offset: OFFSET_UNKNOWN,
         bytes_received_offset: OFFSET_UNKNOWN,
+        data_segs_out_offset: OFFSET_UNKNOWN,
         retransmit_err_arg: 0,
         kfree_skb_args: 0,
         listen_overflow_reason: 0,
@@ -225,7 +228,6 @@ impl Config {
         sk_ack_backlog_offset: OFFSET_UNKNOWN,
         sk_max_ack_backlog_offset: OFFSET_UNKNOWN,
         wakeup_bytes: 0,
-        _pad: 0,
         filter: Filter::ANY,
         rcv_state_process_start: 0,
         rcv_state_process_end: 0,

@@ -67,13 +67,17 @@ pub fn handshake_bucket_upper_seconds(bucket: u32) -> f64 {
 /// Bytes are `tcp_sock.bytes_acked` (sent) and `bytes_received`, added as deltas each
 /// time a segment arrives on an established socket (`tcp:tcp_probe`, which fires before
 /// the segment is processed) and when it closes: an open connection's bytes count up to
-/// the last segment it received, that one's at the next segment or the close.
+/// the last segment it received, that one's at the next segment or the close. Sent
+/// segments (`CONN_SENT_SEGMENTS`) are `tcp_sock.data_segs_out`, added the same way.
 pub const CONN_SENT_BYTES: u32 = 0;
 pub const CONN_RECEIVED_BYTES: u32 = 1;
 pub const CONN_LIFETIME_SUM_NS: u32 = 2;
 pub const CONN_RTT_SUM_US: u32 = 3;
 /// Closes by [`crate::event::ClosedBy`]: slot `CONN_CLOSED_BY + closed_by`.
 pub const CONN_CLOSED_BY: u32 = 4;
+/// Data segments sent, retransmits included (`tcp_sock.data_segs_out`): in the slot
+/// after the `ClosedBy` ones, which the histograms follow.
+pub const CONN_SENT_SEGMENTS: u32 = 7;
 /// Lifetime histogram of the connections whose start tcptrace saw: bucket `b` holds
 /// lifetimes below 2^b milliseconds (the last one also everything longer: 2^31 ms is
 /// 24.8 days).
@@ -84,8 +88,8 @@ pub const RTT_BUCKETS: u32 = 32;
 pub const CONN_RTT_BUCKET0: u32 = CONN_LIFETIME_BUCKET0 + LIFETIME_BUCKETS;
 pub const CONNECTION_SLOTS: u32 = CONN_RTT_BUCKET0 + RTT_BUCKETS;
 const _: () = assert!(
-    CONN_CLOSED_BY + 3 <= CONN_LIFETIME_BUCKET0,
-    "ClosedBy slots overlap"
+    CONN_CLOSED_BY + 3 <= CONN_SENT_SEGMENTS && CONN_SENT_SEGMENTS < CONN_LIFETIME_BUCKET0,
+    "connection slots overlap"
 );
 
 /// Bucket of `value` in a log2 histogram of `buckets` buckets: bucket `b` holds values

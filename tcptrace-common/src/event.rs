@@ -229,7 +229,10 @@ pub struct SockInfo {
     pub retrans_seen: u32,
     /// The socket's TCP state since its last transition (`TcpState` value).
     pub state: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// `tcp_sock.data_segs_out` as last added to the segment counter, as `acked_seen`
+    /// for bytes.
+    pub segs_out_seen: u32,
     /// When the connection began (connect(), or the SYN a listener answered); 0 for a
     /// socket that predates tracking.
     pub born_ns: u64,
@@ -316,6 +319,9 @@ pub struct Event {
     pub bytes_sent: u64,
     /// Close: `tcp_sock.bytes_received` (the peer's FIN counts one).
     pub bytes_received: u64,
+    /// Close: `tcp_sock.data_segs_out`, data segments sent, retransmits included.
+    pub segs_out: u32,
+    pub _pad: u32,
 }
 
 impl Event {
@@ -344,6 +350,8 @@ impl Event {
             daddr: [0; 16],
             bytes_sent: 0,
             bytes_received: 0,
+            segs_out: 0,
+            _pad: 0,
         }
     }
 }
@@ -359,7 +367,7 @@ mod tests {
         assert_eq!(size_of::<SockInfo>(), 88);
         assert_eq!(size_of::<ListenKey>(), 24);
         assert_eq!(size_of::<Listener>(), 40);
-        assert_eq!(size_of::<Event>(), 128);
+        assert_eq!(size_of::<Event>(), 136);
         assert_eq!(align_of::<Event>(), 8);
         assert_eq!(offset_of!(Event, netns), 56);
         assert_eq!(offset_of!(Event, comm), 64);

@@ -1,11 +1,11 @@
-//! What a connection carried and how long it lived: the byte counters (sampled as
-//! segments arrive, completed when it closes) and the close with its lifetime, bytes,
-//! retransmitted segments, RTT and which end closed first.
+//! What a connection carried and how long it lived: the byte and sent-segment counters
+//! (sampled as segments arrive, completed when it closes) and the close with its
+//! lifetime, bytes, segments sent and retransmitted, RTT and which end closed first.
 use tcptrace_common::{
     counters::{
         log2_bucket, CONN_CLOSED_BY, CONN_LIFETIME_BUCKET0, CONN_LIFETIME_SUM_NS,
-        CONN_RECEIVED_BYTES, CONN_RTT_BUCKET0, CONN_RTT_SUM_US, CONN_SENT_BYTES, LIFETIME_BUCKETS,
-        RTT_BUCKETS,
+        CONN_RECEIVED_BYTES, CONN_RTT_BUCKET0, CONN_RTT_SUM_US, CONN_SENT_BYTES,
+        CONN_SENT_SEGMENTS, LIFETIME_BUCKETS, RTT_BUCKETS,
     },
     event::{ClosedBy, SockInfo, FLAG_FIN_RECEIVED_FIRST, FLAG_FIN_SENT_FIRST},
     Event, EventKind, Owner, TcpState,
@@ -41,13 +41,30 @@ pub fn add_bytes(info: &mut SockInfo, sk: u64) -> Option<(u64, u64)> {
     Some((acked, received))
 }
 
-/// Start the byte counts of a socket tracked from the middle of its life: what it
-/// carried before tcptrace saw it is not counted.
+/// `add_bytes` for the data segments sent (`tcp_sock.data_segs_out`), on its own: its
+/// offset is resolved apart from the bytes'.
+#[inline(always)]
+pub fn add_segs_out(info: &mut SockInfo, sk: u64) -> Option<u32> {
+    let segs_out = sock::data_segs_out(sk)?;
+    add_slot(
+        &CONNECTIONS,
+        CONN_SENT_SEGMENTS,
+        segs_out.wrapping_sub(info.segs_out_seen) as u64,
+    );
+    info.segs_out_seen = segs_out;
+    Some(segs_out)
+}
+
+/// Start the byte and segment counts of a socket tracked from the middle of its life:
+/// what it carried before tcptrace saw it is not counted.
 #[inline(always)]
 pub fn counted_from_here(info: &mut SockInfo, sk: u64) {
     if let Some((acked, received)) = sock::bytes(sk) {
         info.acked_seen = acked;
         info.received_seen = received;
+    }
+    if let Some(segs_out) = sock::data_segs_out(sk) {
+        info.segs_out_seen = segs_out;
     }
 }
 
@@ -76,9 +93,9 @@ pub fn synchronised(state: u8) -> bool {
         || state == TcpState::Closing as u8
 }
 
-/// The connection closed (`old` -> CLOSE): add its last bytes, count the close with
-/// its lifetime and RTT, and report it. `info` is its tracking entry, if it has one; an
-/// untracked socket (the fallback map was full) counts all it carried.
+/// The connection closed (`old` -> CLOSE): add its last bytes and segments, count the
+/// close with its lifetime and RTT, and report it. `info` is its tracking entry, if it
+/// has one; an untracked socket (the fallback map was full) counts all it carried.
 #[inline(always)]
 pub fn closed(
     event: &mut Event,
@@ -90,14 +107,17 @@ pub fn closed(
     now: u64,
 ) {
     let sk = ep.skaddr;
-    let (born, closed_by, bytes) = match info {
+    let (born, closed_by, bytes, segs_out) = match info {
         Some(info) => {
             let bytes = add_bytes(info, sk);
-            (info.born_ns, closed_by(info.flags), bytes)
+            let segs_out = add_segs_out(info, sk);
+            (info.born_ns, closed_by(info.flags), bytes, segs_out)
         }
         None => {
-            let bytes = add_bytes(&mut SockInfo::default(), sk);
-            (0, ClosedBy::Neither, bytes)
+            let mut untracked = SockInfo::default();
+            let bytes = add_bytes(&mut untracked, sk);
+            let segs_out = add_segs_out(&mut untracked, sk);
+            (0, ClosedBy::Neither, bytes, segs_out)
         }
     };
     add_slot(&CONNECTIONS, CONN_CLOSED_BY + closed_by as u32, 1);
@@ -129,6 +149,7 @@ pub fn closed(
         event.bytes_sent = sent;
         event.bytes_received = received;
     }
+    event.segs_out = segs_out.unwrap_or(0);
     submit(event);
 }
 

@@ -91,6 +91,14 @@ pub fn bytes(sk: u64) -> Option<(u64, u64)> {
     ))
 }
 
+/// `tcp_sock.data_segs_out`: data segments the socket sent. `__tcp_transmit_skb` adds
+/// the segments (`tcp_skb_pcount`) of every skb it transmits with a payload, original or
+/// retransmitted; a SYN, a pure ACK or a bare FIN adds nothing.
+#[inline(always)]
+pub fn data_segs_out(sk: u64) -> Option<u32> {
+    read_at(sk, conf!(data_segs_out_offset))
+}
+
 /// `tcp_sock.srtt_us / 8`: the smoothed round-trip time in microseconds (0: no sample).
 #[inline(always)]
 pub fn srtt_us(sk: u64) -> Option<u32> {

@@ -119,6 +119,8 @@ pub struct Close {
     /// `bytes_received`; the SYN and FIN count one each).
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Data segments sent, retransmits included (`tcp_sock.data_segs_out`).
+    pub segs_out: u32,
     /// Segments the connection retransmitted (`tcp_sock.total_retrans`).
     pub retransmitted: u32,
     /// Smoothed round-trip time; `None` without a sample or the kernel offset.
@@ -226,6 +228,7 @@ fn what(e: &Event) -> Option<What> {
             lifetime_ns: (e.duration_ns != 0).then_some(e.duration_ns),
             bytes_sent: e.bytes_sent,
             bytes_received: e.bytes_received,
+            segs_out: e.segs_out,
             retransmitted: e.segs,
             rtt_us: (e.rtt_us != 0).then_some(e.rtt_us),
             closed_by: ClosedBy::from_u8(e.detail)?,

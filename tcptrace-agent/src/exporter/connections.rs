@@ -27,6 +27,12 @@ pub fn families(c: &Connections) -> Vec<Family> {
             vec![(vec![], c.received_bytes as f64)],
         ),
         counter(
+            "tcptrace_connection_sent_segments_total",
+            "Data segments TCP connections sent, retransmitted ones included (tcp_sock.data_segs_out; no SYN, pure ACK or bare FIN), counted like the sent bytes.",
+            &[],
+            vec![(vec![], c.sent_segments as f64)],
+        ),
+        counter(
             "tcptrace_connections_closed_total",
             "Established connections that closed, by which end sent the first FIN (local, remote, or neither: a reset, timeout or abort).",
             &["closed_by"],

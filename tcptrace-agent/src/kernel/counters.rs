@@ -48,6 +48,9 @@ pub struct Connections {
     /// within a second of sampling) open ones.
     pub sent_bytes: u64,
     pub received_bytes: u64,
+    /// Data segments sent, retransmits included (`tcp_sock.data_segs_out`), counted
+    /// like the bytes.
+    pub sent_segments: u64,
     /// `lifetimes[b]`: closed connections that lived less than 2^b ms (not cumulative);
     /// those whose start tcptrace did not see are only in `closed_by`.
     pub lifetimes: Vec<u64>,
@@ -148,6 +151,7 @@ impl KernelCounters {
         Connections {
             sent_bytes: slot(counters::CONN_SENT_BYTES),
             received_bytes: slot(counters::CONN_RECEIVED_BYTES),
+            sent_segments: slot(counters::CONN_SENT_SEGMENTS),
             lifetimes: range(counters::CONN_LIFETIME_BUCKET0, counters::LIFETIME_BUCKETS),
             lifetime_sum_ns: slot(counters::CONN_LIFETIME_SUM_NS),
             rtts: range(counters::CONN_RTT_BUCKET0, counters::RTT_BUCKETS),

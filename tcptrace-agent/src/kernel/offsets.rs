@@ -75,6 +75,9 @@ pub struct KernelOffsets {
     pub total_retrans: Option<u32>,
     /// `struct tcp_sock.bytes_acked` and `bytes_received`: what a connection carried.
     pub bytes: Option<(u32, u32)>,
+    /// `struct tcp_sock.data_segs_out`: the data segments a connection sent,
+    /// retransmits included.
+    pub data_segs_out: Option<u32>,
     /// `struct sk_buff` members and the route to a device's namespace: a packet's own
     /// headers, socket and network namespace.
     pub skb: Option<SkbOffsets>,
@@ -131,6 +134,7 @@ impl KernelOffsets {
         netns: None,
         total_retrans: None,
         bytes: None,
+        data_segs_out: None,
         skb: None,
         ack_backlog: None,
         drop_reasons: false,
@@ -169,6 +173,7 @@ impl KernelOffsets {
                 .member_offset("tcp_sock", "bytes_acked")
                 .ok()
                 .zip(btf.member_offset("tcp_sock", "bytes_received").ok()),
+            data_segs_out: btf.member_offset("tcp_sock", "data_segs_out").ok(),
             skb: skb_offsets(btf),
             ack_backlog: btf
                 .member_offset("sock", "sk_ack_backlog")
@@ -193,6 +198,7 @@ impl KernelOffsets {
         config.total_retrans_offset = or_unknown(self.total_retrans);
         config.bytes_acked_offset = or_unknown(self.bytes.map(|b| b.0));
         config.bytes_received_offset = or_unknown(self.bytes.map(|b| b.1));
+        config.data_segs_out_offset = or_unknown(self.data_segs_out);
         config.skb_head_offset = or_unknown(self.skb.map(|s| s.head));
         config.skb_network_header_offset = or_unknown(self.skb.map(|s| s.network_header));
         config.skb_transport_header_offset = or_unknown(self.skb.map(|s| s.transport_header));
@@ -244,6 +250,10 @@ impl KernelOffsets {
         match self.bytes {
             Some(_) => info!("BTF: tcp_sock.bytes_acked and bytes_received: connections report and count their bytes"),
             None => warn!("tcp_sock.bytes_acked/bytes_received unknown: close events and the connection byte counters carry 0 bytes"),
+        }
+        match self.data_segs_out {
+            Some(off) => info!("BTF: tcp_sock.data_segs_out at {off}: connections count the data segments they send"),
+            None => warn!("tcp_sock.data_segs_out unknown: close events and the sent-segment counters carry 0 segments"),
         }
         match self.skb_segs {
             Some(off) => info!("BTF: tcp_gso_segs at sk_buff+{off}: retransmits count segments like TcpRetransSegs"),

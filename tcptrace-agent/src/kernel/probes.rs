@@ -377,12 +377,12 @@ pub const PROBES: [Probe; 14] = [
         Reads::SockAndError,
         "socket errors: ETIMEDOUT from keep-alive or retransmission timeouts, resets, ICMP"
     ),
-    // Samples by delta (a skipped run delays bytes to the next sample or the close): one
-    // program per method, no backup.
+    // Samples by delta (a skipped run delays bytes and segments to the next sample or the
+    // close): one program per method, no backup.
     Probe {
         name: "tcp_probe",
         required: false,
-        purpose: "bytes of open connections, as segments arrive (closes count the rest)",
+        purpose: "bytes and data segments sent of open connections, as segments arrive (closes count the rest)",
         methods: &[
             Method {
                 name: "tp_btf",

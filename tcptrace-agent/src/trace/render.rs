@@ -180,6 +180,7 @@ fn what_fields(out: &mut Vec<u8>, what: &What) {
             }
             number_field(out, "bytes_sent", c.bytes_sent);
             number_field(out, "bytes_received", c.bytes_received);
+            number_field(out, "segs_out", c.segs_out);
             number_field(out, "retransmitted", c.retransmitted);
             if let Some(us) = c.rtt_us {
                 number_field(out, "rtt_us", us);
@@ -290,8 +291,8 @@ fn detail(out: &mut Vec<u8>, what: &What) {
             }
             let _ = write!(
                 out,
-                ": sent {} B, received {} B, {} retransmitted",
-                c.bytes_sent, c.bytes_received, c.retransmitted
+                ": sent {} B in {} segments, received {} B, {} retransmitted",
+                c.bytes_sent, c.segs_out, c.bytes_received, c.retransmitted
             );
             if let Some(us) = c.rtt_us {
                 out.extend_from_slice(b", rtt ");
@@ -589,12 +590,13 @@ mod tests {
                     lifetime_ns: Some(1_234_567_890),
                     bytes_sent: 1001,
                     bytes_received: 65_537,
+                    segs_out: 4,
                     retransmitted: 2,
                     rtt_us: Some(45),
                     closed_by: ClosedBy::Remote,
                 }),
-                "closed from LAST_ACK after 1.235s: sent 1001 B, received 65537 B, 2 retransmitted, rtt 45us, remote closed first",
-                serde_json::json!({"old_state": "LAST_ACK", "duration_ns": 1_234_567_890u64, "bytes_sent": 1001, "bytes_received": 65_537, "retransmitted": 2, "rtt_us": 45, "closed_by": "remote"}),
+                "closed from LAST_ACK after 1.235s: sent 1001 B in 4 segments, received 65537 B, 2 retransmitted, rtt 45us, remote closed first",
+                serde_json::json!({"old_state": "LAST_ACK", "duration_ns": 1_234_567_890u64, "bytes_sent": 1001, "bytes_received": 65_537, "segs_out": 4, "retransmitted": 2, "rtt_us": 45, "closed_by": "remote"}),
             ),
             (
                 // No kernel table loaded in a unit test: the number stands for the name.

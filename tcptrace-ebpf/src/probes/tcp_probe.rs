@@ -1,7 +1,7 @@
 //! `tcp:tcp_probe`: a segment arrived on an established socket (the fast path,
 //! `tcp_rcv_established`, before it processes the segment). Adds what the socket's
-//! byte counts grew by since the last segment, so the bytes of open connections reach
-//! the counters without waiting for their close. Counts by delta: a run the kernel
+//! byte and sent-segment counts grew by since the last segment, so what open
+//! connections carry reaches the counters without waiting for their close. Counts by delta: a run the kernel
 //! skips only delays bytes to the next segment or the close, so no backup is needed.
 //!
 //! BTF-typed (socket storage; a socket seen first here is tracked from now on), raw and
@@ -50,10 +50,11 @@ fn segment_arrived<C: EbpfContext>(ctx: &C, store: &impl Store, sk: u64, may_tra
     match store.entry() {
         Some(info) => {
             lifetime::add_bytes(info, sk);
+            lifetime::add_segs_out(info, sk);
         }
         // Socket storage has no capacity: a socket that predates tcptrace is tracked
-        // from here on, its earlier bytes not counted. The fallback map is left to the
-        // state program, which counts what it cannot hold once per socket.
+        // from here on, its earlier bytes and segments not counted. The fallback map is
+        // left to the state program, which counts what it cannot hold once per socket.
         None if may_track => {
             let established = TcpState::Established as u8;
             let mut info = sockets::new_info(Owner::default(), established, 0, 0);

@@ -661,6 +661,7 @@ mod tests {
             lifetime_ns: None,
             bytes_sent: 1001,
             bytes_received: 42,
+            segs_out: 7,
             retransmitted: 0,
             rtt_us: None,
             closed_by: tcptrace_common::event::ClosedBy::Remote,
