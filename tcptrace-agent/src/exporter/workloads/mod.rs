@@ -55,7 +55,7 @@ pub const HISTOGRAM_SERIES: usize = HANDSHAKE_LE_NS.len() + 3;
 pub const OTHER_SERIES: usize = BUDGET_FAMILIES.len() - 1 + HISTOGRAM_SERIES;
 
 /// The families the budget covers, as their sample lines begin.
-pub const BUDGET_FAMILIES: [&str; 8] = [
+pub const BUDGET_FAMILIES: [&str; 9] = [
     "tcptrace_workload_retransmits_total",
     "tcptrace_workload_connect_failures_total",
     "tcptrace_workload_resets_total",
@@ -64,6 +64,7 @@ pub const BUDGET_FAMILIES: [&str; 8] = [
     "tcptrace_workload_connection_received_bytes_total",
     "tcptrace_workload_drops_total",
     "tcptrace_workload_listen_overflows_total",
+    "tcptrace_workload_connection_sent_segments_total",
 ];
 
 /// `into` of tcptrace_series_folded_total, for each coarser level an update can land
@@ -93,6 +94,8 @@ enum Kind {
     Drops,
     /// By listener (`address:port`), the owner being the listener's.
     ListenOverflows,
+    /// Data segments closed connections sent, retransmits included (close events).
+    SentSegments,
 }
 
 impl Kind {
@@ -201,6 +204,10 @@ impl WorkloadMetrics {
             What::Close(c) => {
                 self.add(Kind::SentBytes, "".into(), e, c.bytes_sent);
                 self.add(Kind::ReceivedBytes, "".into(), e, c.bytes_received);
+                // None where the kernel's offset is unknown: no series spent on zeros.
+                if c.segs_out > 0 {
+                    self.add(Kind::SentSegments, "".into(), e, c.segs_out.into());
+                }
             }
             _ => {
                 if let Some((kind, detail)) = classify(e) {
@@ -311,6 +318,7 @@ impl WorkloadMetrics {
         let received = scalar(Kind::ReceivedBytes);
         let drops = scalar(Kind::Drops);
         let overflows = scalar(Kind::ListenOverflows);
+        let segments = scalar(Kind::SentSegments);
         let handshakes: Vec<(Vec<String>, &Value)> = series(Kind::Handshakes)
             .map(|(k, v)| (labels(k), v))
             .collect();
@@ -377,6 +385,12 @@ impl WorkloadMetrics {
                 &with("listener"),
                 as_refs(&overflows),
             ),
+            counter(
+                BUDGET_FAMILIES[8],
+                "Data segments closed connections sent, retransmitted ones included (tcp_sock.data_segs_out), by workload (from close events).",
+                &names,
+                as_refs(&segments),
+            ),
             gauge(
                 "tcptrace_workload_series",
                 "Time series the per-workload families expose now, `other` series included (at most --max-series).",
@@ -412,7 +426,7 @@ impl WorkloadMetrics {
         };
         let mut w = WorkloadMetrics::new(opts, pod_names::Shared::default());
         let longest = "x".repeat(MAX_LABEL_BYTES);
-        let details: [(Kind, Cow<'static, str>); 8] = [
+        let details: [(Kind, Cow<'static, str>); 9] = [
             (Kind::Retransmits, "unknown".into()),
             (Kind::Handshakes, "unknown".into()),
             (Kind::ConnectFailures, "unreachable".into()),
@@ -421,6 +435,7 @@ impl WorkloadMetrics {
             (Kind::ReceivedBytes, "".into()),
             (Kind::Drops, "X".repeat(REASON_LABEL_MAX).into()),
             (Kind::ListenOverflows, WIDEST_REMOTE.into()),
+            (Kind::SentSegments, "".into()),
         ];
         for (kind, detail) in details {
             let key = Key {
@@ -453,7 +468,10 @@ fn other_key(kind: Kind, remote: bool) -> Key {
         container: OTHER.into(),
         workload: OTHER.into(),
         remote: if remote { OTHER.into() } else { String::new() },
-        detail: if matches!(kind, Kind::SentBytes | Kind::ReceivedBytes) {
+        detail: if matches!(
+            kind,
+            Kind::SentBytes | Kind::ReceivedBytes | Kind::SentSegments
+        ) {
             "".into()
         } else {
             OTHER.into()
@@ -695,6 +713,12 @@ mod tests {
                 "tcptrace_workload_connection_received_bytes_total{{{labels}}}"
             )),
             Some(42.0)
+        );
+        assert_eq!(
+            get(format!(
+                "tcptrace_workload_connection_sent_segments_total{{{labels}}}"
+            )),
+            Some(7.0)
         );
         assert_eq!(
             get(format!(
