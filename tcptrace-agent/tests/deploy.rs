@@ -237,6 +237,8 @@ fn the_pod_monitor_selects_the_daemonset_pods_and_port() {
     assert!(daemonset.contains("app.kubernetes.io/name: tcptrace"));
     assert!(monitor.contains("- port: metrics") && daemonset.contains("- name: metrics"));
     assert!(monitor.contains("path: /metrics"));
+    // The workload labels arrive as the agent names them (the rules sum by them).
+    assert!(monitor.contains("honorLabels: true"));
 }
 
 /// Every dashboard query parses as PromQL (promtool, as recording rules) and uses only
