@@ -239,18 +239,65 @@ fn the_pod_monitor_selects_the_daemonset_pods_and_port() {
     assert!(monitor.contains("path: /metrics"));
 }
 
+fn dashboard() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(deploy("grafana-dashboard.json")).unwrap())
+        .unwrap()
+}
+
+/// The dashboard's panels, rows included. Rows stay expanded: a collapsed row holds its
+/// panels inside it, where the checks below would not see them.
+fn panels(dashboard: &Value) -> &Vec<Value> {
+    let panels = dashboard["panels"].as_array().unwrap();
+    for row in panels.iter().filter(|p| p["type"] == "row") {
+        assert_eq!(row["collapsed"], false, "{}", row["title"]);
+        assert_eq!(row["panels"], json!([]), "{}", row["title"]);
+    }
+    panels
+}
+
+/// Each panel has an id of its own (Grafana keys links, the panel editor and
+/// repeats on it), and a place on the 24-column grid that no other panel covers (Grafana
+/// would push one of them down, away from the row it was meant for).
+#[test]
+fn the_dashboard_panels_have_unique_ids_and_do_not_overlap() {
+    let dashboard = dashboard();
+    let panels = panels(&dashboard);
+    let mut ids = std::collections::HashSet::new();
+    let mut boxes: Vec<(&str, [u64; 4])> = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        let id = panel["id"].as_u64().expect("a numeric id");
+        assert!(ids.insert(id), "id {id} is used twice ({title})");
+        let grid = &panel["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| grid[k].as_u64().unwrap());
+        assert!(w > 0 && h > 0 && x + w <= 24, "{title}: {grid}");
+        for (other, [ox, oy, ow, oh]) in &boxes {
+            let apart = x + w <= *ox || ox + ow <= x || y + h <= *oy || oy + oh <= y;
+            assert!(apart, "{title} overlaps {other}");
+        }
+        boxes.push((title, [x, y, w, h]));
+        if panel["type"] != "row" {
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{title} does not use the datasource variable"
+            );
+        }
+    }
+}
+
 /// Every dashboard query parses as PromQL (promtool, as recording rules) and uses only
 /// metrics METRICS.md documents.
 #[test]
 fn the_dashboard_queries_parse_and_use_documented_metrics() {
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(deploy("grafana-dashboard.json")).unwrap())
-            .unwrap();
+    let dashboard = dashboard();
     let docs =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../METRICS.md"))
             .unwrap();
     let mut exprs = Vec::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
+    for panel in panels(&dashboard) {
+        if panel["type"] == "row" {
+            continue;
+        }
         for target in panel["targets"].as_array().unwrap() {
             exprs.push(target["expr"].as_str().unwrap().replace("$instance", ".*"));
         }
