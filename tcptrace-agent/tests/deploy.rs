@@ -304,14 +304,12 @@ fn the_dashboard_queries_parse_and_use_documented_metrics() {
     }
     assert!(exprs.len() >= 10);
     for expr in &exprs {
-        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if let Some(name) = word.strip_prefix("tcptrace_") {
-                let family = format!("tcptrace_{}", name.trim_end_matches("_bucket"));
-                assert!(
-                    docs.contains(&format!("`{family}`")),
-                    "{family} is not in METRICS.md"
-                );
-            }
+        for name in metric_names(expr) {
+            let family = histogram_family(name, &docs);
+            assert!(
+                docs.contains(&format!("`{family}`")),
+                "{family} is not in METRICS.md"
+            );
         }
     }
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
@@ -338,4 +336,56 @@ fn the_dashboard_queries_parse_and_use_documented_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The `tcptrace_*` names a query reads.
+fn metric_names(expr: &str) -> impl Iterator<Item = &str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("tcptrace_"))
+}
+
+/// A histogram's series name (`_bucket`, `_count`, `_sum`) as its family, the name
+/// METRICS.md documents.
+fn histogram_family<'a>(name: &'a str, docs: &str) -> &'a str {
+    if docs.contains(&format!("`{name}`")) {
+        return name;
+    }
+    ["_bucket", "_count", "_sum"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+}
+
+/// Every `tcptrace_*` family in METRICS.md's table is charted by some panel, as
+/// METRICS.md says: a family added to the agent and the reference gets a panel too.
+#[test]
+fn the_dashboard_charts_every_documented_family() {
+    let dashboard = dashboard();
+    let docs =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../METRICS.md"))
+            .unwrap();
+    let charted: std::collections::HashSet<&str> = panels(&dashboard)
+        .iter()
+        .filter_map(|panel| panel["targets"].as_array())
+        .flatten()
+        .flat_map(|target| metric_names(target["expr"].as_str().unwrap()))
+        .map(|name| histogram_family(name, &docs))
+        .collect();
+    let mut documented = Vec::new();
+    for line in docs.lines().filter(|l| l.starts_with("| `")) {
+        let first_cell = line.split('|').nth(1).unwrap();
+        documented.extend(
+            first_cell
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|name| name.starts_with("tcptrace_")),
+        );
+    }
+    assert!(documented.len() >= 40, "{documented:?}");
+    let missing: Vec<&&str> = documented
+        .iter()
+        .filter(|family| !charted.contains(**family))
+        .collect();
+    assert!(missing.is_empty(), "no panel charts {missing:?}");
 }
