@@ -244,32 +244,77 @@ fn the_pod_monitor_selects_the_daemonset_pods_and_port() {
     assert!(monitor.contains("honorLabels: true"));
 }
 
+fn dashboard() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(deploy("grafana-dashboard.json")).unwrap())
+        .unwrap()
+}
+
+/// The dashboard's panels, rows included. Rows stay expanded: a collapsed row holds its
+/// panels inside it, where the checks below would not see them.
+fn panels(dashboard: &Value) -> &Vec<Value> {
+    let panels = dashboard["panels"].as_array().unwrap();
+    for row in panels.iter().filter(|p| p["type"] == "row") {
+        assert_eq!(row["collapsed"], false, "{}", row["title"]);
+        assert_eq!(row["panels"], json!([]), "{}", row["title"]);
+    }
+    panels
+}
+
+/// Each panel has an id of its own (Grafana keys links, the panel editor and
+/// repeats on it), and a place on the 24-column grid that no other panel covers (Grafana
+/// would push one of them down, away from the row it was meant for).
+#[test]
+fn the_dashboard_panels_have_unique_ids_and_do_not_overlap() {
+    let dashboard = dashboard();
+    let panels = panels(&dashboard);
+    let mut ids = std::collections::HashSet::new();
+    let mut boxes: Vec<(&str, [u64; 4])> = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        let id = panel["id"].as_u64().expect("a numeric id");
+        assert!(ids.insert(id), "id {id} is used twice ({title})");
+        let grid = &panel["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| grid[k].as_u64().unwrap());
+        assert!(w > 0 && h > 0 && x + w <= 24, "{title}: {grid}");
+        for (other, [ox, oy, ow, oh]) in &boxes {
+            let apart = x + w <= *ox || ox + ow <= x || y + h <= *oy || oy + oh <= y;
+            assert!(apart, "{title} overlaps {other}");
+        }
+        boxes.push((title, [x, y, w, h]));
+        if panel["type"] != "row" {
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{title} does not use the datasource variable"
+            );
+        }
+    }
+}
+
 /// Every dashboard query parses as PromQL (promtool, as recording rules) and uses only
 /// metrics METRICS.md documents.
 #[test]
 fn the_dashboard_queries_parse_and_use_documented_metrics() {
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(deploy("grafana-dashboard.json")).unwrap())
-            .unwrap();
+    let dashboard = dashboard();
     let docs =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../METRICS.md"))
             .unwrap();
     let mut exprs = Vec::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
+    for panel in panels(&dashboard) {
+        if panel["type"] == "row" {
+            continue;
+        }
         for target in panel["targets"].as_array().unwrap() {
             exprs.push(target["expr"].as_str().unwrap().replace("$instance", ".*"));
         }
     }
     assert!(exprs.len() >= 10);
     for expr in &exprs {
-        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if let Some(name) = word.strip_prefix("tcptrace_") {
-                let family = format!("tcptrace_{}", name.trim_end_matches("_bucket"));
-                assert!(
-                    docs.contains(&format!("`{family}`")),
-                    "{family} is not in METRICS.md"
-                );
-            }
+        for name in metric_names(expr) {
+            let family = histogram_family(name, &docs);
+            assert!(
+                docs.contains(&format!("`{family}`")),
+                "{family} is not in METRICS.md"
+            );
         }
     }
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
@@ -535,14 +580,6 @@ fn every_alert_has_its_runbook_in_deploy_md() {
     );
 }
 
-/// Metric names of the rules that METRICS.md does not document yet, and why. Each must
-/// still be missing there: once it is documented, it leaves this list and the check
-/// below covers it.
-const PENDING: &[&str] = &[
-    // Added by the workload-segments change, developed alongside these rules.
-    "tcptrace_workload_connection_sent_segments_total",
-];
-
 /// Every metric a rule reads is documented in METRICS.md (or is Prometheus's `up`), so
 /// renaming a metric breaks this test until the rules follow.
 #[test]
@@ -564,19 +601,9 @@ fn the_rules_use_documented_metrics_only() {
     assert!(names.contains("up") && names.len() > 10, "{names:?}");
     for name in &names {
         let documented = docs.contains(&format!("`{name}`"));
-        if PENDING.contains(&name.as_str()) {
-            assert!(
-                !documented,
-                "{name} is in METRICS.md now: take it out of PENDING in tests/deploy.rs"
-            );
-        } else if name != "up" {
-            assert!(documented, "{name} is used by a rule and not in METRICS.md");
-        }
-    }
-    for pending in PENDING {
         assert!(
-            names.contains(*pending),
-            "{pending} is pending but no rule uses it"
+            documented || name == "up",
+            "{name} is used by a rule and not in METRICS.md"
         );
     }
 }
@@ -637,4 +664,56 @@ fn the_runbook_commands_run() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The `tcptrace_*` names a query reads.
+fn metric_names(expr: &str) -> impl Iterator<Item = &str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("tcptrace_"))
+}
+
+/// A histogram's series name (`_bucket`, `_count`, `_sum`) as its family, the name
+/// METRICS.md documents.
+fn histogram_family<'a>(name: &'a str, docs: &str) -> &'a str {
+    if docs.contains(&format!("`{name}`")) {
+        return name;
+    }
+    ["_bucket", "_count", "_sum"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+}
+
+/// Every `tcptrace_*` family in METRICS.md's table is charted by some panel, as
+/// METRICS.md says: a family added to the agent and the reference gets a panel too.
+#[test]
+fn the_dashboard_charts_every_documented_family() {
+    let dashboard = dashboard();
+    let docs =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../METRICS.md"))
+            .unwrap();
+    let charted: std::collections::HashSet<&str> = panels(&dashboard)
+        .iter()
+        .filter_map(|panel| panel["targets"].as_array())
+        .flatten()
+        .flat_map(|target| metric_names(target["expr"].as_str().unwrap()))
+        .map(|name| histogram_family(name, &docs))
+        .collect();
+    let mut documented = Vec::new();
+    for line in docs.lines().filter(|l| l.starts_with("| `")) {
+        let first_cell = line.split('|').nth(1).unwrap();
+        documented.extend(
+            first_cell
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|name| name.starts_with("tcptrace_")),
+        );
+    }
+    assert!(documented.len() >= 40, "{documented:?}");
+    let missing: Vec<&&str> = documented
+        .iter()
+        .filter(|family| !charted.contains(**family))
+        .collect();
+    assert!(missing.is_empty(), "no panel charts {missing:?}");
 }
