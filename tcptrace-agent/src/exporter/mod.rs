@@ -88,7 +88,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let name_source = opts
         .labels
         .as_ref()
-        .map(|l| pod_names::prepare(&l.names))
+        .map(|l| pod_names::prepare(&l.names, l.remote.name() == Some("peer")))
         .transpose()?;
     let mut loaded = kernel::load(&opts.load)?;
     kernel::log_report(&loaded.hooks);
@@ -99,7 +99,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         opts.labels
             .clone()
             .zip(name_source.as_ref())
-            .map(|(l, source)| WorkloadMetrics::new(l, source.names.clone())),
+            .map(|(l, source)| WorkloadMetrics::new(l, source.names.clone(), source.peers.clone())),
         // The agent's own listeners are bound by now: Owners notes them.
         listen_queues::Owners::new(
             ListenerTable::take(&mut loaded.ebpf)

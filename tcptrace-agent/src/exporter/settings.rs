@@ -12,7 +12,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    k8s::{api, pod_names::NameSource},
+    exporter::workloads::RemoteLabel,
+    k8s::{
+        api,
+        peers::{self, Cidr},
+        pod_names::NameSource,
+    },
     kernel::{check_max_sockets, check_ring_bytes, DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES},
 };
 
@@ -20,13 +25,40 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
 pub const DEFAULT_MAX_SERIES: u64 = 2000;
 pub const DEFAULT_SERIES_TTL_SECS: u64 = 600;
 
-/// `workload` or `workload,remote` -> whether `remote` is on.
-pub fn parse_labels(s: &str) -> Result<bool, String> {
+/// `workload`, `workload,remote` or `workload,peer` -> what is said of the other end
+/// (a peer's ranges come from --peer-cidrs and --cluster-cidrs).
+pub fn parse_labels(s: &str) -> Result<RemoteLabel, String> {
     let words: Vec<&str> = s.split(',').map(str::trim).collect();
-    if !words.contains(&"workload") || words.iter().any(|w| !["workload", "remote"].contains(w)) {
-        return Err(format!("`{s}`: use `workload` or `workload,remote`"));
+    let known = ["workload", "remote", "peer"];
+    let both = words.contains(&"remote") && words.contains(&"peer");
+    if !words.contains(&"workload") || words.iter().any(|w| !known.contains(w)) || both {
+        return Err(format!(
+            "`{s}`: use `workload`, `workload,remote` or `workload,peer`"
+        ));
     }
-    Ok(words.contains(&"remote"))
+    Ok(if words.contains(&"remote") {
+        RemoteLabel::Endpoint
+    } else if words.contains(&"peer") {
+        RemoteLabel::Peer(Default::default())
+    } else {
+        RemoteLabel::Off
+    })
+}
+
+/// A list of address ranges (`--cluster-cidrs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CidrList(pub Vec<Cidr>);
+
+/// A list of named address ranges (`--peer-cidrs`), most specific first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedCidrs(pub Vec<(String, Cidr)>);
+
+pub fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
+    peers::parse_cidrs(s).map(CidrList)
+}
+
+pub fn parse_named_cidrs(s: &str) -> Result<NamedCidrs, String> {
+    peers::parse_named_cidrs(s).map(NamedCidrs)
 }
 
 /// Exposed series: at least room for the four `other` series and as much again for one
@@ -180,9 +212,23 @@ run_settings! {
     /// Per-workload series: `workload` (namespace, pod, container and controller from
     /// the owner's cgroup and, with --kube-api or --kubelet, the pod's names; container id or
     /// host process outside Kubernetes), optionally `,remote` (the peer's ip:port,
-    /// ephemeral ports collapsed). Off by default.
+    /// ephemeral ports collapsed) or `,peer` (who holds the peer's address:
+    /// `pod:NS/NAME`, `service:NS/NAME`, `node:NAME`, a --peer-cidrs name, `unresolved`,
+    /// `loopback` or `external`; needs --kube-api and RBAC list/watch on pods and services
+    /// cluster-wide, see DEPLOY.md). Off by default.
     #[arg(long, value_name = "LIST", value_parser = parse_labels)]
-    labels: bool = parse_labels;
+    labels: RemoteLabel = parse_labels;
+    /// With `--labels workload,peer`: the cluster's pod and service ranges; an address
+    /// there that no pod, service or node holds reads as `unresolved`, any other as
+    /// `external` (default: the private ranges 10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16, 100.64.0.0/10 and fc00::/7).
+    #[arg(long, value_name = "CIDR,..", value_parser = parse_cidr_list)]
+    cluster_cidrs: CidrList = parse_cidr_list;
+    /// With `--labels workload,peer`: names for address ranges outside the cluster's
+    /// objects, e.g. `office=192.0.2.0/24,db-vpc=10.20.0.0/16` (the most specific range
+    /// wins; checked after pods, services and nodes).
+    #[arg(long, value_name = "NAME=CIDR,..", value_parser = parse_named_cidrs)]
+    peer_cidrs: NamedCidrs = parse_named_cidrs;
     /// The most time series the per-workload families expose at once (default 2000),
     /// as Prometheus counts them: 1 per counter label set, 9 per handshake histogram
     /// label set (6 buckets, +Inf, _sum, _count), the `other` series included. Beyond
@@ -272,12 +318,30 @@ pub fn resolve(given: RunSettings) -> Result<Settings> {
 
 fn labels(given: &RunSettings) -> Result<Option<crate::exporter::workloads::LabelOptions>> {
     let names = name_source(given)?;
-    let remote = match given.labels {
+    let remote = match given.labels.clone() {
         Some(v) => v,
         None if names == NameSource::None => return Ok(None),
         None => anyhow::bail!(
             "a pod name source (kubelet, kube_api) names per-workload series: add --labels workload"
         ),
+    };
+    let ranges_given = given.cluster_cidrs.is_some() || given.peer_cidrs.is_some();
+    let remote = match remote {
+        RemoteLabel::Peer(_) if !matches!(names, NameSource::Api(_)) => anyhow::bail!(
+            "labels workload,peer: peer names come from the API server: add --kube-api (or use \
+             workload,remote and join `remote` with kube-state-metrics in PromQL, see METRICS.md)"
+        ),
+        RemoteLabel::Peer(_) => RemoteLabel::Peer(peers::Ranges {
+            named: given.peer_cidrs.clone().map(|n| n.0).unwrap_or_default(),
+            cluster: match &given.cluster_cidrs {
+                Some(c) => c.0.clone(),
+                None => peers::Ranges::default().cluster,
+            },
+        }),
+        _ if ranges_given => anyhow::bail!(
+            "cluster_cidrs and peer_cidrs name the peer label's values: add --labels workload,peer"
+        ),
+        other => other,
     };
     Ok(Some(crate::exporter::workloads::LabelOptions {
         remote,
@@ -383,7 +447,7 @@ mod tests {
         )
         .unwrap();
         let l = resolve(file).unwrap().labels.unwrap();
-        assert!(l.remote);
+        assert_eq!(l.remote, RemoteLabel::Endpoint);
         assert_eq!(l.max_series, 500);
         assert_eq!(l.ttl.as_secs(), DEFAULT_SERIES_TTL_SECS);
         assert_eq!(
@@ -391,6 +455,35 @@ mod tests {
             NameSource::Kubelet("http://127.0.0.1:10255/pods".into())
         );
         assert!(resolve(RunSettings::default()).unwrap().labels.is_none());
+    }
+
+    #[test]
+    fn peer_labels_need_the_api_server_and_take_their_ranges() {
+        let err = |text: &str| {
+            format!(
+                "{:#}",
+                RunSettings::from_toml(text).and_then(resolve).unwrap_err()
+            )
+        };
+        let api = "kube_api = \"in-cluster\"\nnode_name = \"n\"\n";
+        assert!(err("labels = \"workload,peer\"").contains("add --kube-api"));
+        assert!(err("labels = \"workload,remote,peer\"").contains("workload,peer`"));
+        assert!(
+            err("labels = \"workload\"\ncluster_cidrs = \"10.0.0.0/8\"").contains("workload,peer")
+        );
+        assert!(err(&format!(
+            "labels = \"workload,peer\"\n{api}peer_cidrs = \"x=10.0.0.1/8\""
+        ))
+        .contains("host bits"));
+        let file = RunSettings::from_toml(&format!(
+            "labels = \"workload,peer\"\n{api}cluster_cidrs = \"10.42.0.0/16,10.96.0.0/12\"\npeer_cidrs = \"corp=192.0.2.0/24\"\n"
+        ))
+        .unwrap();
+        let RemoteLabel::Peer(ranges) = resolve(file).unwrap().labels.unwrap().remote else {
+            panic!("peer");
+        };
+        assert_eq!(ranges.cluster.len(), 2);
+        assert_eq!(ranges.named[0].0, "corp");
     }
 
     #[test]
@@ -410,7 +503,7 @@ mod tests {
         );
         let err = |flags: RunSettings| format!("{:#}", resolve(flags).unwrap_err());
         let api = |url: &str| RunSettings {
-            labels: Some(false),
+            labels: Some(RemoteLabel::Off),
             kube_api: Some(url.into()),
             node_name: Some("n".into()),
             ..Default::default()

@@ -16,7 +16,7 @@ use tcptrace_common::{
 use super::{
     exposition::{self, Family},
     listen_queues, metrics,
-    workloads::{WorkloadMetrics, BUDGET_FAMILIES},
+    workloads::{RemoteLabel, WorkloadMetrics, BUDGET_FAMILIES},
 };
 use crate::{
     doctor::{census::Census, listeners::Listener},
@@ -51,10 +51,10 @@ fn line_bytes(line: &str) -> usize {
     }
 }
 
-/// The worst case of `tcptrace run` with `--labels workload[,remote]` and this
+/// The worst case of `tcptrace run` with `--labels workload[,remote|,peer]` and this
 /// `--max-series`: the node-level families at their largest, plus `max_series` lines
 /// of the per-workload families, each as wide as the widest of them can be.
-pub fn node(max_series: usize, remote: bool) -> Bound {
+pub fn node(max_series: usize, remote: RemoteLabel) -> Bound {
     let mut bound = Bound::default();
     for line in exposition::encode(node_families()).lines() {
         bound.add(line);
@@ -225,8 +225,8 @@ mod tests {
 
     #[test]
     fn the_bound_grows_with_the_budget_by_the_widest_line() {
-        let small = node(1000, true);
-        let large = node(2000, true);
+        let small = node(1000, RemoteLabel::Endpoint);
+        let large = node(2000, RemoteLabel::Endpoint);
         assert_eq!(large.series - small.series, 1000);
         let widest = (large.bytes - small.bytes) / 1000;
         // Four label values at their longest, a remote, a name: over a kilobyte.
@@ -235,7 +235,7 @@ mod tests {
             "{widest}"
         );
         assert!(
-            node(2000, false).bytes < large.bytes,
+            node(2000, RemoteLabel::Off).bytes < large.bytes,
             "remote makes lines longer"
         );
     }
@@ -247,14 +247,20 @@ mod tests {
     fn the_docs_give_the_computed_figures() {
         let doc = include_str!("../../../METRICS.md");
         let max = DEFAULT_MAX_SERIES as usize;
-        for (labels, remote) in [("workload", false), ("workload,remote", true)] {
-            let b = node(max, remote);
+        let peer = RemoteLabel::Peer(Default::default());
+        let mut missing = Vec::new();
+        for (labels, remote) in [
+            ("workload", RemoteLabel::Off),
+            ("workload,remote", RemoteLabel::Endpoint),
+            ("workload,peer", peer),
+        ] {
+            let b = node(max, remote.clone());
             let row = format!(
                 "| `--labels {labels}` | {} | {} |",
                 thousands(b.series),
                 thousands(b.bytes)
             );
-            let fixed = node(0, remote);
+            let fixed = node(0, remote.clone());
             let widest = node(1, remote).bytes - fixed.bytes;
             let parts = format!(
                 "{} + {} series; {} + {} x {} bytes",
@@ -264,15 +270,18 @@ mod tests {
                 thousands(max),
                 thousands(widest)
             );
-            for figure in [row, parts] {
-                assert!(doc.contains(&figure), "METRICS.md lacks\n{figure}");
-            }
+            missing.extend([row, parts].into_iter().filter(|f| !doc.contains(f)));
         }
+        assert!(
+            missing.is_empty(),
+            "METRICS.md lacks\n{}",
+            missing.join("\n")
+        );
         // DEPLOY.md's Cardinality section repeats the DaemonSet's figures.
         let deploy: Vec<&str> = include_str!("../../../DEPLOY.md")
             .split_whitespace()
             .collect();
-        let b = node(max, false);
+        let b = node(max, RemoteLabel::Off);
         let figures = format!(
             "{} series and {} bytes",
             thousands(b.series),

@@ -40,9 +40,9 @@ pub struct ApiTarget {
     pub node: String,
 }
 
-/// A checked target: the pods API of the cluster, and the node whose pods are watched.
+/// A checked target: the cluster's client, and the node whose pods are watched.
 pub struct Client {
-    pods: Api<Pod>,
+    kube: kube::Client,
     node: String,
 }
 
@@ -65,7 +65,7 @@ impl Client {
         let client =
             kube::Client::try_from(config).context("cannot build the kubernetes client")?;
         Ok(Client {
-            pods: Api::all(client),
+            kube: client,
             node: target.node.clone(),
         })
     }
@@ -74,13 +74,19 @@ impl Client {
     pub fn spawn(self, names: Shared) {
         tokio::spawn(follow(self, names));
     }
+
+    /// The client, for other watches of the same cluster (`peer_watch`).
+    pub fn kube(&self) -> kube::Client {
+        self.kube.clone()
+    }
 }
 
 /// List, then watch, for ever (kube's watcher); errors are logged, and the watcher waits
 /// before its next request with kube's default backoff (0.8 s doubling to 30 s).
 async fn follow(client: Client, names: Shared) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", client.node));
-    let mut events = pin!(watcher(client.pods, config).default_backoff());
+    let pods: Api<Pod> = Api::all(client.kube);
+    let mut events = pin!(watcher(pods, config).default_backoff());
     let mut listing = Listing::default();
     while let Some(event) = events.next().await {
         match event {

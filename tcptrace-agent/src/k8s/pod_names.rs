@@ -67,6 +67,9 @@ pub enum NameSource {
 /// A name source checked and ready to start.
 pub struct Follower {
     pub names: Shared,
+    /// The cluster's addresses, filled when `peers` was asked for (see `peer_watch`).
+    pub peers: crate::k8s::peers::SharedBook,
+    watch_peers: bool,
     source: Checked,
 }
 
@@ -78,8 +81,9 @@ enum Checked {
 
 /// Check `source` before anything is loaded: a source that cannot work as configured
 /// (no CA, no token, a bad address) is an error now rather than a warning every minute.
-/// Call on the tokio runtime.
-pub fn prepare(source: &NameSource) -> Result<Follower> {
+/// With `peers` (and the API server as `source`), the cluster's pod and service
+/// addresses are followed too. Call on the tokio runtime.
+pub fn prepare(source: &NameSource, peers: bool) -> Result<Follower> {
     let source = match source {
         NameSource::None => Checked::None,
         NameSource::Kubelet(url) => Checked::Kubelet(kubelet_url(url).context("--kubelet")?),
@@ -89,6 +93,8 @@ pub fn prepare(source: &NameSource) -> Result<Follower> {
     };
     Ok(Follower {
         names: Shared::default(),
+        peers: Default::default(),
+        watch_peers: peers,
         source,
     })
 }
@@ -101,7 +107,12 @@ impl Follower {
         match self.source {
             Checked::None => {}
             Checked::Kubelet(url) => spawn_kubelet_refresher(url, self.names),
-            Checked::Api(client) => client.spawn(self.names),
+            Checked::Api(client) => {
+                if self.watch_peers {
+                    crate::k8s::peer_watch::spawn(client.kube(), self.peers);
+                }
+                client.spawn(self.names)
+            }
         }
     }
 }

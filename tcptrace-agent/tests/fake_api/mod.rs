@@ -1,12 +1,16 @@
-//! A Kubernetes API server for the pods resource, small but faithful in what a client of
-//! `list` and `watch` sees: TLS with a certificate of its own CA, bearer tokens, keep-alive
-//! HTTP/1.1, `GET /api/v1/pods` with a `spec.nodeName` field selector answered with a v1
-//! PodList at the current resource version, and `?watch=true&resourceVersion=N` answered
+//! A Kubernetes API server for the pods and services resources, small but faithful in
+//! what a client of `list` and `watch` sees: TLS with a certificate of its own CA, bearer
+//! tokens, keep-alive HTTP/1.1, `GET /api/v1/pods` (all, or with a `spec.nodeName` field
+//! selector) and `GET /api/v1/services` answered with a v1 list at the current resource
+//! version, in pages of `limit` items chained by `continue` tokens when the client asks
+//! for pages, and `?watch=true&resourceVersion=N` answered
 //! with the changes after N as chunked watch events (one JSON object per line), a BOOKMARK
 //! when `allowWatchBookmarks` asks for it, then held open until `timeoutSeconds` or a
 //! disconnect. A version older than the history kept (`compact`) gets the ERROR event
 //! with the `410 Expired` Status, as the real server sends it. Anything else is a 404 or
 //! 400 Status, so that a client asking for more than list and watch fails the test.
+// Each test crate that includes this module uses part of it.
+#![allow(dead_code)]
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -30,14 +34,16 @@ pub struct FakeApiServer {
     stop: Arc<AtomicBool>,
 }
 
-/// The server's pods and their history.
+/// The server's objects and their history.
 #[derive(Default)]
 struct Cluster {
     version: u64,
-    /// UID -> pod, as last written.
-    pods: BTreeMap<String, Value>,
-    /// (version, event type, pod) for every change.
-    changes: Vec<(u64, &'static str, Value)>,
+    /// (resource, UID) -> object, as last written.
+    objects: BTreeMap<(&'static str, String), Value>,
+    /// (version, event type, resource, object) for every change.
+    changes: Vec<(u64, &'static str, &'static str, Value)>,
+    /// Bytes of list answers sent, by resource.
+    listed_bytes: BTreeMap<&'static str, usize>,
     /// Watches from a version before this one get 410 Gone.
     oldest: u64,
     /// Bumped to cut every open watch (an API server restart, a proxy's idle timeout).
@@ -111,21 +117,51 @@ impl FakeApiServer {
     }
 
     /// Write `pod` (ADDED, or MODIFIED if its UID is known) at the next version.
-    pub fn add(&self, mut pod: Value) {
+    pub fn add(&self, pod: Value) {
+        self.write("pods", pod);
+    }
+
+    /// Write `service` (ADDED, or MODIFIED if its UID is known) at the next version.
+    pub fn add_service(&self, service: Value) {
+        self.write("services", service);
+    }
+
+    fn write(&self, resource: &'static str, mut object: Value) {
         let (lock, changed) = &*self.cluster;
         let mut c = lock.lock().unwrap();
         c.version += 1;
-        pod["metadata"]["resourceVersion"] = c.version.to_string().into();
-        let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
-        let kind = if c.pods.contains_key(&uid) {
+        object["metadata"]["resourceVersion"] = c.version.to_string().into();
+        let key = (
+            resource,
+            object["metadata"]["uid"].as_str().unwrap().to_string(),
+        );
+        let kind = if c.objects.contains_key(&key) {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        c.pods.insert(uid, pod.clone());
+        c.objects.insert(key, object.clone());
         let version = c.version;
-        c.changes.push((version, kind, pod));
+        c.changes.push((version, kind, resource, object));
         changed.notify_all();
+    }
+
+    /// Delete the pod with `uid` (DELETED, the object as last written) at the next version.
+    pub fn delete_pod(&self, uid: &str) {
+        let (lock, changed) = &*self.cluster;
+        let mut c = lock.lock().unwrap();
+        c.version += 1;
+        let mut pod = c.objects.remove(&("pods", uid.to_string())).expect("a pod");
+        pod["metadata"]["resourceVersion"] = c.version.to_string().into();
+        let version = c.version;
+        c.changes.push((version, "DELETED", "pods", pod));
+        changed.notify_all();
+    }
+
+    /// Bytes of list answers sent for `resource` so far.
+    pub fn listed_bytes(&self, resource: &str) -> usize {
+        let c = self.cluster.0.lock().unwrap();
+        c.listed_bytes.get(resource).copied().unwrap_or(0)
     }
 
     /// Go down as a restarting server does: cut every open watch (wait until they are)
@@ -199,21 +235,35 @@ fn serve_connection(
         }
         c.requests.push((request.line.clone(), auth));
         drop(c);
-        let open = if request.path != "/api/v1/pods" {
+        let resource = match request.path.as_str() {
+            "/api/v1/pods" => Some("pods"),
+            "/api/v1/services" => Some("services"),
+            _ => None,
+        };
+        let open = if let Some(resource) = resource.filter(|r| selected(r, &request).is_ok()) {
+            if request
+                .query
+                .get("watch")
+                .is_some_and(|w| w == "true" || w == "1")
+            {
+                watch(&mut stream, resource, &request, cluster, stop)
+            } else {
+                list(&mut stream, resource, &request, cluster)
+            }
+        } else if resource.is_some() {
+            status(
+                &mut stream,
+                400,
+                "BadRequest",
+                "this server selects pods by node only, and nothing else",
+            )
+        } else {
             status(
                 &mut stream,
                 404,
                 "NotFound",
                 "the server could not find the resource",
             )
-        } else if request
-            .query
-            .get("watch")
-            .is_some_and(|w| w == "true" || w == "1")
-        {
-            watch(&mut stream, &request, cluster, stop)
-        } else {
-            list(&mut stream, &request, cluster)
         };
         if !open {
             return;
@@ -221,36 +271,65 @@ fn serve_connection(
     }
 }
 
-/// The node a `fieldSelector=spec.nodeName=NODE` names; `None` for any other selector.
-fn node_selected(request: &Request) -> Option<String> {
-    let selector = request.query.get("fieldSelector")?;
-    selector.strip_prefix("spec.nodeName=").map(str::to_string)
-}
-
-fn on_node(pod: &Value, node: &str) -> bool {
-    pod["spec"]["nodeName"].as_str() == Some(node)
-}
-
-/// The PodList of the selected node's pods at the current version (one page: the
-/// tests' lists are smaller than any `limit` a client asks).
-fn list(stream: &mut impl Write, request: &Request, cluster: &(Mutex<Cluster>, Condvar)) -> bool {
-    let Some(node) = node_selected(request) else {
-        return status(
-            stream,
-            400,
-            "BadRequest",
-            "this server lists pods by node only",
-        );
+/// The node a `fieldSelector=spec.nodeName=NODE` names (pods only), `None` for no
+/// selector; an error for any other.
+fn selected(resource: &str, request: &Request) -> Result<Option<String>, ()> {
+    let Some(selector) = request.query.get("fieldSelector") else {
+        return Ok(None);
     };
-    let c = cluster.0.lock().unwrap();
-    let items: Vec<&Value> = c.pods.values().filter(|p| on_node(p, &node)).collect();
-    let body = json!({
-        "kind": "PodList",
-        "apiVersion": "v1",
-        "metadata": {"resourceVersion": c.version.to_string()},
-        "items": items,
-    })
-    .to_string();
+    match selector.strip_prefix("spec.nodeName=") {
+        Some(node) if resource == "pods" => Ok(Some(node.to_string())),
+        _ => Err(()),
+    }
+}
+
+/// Whether `object` is one the request selects.
+fn matches(object: &Value, node: &Option<String>) -> bool {
+    node.as_deref()
+        .is_none_or(|node| object["spec"]["nodeName"].as_str() == Some(node))
+}
+
+/// The list of the selected objects at the current version: all of them, or with
+/// `limit`, a page of them after the `continue` token's UID, and a token for the next
+/// page while more remain.
+fn list(
+    stream: &mut impl Write,
+    resource: &'static str,
+    request: &Request,
+    cluster: &(Mutex<Cluster>, Condvar),
+) -> bool {
+    let node = selected(resource, request).expect("checked");
+    let limit = request
+        .query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let after = request.query.get("continue").cloned().unwrap_or_default();
+    let mut c = cluster.0.lock().unwrap();
+    let mut items: Vec<&Value> = c
+        .objects
+        .range((resource, after.clone())..)
+        .take_while(|((r, _), _)| *r == resource)
+        .filter(|((_, uid), o)| *uid > after && matches(o, &node))
+        .map(|(_, o)| o)
+        .take(limit.saturating_add(1))
+        .collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let mut metadata = json!({"resourceVersion": c.version.to_string()});
+    if more {
+        let last = items.last().unwrap()["metadata"]["uid"].as_str().unwrap();
+        metadata["continue"] = last.into();
+    }
+    let kind = if resource == "pods" {
+        "PodList"
+    } else {
+        "ServiceList"
+    };
+    let body =
+        json!({"kind": kind, "apiVersion": "v1", "metadata": metadata, "items": items}).to_string();
+    *c.listed_bytes.entry(resource).or_default() += body.len();
     drop(c);
     respond(stream, 200, &body)
 }
@@ -258,18 +337,12 @@ fn list(stream: &mut impl Write, request: &Request, cluster: &(Mutex<Cluster>, C
 /// Stream the changes after the version asked for, then hold the watch open.
 fn watch(
     stream: &mut impl Write,
+    resource: &'static str,
     request: &Request,
     cluster: &(Mutex<Cluster>, Condvar),
     stop: &AtomicBool,
 ) -> bool {
-    let Some(node) = node_selected(request) else {
-        return status(
-            stream,
-            400,
-            "BadRequest",
-            "this server watches pods by node only",
-        );
-    };
+    let node = selected(resource, request).expect("checked");
     let Some(from) = request
         .query
         .get("resourceVersion")
@@ -314,13 +387,14 @@ fn watch(
         let events: Vec<String> = c
             .changes
             .iter()
-            .filter(|(v, _, pod)| *v > sent && on_node(pod, &node))
-            .map(|(_, kind, pod)| json!({"type": kind, "object": pod}).to_string())
+            .filter(|(v, _, r, object)| *v > sent && *r == resource && matches(object, &node))
+            .map(|(_, kind, _, object)| json!({"type": kind, "object": object}).to_string())
             .collect();
         sent = c.version;
         if !bookmarked {
             bookmarked = true;
-            let mark = json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1",
+            let kind = if resource == "pods" { "Pod" } else { "Service" };
+            let mark = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1",
                 "metadata": {"resourceVersion": sent.to_string()}}});
             drop(c);
             let ok = events.iter().all(|e| chunk(stream, e)) && chunk(stream, &mark.to_string());

@@ -1,11 +1,17 @@
 //! How a socket becomes label values: its owner's cgroup becomes namespace, pod,
 //! container and workload (names from the kubelet or the API server where known), its
-//! peer becomes `remote` (ephemeral ports folded), and every value is capped in length.
+//! peer becomes `remote` (ephemeral ports folded) or `peer` (who holds the address), and
+//! every value is capped in length.
 use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     event::TcpEvent,
-    k8s::{cgroup::CgroupIndex, pod_names},
+    exporter::exposition::{counter, gauge, Family},
+    k8s::{
+        cgroup::CgroupIndex,
+        peers::{Holder, PeerNames},
+        pod_names,
+    },
 };
 
 /// Label values (namespace, pod, container, workload) are cut to this many bytes as
@@ -46,18 +52,21 @@ impl OwnerLabels {
 pub struct Labeler {
     cgroups: CgroupIndex,
     names: pod_names::Shared,
+    /// With `peer`: the cluster's addresses and the configured ranges.
+    peers: Option<PeerNames>,
     /// The local ephemeral port range (net.ipv4.ip_local_port_range).
     ephemeral: (u16, u16),
 }
 
 impl Labeler {
-    pub fn new(names: pod_names::Shared) -> Labeler {
+    pub fn new(names: pod_names::Shared, peers: Option<PeerNames>) -> Labeler {
         let ephemeral = crate::doctor::sysctl::TcpSysctls::read()
             .map(|s| s.local_port_range)
             .unwrap_or((32768, 60999));
         Labeler {
             cgroups: CgroupIndex::new(),
             names,
+            peers,
             ephemeral,
         }
     }
@@ -118,6 +127,41 @@ impl Labeler {
         } else {
             SocketAddr::new(ip, port).to_string()
         }
+    }
+}
+
+impl Labeler {
+    /// Who holds `ip`, as the `peer` label says it (capped like every value).
+    pub fn peer(&self, ip: IpAddr) -> String {
+        match &self.peers {
+            Some(peers) => capped(peers.label(ip)),
+            None => String::new(),
+        }
+    }
+
+    /// With `peer`: the address book's size by holder, and what it refused.
+    pub fn peer_families(&self) -> Vec<Family> {
+        let Some(peers) = &self.peers else {
+            return Vec::new();
+        };
+        let book = peers.book.read().unwrap_or_else(|p| p.into_inner());
+        vec![
+            gauge(
+                "tcptrace_peer_addresses",
+                "Cluster addresses the peer label knows, by what holds them (from the API server's pods and services).",
+                &["holder"],
+                Holder::ALL
+                    .iter()
+                    .map(|h| (vec![h.name()], book.count(*h) as f64))
+                    .collect(),
+            ),
+            counter(
+                "tcptrace_peer_addresses_refused_total",
+                "Cluster addresses not taken because the address book was full (65,536): they read as unresolved.",
+                &[],
+                vec![(vec![], book.refused as f64)],
+            ),
+        ]
     }
 }
 

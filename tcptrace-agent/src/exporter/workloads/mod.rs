@@ -1,6 +1,6 @@
-//! Per-workload series (`run --labels workload[,remote]`): retransmits, handshake
+//! Per-workload series (`run --labels workload[,remote|,peer]`): retransmits, handshake
 //! latency, connect failures and resets by Kubernetes namespace/pod/container (or container id, or host
-//! process), optionally by remote endpoint, aggregated from the event stream under a
+//! process), optionally by remote endpoint or by who holds it (`peer`), aggregated from the event stream under a
 //! series budget. The kernel's lossless counters stay unlabelled; these follow the ring
 //! buffer, so a full ring (counted in tcptrace_ringbuf_events_lost_total) undercounts them.
 mod labels;
@@ -22,7 +22,7 @@ use crate::{
     k8s::pod_names,
 };
 use labels::Labeler;
-pub use labels::MAX_LABEL_BYTES;
+pub use labels::{capped, MAX_LABEL_BYTES};
 
 /// Upper bounds (ns) of the per-workload handshake buckets, exposed in seconds. Few,
 /// because each bucket is a time series for every label set; placed where handshakes of
@@ -68,14 +68,40 @@ pub const BUDGET_FAMILIES: [&str; 9] = [
 ];
 
 /// `into` of tcptrace_series_folded_total, for each coarser level an update can land
-/// in (with `remote`: the address alone, `remote="other"`, then the family's `other`).
+/// in (with `remote`: the address alone, `remote="other"`, then the family's `other`;
+/// with `peer`: `peer="other"`, then the family's `other`).
 const FOLDED_INTO_REMOTE: [&str; 3] = ["remote_address", "remote_other", "other"];
+const FOLDED_INTO_PEER: [&str; 2] = ["peer_other", "other"];
 const FOLDED_INTO: [&str; 1] = ["other"];
+
+/// What the per-workload series say of the other end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RemoteLabel {
+    /// Nothing.
+    #[default]
+    Off,
+    /// `remote`: `ip:port`, ephemeral ports as `ip:ephemeral`.
+    Endpoint,
+    /// `peer`: who holds the address (`pod:NS/NAME`, `service:NS/NAME`, `node:NAME`, a
+    /// named range, `unresolved`, `loopback`, `external`; see `k8s::peers`).
+    Peer(crate::k8s::peers::Ranges),
+}
+
+impl RemoteLabel {
+    /// The label's name, if the series have one.
+    pub fn name(&self) -> Option<&'static str> {
+        match self {
+            RemoteLabel::Off => None,
+            RemoteLabel::Endpoint => Some("remote"),
+            RemoteLabel::Peer(_) => Some("peer"),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabelOptions {
-    /// Add the remote endpoint (`ip:port`, ephemeral ports as `ip:ephemeral`).
-    pub remote: bool,
+    /// The other end's label, if any.
+    pub remote: RemoteLabel,
     /// Exposed time series of the per-workload families, `other` series included.
     pub max_series: usize,
     pub ttl: Duration,
@@ -172,13 +198,25 @@ pub struct WorkloadMetrics {
 }
 
 impl WorkloadMetrics {
-    /// Series named from `names` (filled by the name source, see `pod_names`).
-    pub fn new(opts: LabelOptions, names: pod_names::Shared) -> WorkloadMetrics {
+    /// Series named from `names` and, with `peer`, `book` (filled by the name source,
+    /// see `pod_names` and `peer_watch`).
+    pub fn new(
+        opts: LabelOptions,
+        names: pod_names::Shared,
+        book: crate::k8s::peers::SharedBook,
+    ) -> WorkloadMetrics {
+        let peers = match &opts.remote {
+            RemoteLabel::Peer(ranges) => Some(crate::k8s::peers::PeerNames {
+                book,
+                ranges: ranges.clone(),
+            }),
+            _ => None,
+        };
         WorkloadMetrics {
             budget: Budget::new(opts.max_series, OTHER_SERIES, opts.ttl),
-            folded: vec![0; folded_into(opts.remote).len()],
+            folded: vec![0; folded_into(&opts.remote).len()],
+            labeler: Labeler::new(names, peers),
             opts,
-            labeler: Labeler::new(names),
             expired_at: Instant::now(),
         }
     }
@@ -226,7 +264,7 @@ impl WorkloadMetrics {
     /// Add `added` (or an observation, for handshakes) to the event's series of `kind`.
     fn add(&mut self, kind: Kind, detail: Cow<'static, str>, e: &TcpEvent, added: u64) {
         let choices = self.choices(kind, detail, e);
-        let remote = self.opts.remote;
+        let remote = self.opts.remote.name().is_some();
         let now = Instant::now();
         let other = || other_key(kind, remote);
         let (landing, v) = self.budget.entry(choices, other, kind.cost(), now);
@@ -252,7 +290,7 @@ impl WorkloadMetrics {
     }
 
     /// The event's label set, then (with `remote`) the coarser ones it may fall back to:
-    /// the remote address alone, then `remote="other"`.
+    /// the remote address alone, then `remote="other"`; (with `peer`) `peer="other"`.
     fn choices(
         &mut self,
         kind: Kind,
@@ -269,15 +307,15 @@ impl WorkloadMetrics {
             remote: String::new(),
             detail,
         };
-        let remotes = if self.opts.remote {
-            let ip = e.remote.ip();
-            vec![
+        let ip = e.remote.ip();
+        let remotes = match self.opts.remote {
+            RemoteLabel::Off => vec![String::new()],
+            RemoteLabel::Endpoint => vec![
                 self.labeler.endpoint(ip, e.remote.port()),
                 ip.to_string(),
                 OTHER.to_string(),
-            ]
-        } else {
-            vec![String::new()]
+            ],
+            RemoteLabel::Peer(_) => vec![self.labeler.peer(ip), OTHER.to_string()],
         };
         remotes.into_iter().map(move |remote| Key {
             remote,
@@ -287,9 +325,8 @@ impl WorkloadMetrics {
 
     pub fn families(&self) -> Vec<Family> {
         let mut names = vec!["namespace", "pod", "container", "workload"];
-        if self.opts.remote {
-            names.push("remote");
-        }
+        names.extend(self.opts.remote.name());
+        let remote = self.opts.remote.name().is_some();
         let series = |kind: Kind| self.budget.iter().filter(move |(k, _)| k.kind == kind);
         let labels = |k: &Key| {
             let mut v = vec![
@@ -298,7 +335,7 @@ impl WorkloadMetrics {
                 k.container.clone(),
                 k.workload.clone(),
             ];
-            if self.opts.remote {
+            if remote {
                 v.push(k.remote.clone());
             }
             if !k.detail.is_empty() {
@@ -332,8 +369,8 @@ impl WorkloadMetrics {
                 .map(|(l, v)| (l.iter().map(String::as_str).collect(), *v))
                 .collect()
         }
-        let into = folded_into(self.opts.remote);
-        vec![
+        let into = folded_into(&self.opts.remote);
+        let mut families = vec![
             counter(
                 BUDGET_FAMILIES[0],
                 "Retransmitted segments by workload (from events; see METRICS.md).",
@@ -399,14 +436,16 @@ impl WorkloadMetrics {
             ),
             counter(
                 "tcptrace_series_folded_total",
-                "Events (segments for retransmits) counted in a coarser series than their own to keep within --max-series: into remote_address (remote without its port), remote_other (remote=\"other\", the workload kept) or other (the family's `other` series).",
+                "Events (segments for retransmits) counted in a coarser series than their own to keep within --max-series: into remote_address (remote without its port), remote_other (remote=\"other\", the workload kept), peer_other (peer=\"other\", the workload kept) or other (the family's `other` series).",
                 &["into"],
                 into.iter()
                     .zip(&self.folded)
                     .map(|(into, n)| (vec![*into], *n as f64))
                     .collect(),
             ),
-        ]
+        ];
+        families.extend(self.labeler.peer_families());
+        families
     }
 }
 
@@ -417,15 +456,21 @@ impl WorkloadMetrics {
     /// One label set of each family with every label as long as it can be (the
     /// longest value of each family's own label), and the agent's gauges: what
     /// `worst_case` measures lines against.
-    pub fn widest_families(remote: bool) -> Vec<Family> {
+    pub fn widest_families(remote: RemoteLabel) -> Vec<Family> {
+        let longest = "x".repeat(MAX_LABEL_BYTES);
+        let remote_value = match remote {
+            RemoteLabel::Off => String::new(),
+            RemoteLabel::Endpoint => WIDEST_REMOTE.into(),
+            RemoteLabel::Peer(_) => longest.clone(),
+        };
         let opts = LabelOptions {
             remote,
             max_series: 1_000_000,
             ttl: Duration::from_secs(600),
             names: pod_names::NameSource::default(),
         };
-        let mut w = WorkloadMetrics::new(opts, pod_names::Shared::default());
-        let longest = "x".repeat(MAX_LABEL_BYTES);
+        let mut w = WorkloadMetrics::new(opts, Default::default(), Default::default());
+        let remote = w.opts.remote.name().is_some();
         let details: [(Kind, Cow<'static, str>); 9] = [
             (Kind::Retransmits, "unknown".into()),
             (Kind::Handshakes, "unknown".into()),
@@ -444,11 +489,7 @@ impl WorkloadMetrics {
                 pod: longest.clone(),
                 container: longest.clone(),
                 workload: longest.clone(),
-                remote: if remote {
-                    WIDEST_REMOTE.into()
-                } else {
-                    String::new()
-                },
+                remote: remote_value.clone(),
                 detail,
             };
             let other = || other_key(kind, remote);
@@ -507,11 +548,11 @@ fn classify(e: &TcpEvent) -> Option<(Kind, Cow<'static, str>)> {
 }
 
 /// The levels an update can be folded into, coarsest last.
-fn folded_into(remote: bool) -> &'static [&'static str] {
-    if remote {
-        &FOLDED_INTO_REMOTE
-    } else {
-        &FOLDED_INTO
+fn folded_into(remote: &RemoteLabel) -> &'static [&'static str] {
+    match remote {
+        RemoteLabel::Off => &FOLDED_INTO,
+        RemoteLabel::Endpoint => &FOLDED_INTO_REMOTE,
+        RemoteLabel::Peer(_) => &FOLDED_INTO_PEER,
     }
 }
 
@@ -526,12 +567,16 @@ mod tests {
 
     fn metrics(remote: bool, max_series: usize) -> WorkloadMetrics {
         let opts = LabelOptions {
-            remote,
+            remote: if remote {
+                RemoteLabel::Endpoint
+            } else {
+                RemoteLabel::Off
+            },
             max_series,
             ttl: Duration::from_secs(600),
             names: Default::default(),
         };
-        WorkloadMetrics::new(opts, Default::default())
+        WorkloadMetrics::new(opts, Default::default(), Default::default())
     }
 
     /// A handshake with `ip:port` (the peer) that took `ns`, or a refused connect when
