@@ -65,23 +65,21 @@ fn uid(n: u32) -> String {
     format!("{:08x}-5555-4000-8000-{n:012x}", pid())
 }
 
-/// `run --labels workload,peer` against `server`, 127.0.0.0/8 the cluster's range and
-/// 127.1.0.0/16 a named one.
-fn agent_with_peers(server: &FakeApiServer) -> Agent {
-    Agent::start(&[
-        "--labels",
-        "workload,peer",
-        "--kube-api",
-        &server.url,
-        "--kube-credentials",
-        server.credentials.to_str().unwrap(),
-        "--node-name",
-        &format!("node-{}", pid()),
-        "--cluster-cidrs",
-        "127.0.0.0/8",
-        "--peer-cidrs",
-        "lab=127.1.0.0/16",
-    ])
+/// `run --labels LABELS` against `server`, 127.0.0.0/8 the cluster's range and
+/// 127.1.0.0/16 a named one (with `peer`).
+fn agent_with(server: &FakeApiServer, labels: &str) -> Agent {
+    let args = server.agent_args(&format!("node-{}", pid()));
+    let mut all = vec!["--labels", labels];
+    all.extend(args.iter().map(String::as_str));
+    if labels.contains("peer") {
+        all.extend([
+            "--cluster-cidrs",
+            "127.0.0.0/8",
+            "--peer-cidrs",
+            "lab=127.1.0.0/16",
+        ]);
+    }
+    Agent::start(&all)
 }
 
 /// Refused connections counted towards `peer`, summed over every workload.
@@ -140,7 +138,7 @@ fn peers_are_named_by_pods_services_and_nodes_and_follow_pods_as_they_go() {
         "127.0.77.9",
     )]);
     server.add_service(service(&uid(2), "payments", "postgres", "127.0.77.2"));
-    let agent = agent_with_peers(&server);
+    let agent = agent_with(&server, "workload,peer");
     until_book_holds(&agent, "service", 1.0);
     until_book_holds(&agent, "pod", 1.0);
 
@@ -251,17 +249,8 @@ fn a_cluster_of_ten_thousand_pods_costs_a_bounded_measured_amount_of_memory() {
             &ip,
         ));
     }
-    let baseline = Agent::start(&[
-        "--labels",
-        "workload",
-        "--kube-api",
-        &server.url,
-        "--kube-credentials",
-        server.credentials.to_str().unwrap(),
-        "--node-name",
-        &format!("node-{}", pid()),
-    ]);
-    let agent = agent_with_peers(&server);
+    let baseline = agent_with(&server, "workload");
+    let agent = agent_with(&server, "workload,peer");
     until_book_holds(&agent, "pod", f64::from(PODS));
     until_book_holds(&agent, "service", f64::from(SERVICES));
     until_book_holds(&agent, "node", 100.0);

@@ -258,16 +258,10 @@ fn recorded_pods(node: &str) -> Vec<Value> {
 
 /// `run --labels workload` with names from `server`'s pods of `node`.
 fn agent_on(server: &FakeApiServer, node: &str) -> Agent {
-    Agent::start(&[
-        "--labels",
-        "workload",
-        "--kube-api",
-        &server.url,
-        "--kube-credentials",
-        server.credentials.to_str().unwrap(),
-        "--node-name",
-        node,
-    ])
+    let args = server.agent_args(node);
+    let mut all = vec!["--labels", "workload"];
+    all.extend(args.iter().map(String::as_str));
+    Agent::start(&all)
 }
 
 /// Wait until the agent has `lists` lists done and a watch open, and its events applied.

@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-use crate::k8s::pod_names::RETAIN;
+use crate::k8s::retention::{missing, Retiring};
 
 /// Addresses the book holds at most (pods, services and nodes, both families): a
 /// cluster of 30,000 dual-stack pods. Beyond it new addresses are refused and counted
@@ -69,9 +69,9 @@ struct Address {
 pub struct AddressBook {
     addresses: HashMap<IpAddr, Address>,
     objects: HashMap<ObjectId, Vec<IpAddr>>,
-    /// Objects gone from the cluster, forgotten at the instant given: a deleted pod's
-    /// last connections (FIN, TIME_WAIT, resets) still read as that pod for a while.
-    retiring: HashMap<ObjectId, Instant>,
+    /// Objects gone from the cluster: a deleted pod's last connections (FIN,
+    /// TIME_WAIT, resets) still read as that pod for `retention::RETAIN`.
+    retiring: Retiring<ObjectId>,
     /// Addresses not taken because the book was full.
     pub refused: u64,
 }
@@ -94,7 +94,7 @@ impl AddressBook {
 
     /// An object was added or changed: it now holds exactly `held.addresses`.
     pub fn set(&mut self, held: Held) {
-        self.retiring.remove(&held.object);
+        self.retiring.cancel(&held.object);
         let before = self.objects.remove(&held.object).unwrap_or_default();
         for ip in before.iter().filter(|ip| !held.addresses.contains(ip)) {
             self.release(*ip, &held.object);
@@ -118,25 +118,19 @@ impl AddressBook {
         }
     }
 
-    /// The object is gone: its addresses read as it for `RETAIN`, unless taken sooner.
+    /// The object is gone: its addresses read as it for `retention::RETAIN`, unless
+    /// taken sooner.
     pub fn retire(&mut self, object: &ObjectId, now: Instant) {
         if self.objects.contains_key(object) {
-            self.retiring.entry(object.clone()).or_insert(now + RETAIN);
+            self.retiring.start(object, now);
         }
     }
 
     /// A complete list of one kind's objects: they are set, and the objects of that
     /// kind missing from it retire.
     pub fn replace_all(&mut self, holder: Holder, listed: Vec<Held>, now: Instant) {
-        let present: std::collections::HashSet<&ObjectId> =
-            listed.iter().map(|h| &h.object).collect();
-        let gone: Vec<ObjectId> = self
-            .objects
-            .keys()
-            .filter(|o| o.holder == holder && !present.contains(o))
-            .cloned()
-            .collect();
-        for object in gone {
+        let of_kind = self.objects.keys().filter(|o| o.holder == holder);
+        for object in missing(of_kind, listed.iter().map(|h| &h.object)) {
             self.retire(&object, now);
         }
         for held in listed {
@@ -147,14 +141,7 @@ impl AddressBook {
 
     /// Forget the objects whose retention ended.
     pub fn purge(&mut self, now: Instant) {
-        let ended: Vec<ObjectId> = self
-            .retiring
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(o, _)| o.clone())
-            .collect();
-        for object in ended {
-            self.retiring.remove(&object);
+        for object in self.retiring.take_ended(now) {
             for ip in self.objects.remove(&object).unwrap_or_default() {
                 self.release(ip, &object);
             }
@@ -322,6 +309,7 @@ impl PeerNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::retention::RETAIN;
 
     fn pod(uid: &str, ip: &str, name: &str) -> Held {
         Held {

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::k8s::retention::{missing, Retiring};
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
@@ -24,9 +25,6 @@ pub const REFRESH: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// A pod list larger than this is refused (a node runs at most a few hundred pods).
 pub const MAX_LIST: usize = 64 << 20;
-/// How long the names of a pod gone from the source stay: its last connections (closing,
-/// TIME_WAIT, resets) are still reported for a while, and under the same names.
-pub const RETAIN: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
@@ -46,8 +44,8 @@ pub struct Names {
     pub containers: HashMap<String, String>,
     /// Pod UID -> its container ids, to forget them with the pod.
     pod_containers: HashMap<String, Vec<String>>,
-    /// Pods gone from the source, forgotten at the instant given.
-    retiring: HashMap<String, Instant>,
+    /// Pods gone from the source, forgotten after `retention::RETAIN`.
+    retiring: Retiring<String>,
 }
 
 pub type Shared = Arc<RwLock<Names>>;
@@ -180,7 +178,7 @@ impl Names {
     /// Add a pod or update it (its containers get ids as they start).
     pub fn upsert(&mut self, pod: Entry) {
         self.forget_containers(&pod.uid);
-        self.retiring.remove(&pod.uid);
+        self.retiring.cancel(&pod.uid);
         let mut ids = Vec::new();
         for (id, name) in pod.containers {
             self.containers.insert(id.clone(), name);
@@ -190,24 +188,16 @@ impl Names {
         self.pods.insert(pod.uid, pod.info);
     }
 
-    /// The pod is gone: keep its names for `RETAIN`.
+    /// The pod is gone: keep its names for `retention::RETAIN`.
     pub fn retire(&mut self, uid: &str, now: Instant) {
         if self.pods.contains_key(uid) {
-            self.retiring.entry(uid.to_string()).or_insert(now + RETAIN);
+            self.retiring.start(&uid.to_string(), now);
         }
     }
 
     /// A full list: its pods are upserted, pods missing from it retire.
     pub fn replace_all(&mut self, pods: Vec<Entry>, now: Instant) {
-        let listed: std::collections::HashSet<String> =
-            pods.iter().map(|p| p.uid.clone()).collect();
-        let gone: Vec<String> = self
-            .pods
-            .keys()
-            .filter(|uid| !listed.contains(*uid))
-            .cloned()
-            .collect();
-        for uid in gone {
+        for uid in missing(self.pods.keys(), pods.iter().map(|p| &p.uid)) {
             self.retire(&uid, now);
         }
         for pod in pods {
@@ -218,14 +208,7 @@ impl Names {
 
     /// Forget the pods whose retention ended.
     pub fn purge(&mut self, now: Instant) {
-        let ended: Vec<String> = self
-            .retiring
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(uid, _)| uid.clone())
-            .collect();
-        for uid in ended {
-            self.retiring.remove(&uid);
+        for uid in self.retiring.take_ended(now) {
             self.forget_containers(&uid);
             self.pods.remove(&uid);
         }
@@ -304,6 +287,7 @@ async fn fetch_kubelet(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::retention::RETAIN;
 
     fn recorded() -> Names {
         let mut names = Names::default();

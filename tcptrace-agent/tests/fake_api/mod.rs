@@ -116,6 +116,22 @@ impl FakeApiServer {
         server
     }
 
+    /// The agent's flags for this server, as the pod of `node`: `--kube-api`,
+    /// `--kube-credentials` and `--node-name`.
+    pub fn agent_args(&self, node: &str) -> Vec<String> {
+        let credentials = self.credentials.to_str().unwrap();
+        [
+            "--kube-api",
+            &self.url,
+            "--kube-credentials",
+            credentials,
+            "--node-name",
+            node,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// Write `pod` (ADDED, or MODIFIED if its UID is known) at the next version.
     pub fn add(&self, pod: Value) {
         self.write("pods", pod);
