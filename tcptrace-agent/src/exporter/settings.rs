@@ -220,7 +220,7 @@ run_settings! {
     labels: RemoteLabel = parse_labels;
     /// With `--labels workload,peer`: the cluster's pod and service ranges; an address
     /// there that no pod, service or node holds reads as `unresolved`, any other as
-    /// `external` (default: the private ranges 10.0.0.0/8, 172.16.0.0/12,
+    /// `loopback` or `external` (default: the private ranges 10.0.0.0/8, 172.16.0.0/12,
     /// 192.168.0.0/16, 100.64.0.0/10 and fc00::/7).
     #[arg(long, value_name = "CIDR,..", value_parser = parse_cidr_list)]
     cluster_cidrs: CidrList = parse_cidr_list;
@@ -232,9 +232,9 @@ run_settings! {
     /// The most time series the per-workload families expose at once (default 2000),
     /// as Prometheus counts them: 1 per counter label set, 9 per handshake histogram
     /// label set (6 buckets, +Inf, _sum, _count), the `other` series included. Beyond
-    /// it a new label set loses its remote's port, then its remote (with `,remote`),
-    /// then goes to its family's `other` series; tcptrace_series_folded_total counts
-    /// each step.
+    /// it a new label set loses its remote's port, then its remote (with `,remote`; with
+    /// `,peer`, its peer becomes `other`), then goes to its family's `other` series;
+    /// tcptrace_series_folded_total counts each step.
     #[arg(long, value_name = "N", value_parser = parse_max_series)]
     max_series: u64 = parse_max_series;
     /// Drop workload series not updated for this many seconds (default 600).
@@ -247,7 +247,9 @@ run_settings! {
     kubelet: String = any_text;
     /// Pod and container names from the Kubernetes API server: the pods of this node
     /// only, listed then watched. `in-cluster` (in a pod: KUBERNETES_SERVICE_HOST and
-    /// _PORT) or https://HOST:PORT. Needs RBAC list and watch on pods (see DEPLOY.md).
+    /// _PORT) or https://HOST:PORT. Needs RBAC list and watch on pods (see DEPLOY.md);
+    /// with `--labels workload,peer`, every pod and service of the cluster, listed
+    /// then watched (list and watch on pods and services).
     #[arg(long, value_name = "in-cluster|URL")]
     kube_api: String = any_text;
     /// With --kube-api: a directory holding the service account's `token` and the
