@@ -64,8 +64,8 @@ trait HoldsAddresses:
         let meta = self.meta();
         let namespace = meta.namespace.as_deref().unwrap_or_default();
         let name = meta.name.as_deref().unwrap_or_default();
-        crate::exporter::workloads::capped(format!("{}:{namespace}/{name}", Self::HOLDER.name()))
-            .into()
+        // Capped to a label's length where it becomes one (`Labeler::peer`).
+        format!("{}:{namespace}/{name}", Self::HOLDER.name()).into()
     }
 }
 
@@ -215,7 +215,7 @@ impl HoldsAddresses for PodAddresses {
                     id: node.into(),
                 },
                 addresses: node_ips,
-                label: crate::exporter::workloads::capped(format!("node:{node}")).into(),
+                label: format!("node:{node}").into(),
             });
         }
         held

@@ -22,7 +22,7 @@ use crate::{
     k8s::pod_names,
 };
 use labels::Labeler;
-pub use labels::{capped, MAX_LABEL_BYTES};
+pub use labels::MAX_LABEL_BYTES;
 
 /// Upper bounds (ns) of the per-workload handshake buckets, exposed in seconds. Few,
 /// because each bucket is a time series for every label set; placed where handshakes of
