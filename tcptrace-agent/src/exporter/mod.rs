@@ -32,7 +32,7 @@ use tokio::{
 
 use http::{single_flight::SingleFlight, Response, StatusCode};
 use metrics::Metrics;
-use workloads::WorkloadMetrics;
+use workloads::{RemoteLabel, WorkloadMetrics};
 
 use crate::{
     k8s::pod_names,
@@ -88,7 +88,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let name_source = opts
         .labels
         .as_ref()
-        .map(|l| pod_names::prepare(&l.names, l.remote.name() == Some("peer")))
+        .map(|l| pod_names::prepare(&l.names, matches!(l.remote, RemoteLabel::Peer(_))))
         .transpose()?;
     let mut loaded = kernel::load(&opts.load)?;
     kernel::log_report(&loaded.hooks);

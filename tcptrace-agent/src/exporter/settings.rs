@@ -396,6 +396,14 @@ fn name_source(given: &RunSettings) -> Result<NameSource> {
 mod tests {
     use super::*;
 
+    /// The error a config file's settings give, as printed.
+    fn resolve_error(text: &str) -> String {
+        format!(
+            "{:#}",
+            RunSettings::from_toml(text).and_then(resolve).unwrap_err()
+        )
+    }
+
     #[test]
     fn flags_override_file_override_defaults() {
         let file = RunSettings::from_toml(
@@ -417,12 +425,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let err = |text: &str| {
-            format!(
-                "{:#}",
-                RunSettings::from_toml(text).and_then(resolve).unwrap_err()
-            )
-        };
+        let err = resolve_error;
         assert!(err("ring_bytes = 0").contains("ring_bytes: 0 must be a power of two"));
         assert!(err("ring_bytes = 4097").contains("ring_bytes: 4097"));
         assert!(err("ring_bytes = 99999999999999").contains("ring_bytes"));
@@ -461,12 +464,7 @@ mod tests {
 
     #[test]
     fn peer_labels_need_the_api_server_and_take_their_ranges() {
-        let err = |text: &str| {
-            format!(
-                "{:#}",
-                RunSettings::from_toml(text).and_then(resolve).unwrap_err()
-            )
-        };
+        let err = resolve_error;
         let api = "kube_api = \"in-cluster\"\nnode_name = \"n\"\n";
         assert!(err("labels = \"workload,peer\"").contains("add --kube-api"));
         assert!(err("labels = \"workload,remote,peer\"").contains("workload,peer`"));

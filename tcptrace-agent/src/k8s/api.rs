@@ -81,17 +81,28 @@ impl Client {
     }
 }
 
-/// List, then watch, for ever (kube's watcher); errors are logged, and the watcher waits
-/// before its next request with kube's default backoff (0.8 s doubling to 30 s).
+/// The pods of this node, into `names`.
 async fn follow(client: Client, names: Shared) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", client.node));
     let pods: Api<Pod> = Api::all(client.kube);
-    let mut events = pin!(watcher(pods, config).default_backoff());
     let mut listing = Listing::default();
+    watch_forever(pods, config, |event| listing.apply(event, &names)).await;
+}
+
+/// List, then watch, for ever (kube's watcher), handing each event to `apply`; errors
+/// are logged, and the watcher waits before its next request with kube's default
+/// backoff (0.8 s doubling to 30 s).
+pub async fn watch_forever<K>(api: Api<K>, config: watcher::Config, mut apply: impl FnMut(Event<K>))
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    let resource = K::plural(&Default::default()).into_owned();
+    let mut events = pin!(watcher(api, config).default_backoff());
     while let Some(event) = events.next().await {
         match event {
-            Ok(event) => listing.apply(event, &names),
-            Err(e) => log::warn!("kubernetes api: {:#}", anyhow::Error::from(e)),
+            Ok(event) => apply(event),
+            Err(e) => log::warn!("kubernetes api, {resource}: {:#}", anyhow::Error::from(e)),
         }
     }
 }

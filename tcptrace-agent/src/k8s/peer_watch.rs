@@ -16,17 +16,19 @@
 //!   bounded (`peers::MAX_ADDRESSES`).
 //!
 //! RBAC: `list` and `watch` on `pods` and `services`, cluster-wide (deploy/tcptrace.yaml).
-use std::{borrow::Cow, net::IpAddr, pin::pin, sync::Arc, time::Instant};
+use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Instant};
 
-use futures::StreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
-    runtime::{watcher, watcher::Event, WatchStreamExt as _},
+    runtime::{watcher, watcher::Event},
     Api,
 };
 use serde::{Deserialize, Deserializer};
 
-use crate::k8s::peers::{Held, Holder, ObjectId, SharedBook};
+use crate::k8s::{
+    api::watch_forever,
+    peers::{Held, Holder, ObjectId, SharedBook},
+};
 
 /// Start following the cluster's pods and services into `book`, on the running tokio
 /// runtime, until the process ends.
@@ -69,24 +71,15 @@ trait HoldsAddresses:
     }
 }
 
-/// List, then watch, for ever; errors are logged, and the watcher waits before its next
-/// request with kube's default backoff (0.8 s doubling to 30 s).
+/// One resource's objects into `book`, for ever (`api::watch_forever`).
 async fn follow<K: HoldsAddresses>(api: Api<K>, book: SharedBook) {
     // Pages of 500 (kube's default): one page at a time in memory. A list from the
     // watch cache (resourceVersion=0) would come whole, whatever the limit: measured
     // at +21.6 MiB peak for 10,000 pods against +6 MiB in pages (tests/peers.rs).
     let config = watcher::Config::default();
-    let mut events = pin!(watcher(api, config).default_backoff());
     let mut pending: Vec<Held> = Vec::new();
     let resource = K::plural(&());
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                log::warn!("kubernetes api, {resource}: {:#}", anyhow::Error::from(e));
-                continue;
-            }
-        };
+    watch_forever(api, config, |event| {
         let now = Instant::now();
         let mut book = book.write().unwrap_or_else(|p| p.into_inner());
         match event {
@@ -117,7 +110,8 @@ async fn follow<K: HoldsAddresses>(api: Api<K>, book: SharedBook) {
                 book.purge(now);
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Of an object's metadata, what the book needs; the rest (labels, annotations, managed
