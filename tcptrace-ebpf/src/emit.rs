@@ -188,7 +188,7 @@ pub fn base_event<'a>(
     now: u64,
     flags: u8,
 ) -> &'a mut Event {
-    *event = Event::zeroed();
+    crate::zero::zero_words(event);
     event.ts_ns = now;
     event.skaddr = ep.skaddr;
     event.family = ep.family;

@@ -3,7 +3,8 @@
 //! hooks share lives in `maps.rs`, `frame.rs` (per-run scratch space),
 //! `tracepoint.rs` (reading records through the runtime layout), `sock.rs` (reading
 //! kernel structs at BTF offsets), `sockets.rs` (per-socket tracking), `lifetime.rs`
-//! (what a connection carried), `packet.rs` (a packet's own headers) and `emit.rs` (filters, ring buffer, counters).
+//! (what a connection carried), `packet.rs` (a packet's own headers), `zero.rs` (zeroing without a byte loop) and
+//! `emit.rs` (filters, ring buffer, counters).
 #![no_std]
 #![no_main]
 
@@ -18,6 +19,7 @@ mod probes;
 mod sock;
 mod sockets;
 mod tracepoint;
+mod zero;
 
 #[cfg(not(test))]
 #[panic_handler]
