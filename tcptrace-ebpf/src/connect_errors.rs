@@ -36,12 +36,16 @@ fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-/// CLOSE -> SYN_SENT runs inside connect(): remember the call.
+/// SYN_SENT -> CLOSE. Without a local port it happened inside connect() itself: the
+/// kernel found no usable port and connect() is about to return the error.
 #[inline(always)]
-pub fn remember(ep: &Endpoints) {
+pub fn note_close(ep: &Endpoints, now: u64) {
+    if ep.sport != 0 {
+        return;
+    }
     let pending = PendingConnect {
         skaddr: ep.skaddr,
-        failed_early: 0,
+        failed_ns: now,
         family: ep.family,
         dport: ep.dport,
         daddr: ep.daddr,
@@ -49,21 +53,10 @@ pub fn remember(ep: &Endpoints) {
     let _ = CONNECTING.insert(current_tid(), pending, 0);
 }
 
-/// SYN_SENT -> CLOSE. Without a local port it happened inside connect() itself: the
-/// kernel found no usable port and connect() is about to return the error.
-#[inline(always)]
-pub fn note_close(ep: &Endpoints) {
-    if ep.sport != 0 {
-        return;
-    }
-    if let Some(p) = CONNECTING.get_ptr_mut(current_tid()) {
-        unsafe {
-            if (*p).skaddr == ep.skaddr {
-                (*p).failed_early = 1;
-            }
-        }
-    }
-}
+/// How long after the failure connect() returns it, at most: the same call returns
+/// within microseconds. Bounds what an entry whose call never returned through the
+/// syscall could claim of a later call on the same thread.
+const RETURNS_WITHIN_NS: u64 = 100_000_000;
 
 /// `sys_exit_connect`: report the return code of a call that failed early.
 #[inline(always)]
@@ -73,7 +66,8 @@ pub fn syscall_returned(ret: i64, event: &mut Event) {
         return;
     };
     let _ = CONNECTING.remove(tid);
-    if pending.failed_early == 0 || ret >= 0 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if ret >= 0 || now.wrapping_sub(pending.failed_ns) > RETURNS_WITHIN_NS {
         return;
     }
     let dest = Endpoints {

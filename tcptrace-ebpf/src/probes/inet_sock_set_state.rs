@@ -180,18 +180,9 @@ fn transition<C: EbpfContext>(
         None if new == CLOSE => store.forget(),
         None => {}
     }
-    follow_connect(ep, old, new);
-}
-
-/// Feed the tracepoint-derived connect-error fallback, where it is the source.
-#[inline(always)]
-fn follow_connect(ep: &Endpoints, old: u8, new: u8) {
-    match (old, new) {
-        (CLOSE, SYN_SENT) if connect_errors::derived_for(ep.family) => connect_errors::remember(ep),
-        (SYN_SENT, CLOSE) if connect_errors::derived_for(ep.family) => {
-            connect_errors::note_close(ep)
-        }
-        _ => {}
+    if old == SYN_SENT && new == CLOSE && connect_errors::derived_for(ep.family) {
+        // Feed the tracepoint-derived connect-error fallback, where it is the source.
+        connect_errors::note_close(ep, now);
     }
 }
 
