@@ -1,8 +1,11 @@
 //! `cargo xtask bench churn`: what each tracer costs a host making connections. Runs one
 //! loopback connection-churn load (threads doing connect / 1-byte write / close) under
-//! each configuration, interleaved A B C D E A B C D E ..., and reports connections/s
-//! against the bare kernel, the tracer's CPU per 1,000 connections, its peak RSS and
-//! its event accounting.
+//! each configuration with a bare run between every two (A B A C A D ..., the order of
+//! B C D ... rotated each round, plan.rs), and reports connections/s against the bare
+//! runs next to each one, the tracer's CPU per 1,000 connections, its peak RSS and its
+//! event accounting.
+mod plan;
+
 use std::{
     io::{BufRead, BufReader, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
@@ -33,8 +36,8 @@ pub(crate) enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
-        Config::Bare,
+    /// Every configuration but the bare one, which runs between them.
+    const MEASURED: [Config; 5] = [
         Config::Tcpstates,
         Config::BpftraceCount,
         Config::TcptraceRun,
@@ -54,9 +57,9 @@ impl Config {
         }
     }
 
-    /// The configurations of this invocation, in the order they run each round.
+    /// The configurations this invocation measures against the bare runs between them.
     fn chosen(opts: &Options) -> Vec<Config> {
-        let mut all = Config::ALL.to_vec();
+        let mut all = Config::MEASURED.to_vec();
         if !opts.compare_args.is_empty() {
             all.push(Config::TcptraceRunCompare);
         }
@@ -89,18 +92,16 @@ struct Sample {
 pub fn churn(opts: &Options) -> Result<()> {
     run_cmd(cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
     let mut samples: Vec<(Config, Sample)> = Vec::new();
-    for round in 0..opts.rounds {
-        for config in Config::chosen(opts) {
-            let s = measure(config, opts)
-                .with_context(|| format!("{} (round {})", config.label(), round + 1))?;
-            eprintln!(
-                "round {} {:<28} {:>8.0} conn/s",
-                round + 1,
-                config.label(),
-                s.conns_per_s
-            );
-            samples.push((config, s));
-        }
+    for slot in plan::schedule(&Config::chosen(opts), opts.rounds) {
+        let s = measure(slot.config, opts)
+            .with_context(|| format!("{} (round {})", slot.config.label(), slot.round + 1))?;
+        eprintln!(
+            "round {} {:<32} {:>8.0} conn/s",
+            slot.round + 1,
+            slot.config.label(),
+            s.conns_per_s
+        );
+        samples.push((slot.config, s));
     }
     print_table(&samples, opts);
     Ok(())
@@ -375,7 +376,7 @@ fn print_table(samples: &[(Config, Sample)], opts: &Options) {
     );
     println!("| --- | --- | --- | --- | --- | --- |");
     let mut medians = std::collections::BTreeMap::new();
-    for c in Config::chosen(opts) {
+    for c in std::iter::once(Config::Bare).chain(Config::chosen(opts)) {
         let rates: Vec<f64> = of(c).map(|s| s.conns_per_s).collect();
         let (lo, hi) = rates
             .iter()
