@@ -1,8 +1,13 @@
 //! `cargo xtask bench churn`: what each tracer costs a host making connections. Runs one
 //! loopback connection-churn load (threads doing connect / 1-byte write / close) under
-//! each configuration, interleaved A B C D E A B C D E ..., and reports connections/s
-//! against the bare kernel, the tracer's CPU per 1,000 connections, its peak RSS and
-//! its event accounting.
+//! each configuration with a bare run between every two (A B A C A D ..., the order of
+//! B C D ... rotated each round, plan.rs), and reports connections/s against the bare
+//! runs next to each one, the tracer's CPU per 1,000 connections, its peak RSS and its
+//! event accounting.
+mod plan;
+mod report;
+mod stats;
+
 use std::{
     io::{BufRead, BufReader, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
@@ -18,7 +23,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{cargo, release_agent, run_cmd};
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum Config {
     Bare,
     Tcpstates,
@@ -33,8 +38,8 @@ pub(crate) enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
-        Config::Bare,
+    /// Every configuration but the bare one, which runs between them.
+    const MEASURED: [Config; 5] = [
         Config::Tcpstates,
         Config::BpftraceCount,
         Config::TcptraceRun,
@@ -54,9 +59,16 @@ impl Config {
         }
     }
 
-    /// The configurations of this invocation, in the order they run each round.
+    fn is_tcptrace(self) -> bool {
+        matches!(
+            self,
+            Config::TcptraceRun | Config::TcptraceTraceJson | Config::TcptraceRunCompare
+        )
+    }
+
+    /// The configurations this invocation measures against the bare runs between them.
     fn chosen(opts: &Options) -> Vec<Config> {
-        let mut all = Config::ALL.to_vec();
+        let mut all = Config::MEASURED.to_vec();
         if !opts.compare_args.is_empty() {
             all.push(Config::TcptraceRunCompare);
         }
@@ -77,7 +89,7 @@ pub struct Options {
 
 /// One measured run of one configuration.
 #[derive(Clone, Debug, Default)]
-struct Sample {
+pub(crate) struct Sample {
     conns_per_s: f64,
     tool_cpu_s: f64,
     conns: u64,
@@ -86,23 +98,45 @@ struct Sample {
     lost: Option<u64>,
 }
 
+/// A sample and where in the schedule it ran.
+#[derive(Clone, Debug)]
+pub(crate) struct Run {
+    round: usize,
+    config: Config,
+    sample: Sample,
+}
+
 pub fn churn(opts: &Options) -> Result<()> {
-    run_cmd(cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
-    let mut samples: Vec<(Config, Sample)> = Vec::new();
-    for round in 0..opts.rounds {
-        for config in Config::chosen(opts) {
-            let s = measure(config, opts)
-                .with_context(|| format!("{} (round {})", config.label(), round + 1))?;
-            eprintln!(
-                "round {} {:<28} {:>8.0} conn/s",
-                round + 1,
-                config.label(),
-                s.conns_per_s
-            );
-            samples.push((config, s));
-        }
+    if opts.rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
-    print_table(&samples, opts);
+    run_cmd(cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
+    let start = Instant::now();
+    let slots = plan::schedule(&Config::chosen(opts), opts.rounds);
+    eprintln!(
+        "churn: {} rounds, {} runs of {} s each, plus each tool's start-up",
+        opts.rounds,
+        slots.len(),
+        opts.seconds
+    );
+    let mut runs = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let config = slot.config;
+        let sample = measure(config, opts)
+            .with_context(|| format!("{} (round {})", config.label(), slot.round + 1))?;
+        eprintln!(
+            "round {} {:<32} {:>8.0} conn/s",
+            slot.round + 1,
+            config.label(),
+            sample.conns_per_s
+        );
+        runs.push(Run {
+            round: slot.round,
+            config,
+            sample,
+        });
+    }
+    report::print(&runs, opts, start.elapsed());
     Ok(())
 }
 
@@ -350,109 +384,4 @@ impl Drop for Tool {
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no memory arguments.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn print_table(samples: &[(Config, Sample)], opts: &Options) {
-    let of = |c: Config| samples.iter().filter(move |(k, _)| *k == c).map(|(_, s)| s);
-    let bare = median(of(Config::Bare).map(|s| s.conns_per_s).collect());
-    println!(
-        "\nloopback churn, IPv{}, {} threads x {} s, {} rounds interleaved; release build",
-        if opts.ipv6 { 6 } else { 4 },
-        opts.threads,
-        opts.seconds,
-        opts.rounds
-    );
-    if !opts.compare_args.is_empty() {
-        println!("(d') ran with: {}", opts.compare_args.join(" "));
-    }
-    println!(
-        "| configuration | conn/s median (min-max) | ratio to (a) | tool CPU s / 1000 conn | peak RSS MiB | events delivered / lost |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- |");
-    let mut medians = std::collections::BTreeMap::new();
-    for c in Config::chosen(opts) {
-        let rates: Vec<f64> = of(c).map(|s| s.conns_per_s).collect();
-        let (lo, hi) = rates
-            .iter()
-            .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
-        let m = median(rates);
-        medians.insert(c as u8, m);
-        let cpu = median(
-            of(c)
-                .map(|s| s.tool_cpu_s * 1000.0 / s.conns.max(1) as f64)
-                .collect(),
-        );
-        let rss = of(c).map(|s| s.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
-        let events = match (
-            of(c).filter_map(|s| s.delivered).sum::<u64>(),
-            of(c).filter_map(|s| s.lost).sum::<u64>(),
-        ) {
-            (0, 0)
-                if !matches!(
-                    c,
-                    Config::TcptraceRun | Config::TcptraceTraceJson | Config::TcptraceRunCompare
-                ) =>
-            {
-                "-".to_string()
-            }
-            (d, l) => format!("{d} / {l}"),
-        };
-        let (cpu, rss) = if c == Config::Bare {
-            ("-".into(), "-".into())
-        } else {
-            (format!("{cpu:.3}"), format!("{rss:.1}"))
-        };
-        println!(
-            "| {} | {m:.0} ({lo:.0}-{hi:.0}) | {:.2} | {cpu} | {rss} | {events} |",
-            c.label(),
-            m / bare
-        );
-    }
-    let ratio = |c: Config| medians[&(c as u8)] / bare;
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let run_cpu = median(
-        of(Config::TcptraceRun)
-            .map(|s| s.tool_cpu_s * 1000.0 / s.conns.max(1) as f64)
-            .collect(),
-    );
-    let lost_e: u64 = of(Config::TcptraceTraceJson).filter_map(|s| s.lost).sum();
-    let rss_max = of(Config::TcptraceRun)
-        .chain(of(Config::TcptraceTraceJson))
-        .map(|s| s.peak_rss_kib)
-        .max()
-        .unwrap_or(0);
-    println!("\ntargets:");
-    println!(
-        "- (d) >= 0.97 of (a): {:.3} {} (attaching an empty program alone: {:.3}; counting in a map: {:.3})",
-        ratio(Config::TcptraceRun),
-        verdict(ratio(Config::TcptraceRun) >= 0.97),
-        ratio(Config::BpftraceEmpty),
-        ratio(Config::BpftraceCount)
-    );
-    println!(
-        "- (e) >= 2x (b): {:.2}x {}",
-        medians[&(Config::TcptraceTraceJson as u8)] / medians[&(Config::Tcpstates as u8)],
-        verdict(
-            medians[&(Config::TcptraceTraceJson as u8)]
-                >= 2.0 * medians[&(Config::Tcpstates as u8)]
-        )
-    );
-    println!(
-        "- zero events lost in (e), default ring: {lost_e} {}",
-        verdict(lost_e == 0)
-    );
-    println!(
-        "- (d) CPU <= 0.1 s per 1000 conn: {run_cpu:.3} {}",
-        verdict(run_cpu <= 0.1)
-    );
-    println!(
-        "- peak RSS <= 30 MB in (d) and (e): {:.1} MiB {}",
-        rss_max as f64 / 1024.0,
-        verdict(rss_max <= 30 * 1024)
-    );
 }

@@ -94,10 +94,17 @@ enum Cmd {
 #[derive(Subcommand)]
 enum Bench {
     /// Loopback connection churn under (a) nothing, (b) tcpstates, (c) a bpftrace
-    /// counter, (d) tcptrace run, (e) tcptrace trace --json, interleaved.
+    /// counter, (d) tcptrace run, (e) tcptrace trace --json, (f) an empty program on the
+    /// same tracepoint (the attach floor), with a bare run (a) between every two (A B A
+    /// C A ...; the order of B..F rotated each round). Each ratio is a run over the bare
+    /// runs next to it; the tables give per-round medians and spreads, and a target whose
+    /// spread straddles it is UNDECIDED. The defaults take about 7 minutes (8 with
+    /// --compare-args), the build aside.
     Churn {
-        #[arg(long, default_value_t = 3)]
+        /// Rounds of every configuration; more rounds narrow the spreads.
+        #[arg(long, default_value_t = 7)]
         rounds: usize,
+        /// Seconds of load per run.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         #[arg(long, default_value_t = 2)]
