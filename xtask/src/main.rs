@@ -5,6 +5,7 @@
 mod bench;
 mod churn;
 mod image;
+mod profile;
 mod programs;
 mod setup;
 mod soak;
@@ -135,6 +136,19 @@ enum Bench {
         #[arg(long, allow_hyphen_values = true, default_value = "")]
         compare_args: String,
     },
+    /// Where the time goes under the churn load (perf, system-wide, with call graphs):
+    /// the symbols leading the load's threads under tcptrace run and under tcptrace
+    /// trace --json, the share under the tracepoints' BPF dispatch, and the tracer
+    /// process's own profile.
+    Profile {
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Extra arguments for both tcptrace configurations.
+        #[arg(long, allow_hyphen_values = true, default_value = "")]
+        agent_args: String,
+    },
     /// A transfer between two namespaces with 2% loss, with and without tcptrace run.
     Storm {
         #[arg(long, default_value_t = 3)]
@@ -208,6 +222,20 @@ fn main() -> ExitCode {
                 ipv6: false,
                 agent_args: agent_args.split_whitespace().map(String::from).collect(),
                 compare_args: compare_args.split_whitespace().map(String::from).collect(),
+            })
+        }),
+        Cmd::Bench(Bench::Profile {
+            seconds,
+            threads,
+            agent_args,
+        }) => setup::run().and_then(|()| {
+            profile::profile(&churn::Options {
+                rounds: 1,
+                seconds,
+                threads,
+                ipv6: false,
+                agent_args: agent_args.split_whitespace().map(String::from).collect(),
+                compare_args: Vec::new(),
             })
         }),
         Cmd::Bench(Bench::Storm { rounds, seconds }) => {

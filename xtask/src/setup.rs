@@ -27,6 +27,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the in-kernel counting baseline of the churn benchmark",
     ),
     (
+        "linux-perf",
+        "cargo xtask bench profile: where the time goes under churn",
+    ),
+    (
         "qemu-system-x86",
         "cargo xtask vm-test: boots other kernels under emulation",
     ),
