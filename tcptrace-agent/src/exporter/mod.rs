@@ -138,6 +138,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         info!("serving http://{addr}/healthz and /readyz");
     }
 
+    kernel::memory::log_stage("serving");
     let mut tick = tokio::time::interval(kernel::DRAIN_EVERY);
     loop {
         tokio::select! {

@@ -13,6 +13,8 @@ use aya::{
     Btf, Ebpf,
 };
 
+use super::btf::Target;
+
 /// One program and where it goes.
 #[derive(Clone, Copy, Debug)]
 pub enum Attach {
@@ -57,6 +59,21 @@ impl Attach {
             | Attach::Fentry { program, .. }
             | Attach::Fexit { program, .. }
             | Attach::Kprobe { program, .. } => program,
+        }
+    }
+
+    /// The kernel type aya looks up by name to load this program, if any.
+    pub fn btf_target(&self) -> Option<Target> {
+        match *self {
+            Attach::BtfTracepoint { event, .. } => {
+                Some(Target::Typedef(format!("btf_trace_{event}")))
+            }
+            Attach::Fentry { function, .. } | Attach::Fexit { function, .. } => {
+                Some(Target::Func(function.to_string()))
+            }
+            Attach::Tracepoint { .. } | Attach::RawTracepoint { .. } | Attach::Kprobe { .. } => {
+                None
+            }
         }
     }
 

@@ -64,6 +64,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
         "tracing: {attached} of {} hooks attached",
         loaded.hooks.len()
     );
+    kernel::memory::log_stage("tracing");
 
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
