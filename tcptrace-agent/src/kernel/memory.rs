@@ -40,6 +40,37 @@ pub fn log_stage(stage: &str) {
     }
 }
 
+/// Say what loading cost at its peak, at info level (what `run` logs by default).
+pub fn log_peak() {
+    if let Some(u) = usage() {
+        log::info!(
+            "loaded: peak resident memory {:.1} MiB, {:.1} MiB now",
+            u.peak_kib as f64 / 1024.0,
+            u.rss_kib as f64 / 1024.0
+        );
+    }
+}
+
+/// Unmap the resident pages of bytes embedded in the binary that nothing reads again
+/// (the eBPF object once loaded: aya keeps copies of what it needs). They are
+/// file-backed and never written, so a later read would page them in from the binary
+/// again, unchanged; until then they no longer count in RSS. Only whole pages are
+/// released: those at either end may hold other read-only data.
+pub fn release_static(bytes: &'static [u8]) {
+    // SAFETY: sysconf only reads a system constant.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => return,
+    };
+    let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+    if end > start {
+        // SAFETY: [start, end) lies within a read-only static that is never written:
+        // MADV_DONTNEED only drops its pages, whose contents stay those of the file.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,6 +166,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .map_max_entries("SOCKETS", opts.max_sockets)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object into the kernel")?;
+    memory::release_static(EBPF_OBJECT);
+    release_free_memory();
     memory::log_stage("after object load");
     // Parsed only now, once the object's parse is gone.
     let btf = attach_btf.and_then(|blob| parse_attach_btf(&blob));
@@ -191,6 +193,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     drop(btf);
     release_free_memory();
     memory::log_stage("after drop+trim");
+    memory::log_peak();
     plan::write_sources(&mut ebpf, &hooks)?;
     offsets.log();
     Ok(Loaded {
