@@ -30,7 +30,7 @@ pub mod tracefs;
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
-use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+use aya::{Ebpf, EbpfLoader};
 use log::warn;
 use serde::Serialize;
 use tcptrace_common::{Config, Filter, FIELD_ABSENT};
@@ -147,7 +147,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     memory::log_stage("after layouts");
     let mut loader = loader_without_btf();
     memory::log_stage("after the loader");
-    let (mut offsets, attach_btf) = offsets::read_kernel_btf(&probes::btf_targets());
+    let (mut offsets, btf) = offsets::read_kernel_btf(&probes::btf_targets());
     memory::log_stage("after BTF (offsets + target ids)");
     if opts.filter.netns != 0 && offsets.netns.is_none() {
         bail!("--netns needs the network namespace offsets from kernel BTF (/sys/kernel/btf/vmlinux), which this kernel does not provide");
@@ -169,9 +169,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     memory::release_static(EBPF_OBJECT);
     release_free_memory();
     memory::log_stage("after object load");
-    // Parsed only now, once the object's parse is gone.
-    let btf = attach_btf.and_then(|blob| parse_attach_btf(&blob));
-    memory::log_stage("after aya's BTF parse");
     start_kernel_log(&mut ebpf);
     let hooks = plan::plan_all(
         &mut ebpf,
@@ -187,8 +184,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     } else {
         Vec::new()
     };
-    // The programs are loaded: aya's parse of the attach BTF (an entry for each type id
-    // up to the last target's, 8 MB on Linux 6.18) is no longer needed.
+    // The programs are loaded: neither is needed any longer.
     drop(loader);
     drop(btf);
     release_free_memory();
@@ -240,14 +236,6 @@ fn loader_without_btf() -> EbpfLoader<'static> {
         }
         loader
     }
-}
-
-/// aya's parse of the BTF blob attaching uses (a few named types, `btf::sparse`, or
-/// the kernel's own where our reader failed).
-fn parse_attach_btf(blob: &[u8]) -> Option<Btf> {
-    Btf::parse(blob, Endianness::default())
-        .map_err(|e| warn!("the loader cannot use the kernel BTF: {e}"))
-        .ok()
 }
 
 /// Where `tcp_rcv_state_process` lies, for the consume_skb programs, which also need the

@@ -4,7 +4,7 @@
 use log::{info, warn};
 use tcptrace_common::{config::OFFSET_UNKNOWN, Config, TpLayout};
 
-use crate::kernel::btf::{sparse, Btf, Target};
+use crate::kernel::btf::{AttachBtf, Btf, Target};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -102,10 +102,10 @@ pub struct SkbOffsets {
 }
 
 /// Read the running kernel's BTF once for the whole load: the offsets from its raw
-/// bytes, and what attaching needs of it, the ids of `targets`, as a small BTF blob for
-/// aya (`btf::sparse`). The bytes and our index are gone when this returns. Where our
-/// reader fails, the blob is the kernel's own, for aya's full parse (megabytes).
-pub fn read_kernel_btf(targets: &[Target]) -> (KernelOffsets, Option<Vec<u8>>) {
+/// bytes, and what loading needs of it, the ids of `targets`. The bytes and our index
+/// are gone when this returns; where our reader fails, aya parses the bytes in full
+/// (megabytes, held until the programs are loaded).
+pub fn read_kernel_btf(targets: &[Target]) -> (KernelOffsets, Option<AttachBtf>) {
     let data = match std::fs::read(VMLINUX_BTF) {
         Ok(data) => data,
         Err(e) => {
@@ -115,15 +115,18 @@ pub fn read_kernel_btf(targets: &[Target]) -> (KernelOffsets, Option<Vec<u8>>) {
     };
     match Btf::parse(&data) {
         Ok(btf) => {
-            let ids: Vec<(Target, u32)> = targets
+            let ids = targets
                 .iter()
                 .filter_map(|t| Some((t.clone(), btf.id_of(t)?)))
                 .collect();
-            (KernelOffsets::resolve(&btf), Some(sparse(&ids)))
+            (KernelOffsets::resolve(&btf), Some(AttachBtf::Ids(ids)))
         }
         Err(e) => {
             warn!("kernel BTF unreadable ({e:#})");
-            (KernelOffsets::UNKNOWN, Some(data))
+            let parsed = aya::Btf::parse(&data, aya::Endianness::default())
+                .map_err(|e| warn!("the loader cannot use the kernel BTF either: {e}"))
+                .ok();
+            (KernelOffsets::UNKNOWN, parsed.map(AttachBtf::Parsed))
         }
     }
 }
