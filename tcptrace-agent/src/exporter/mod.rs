@@ -21,7 +21,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
 use bytes::Bytes;
 use log::info;
 use tokio::{
@@ -194,7 +193,7 @@ pub fn ring_bytes(configured: u32, workload_labels: bool) -> u32 {
 
 /// Read every waiting event, count it as delivered (and by workload where asked), and
 /// note that the ring is drained.
-fn drain_counting(ring: &mut RingBuf<MapData>, metrics: &Metrics, health: &Health) {
+fn drain_counting(ring: &mut ring::Events, metrics: &Metrics, health: &Health) {
     let delivered = &metrics.agent.events_delivered;
     let mut workloads = match metrics.workloads.as_ref().map(Mutex::try_lock) {
         None => None,

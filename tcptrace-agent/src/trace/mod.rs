@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
 use tcptrace_common::Stat;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -113,7 +112,7 @@ struct Printer {
 const BATCH_BYTES: usize = 64 << 10;
 
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut ring::Events,
     opts: &TraceOptions,
     printer: &mut Printer,
     out: &mut impl Write,
