@@ -293,7 +293,7 @@ fn main() -> ExitCode {
                 listen: s.listen,
                 health_listen: s.health_listen,
                 load: kernel::LoadOptions {
-                    ring_bytes: s.ring_bytes,
+                    ring_bytes: exporter::ring_bytes(s.ring_bytes, s.labels.is_some()),
                     max_sockets: s.max_sockets,
                     filter: exporter::event_filter(s.labels.is_some()),
                     forced: cli.probe_method.clone(),

@@ -195,6 +195,7 @@ run_settings! {
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     health_listen: SocketAddr = parse_listen;
     /// Ring buffer size in bytes: a power of two from 4096 to 1 GiB (default 4 MiB).
+    /// Only --labels reads events from it; without, it is one page.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
     ring_bytes: u32 = parse_ring_bytes;
     /// Sockets the fallback socket map tracks at once (default 65536), on kernels

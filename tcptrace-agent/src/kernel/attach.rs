@@ -7,11 +7,13 @@ use aya::{
     programs::{
         fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
         raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe, Program,
+        trace_point::TracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError,
         RawTracePoint, TracePoint,
     },
     Btf, Ebpf,
 };
+
+use super::btf::{AttachBtf, Target};
 
 /// One program and where it goes.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +59,21 @@ impl Attach {
             | Attach::Fentry { program, .. }
             | Attach::Fexit { program, .. }
             | Attach::Kprobe { program, .. } => program,
+        }
+    }
+
+    /// The kernel type aya looks up by name to load this program, if any.
+    pub fn btf_target(&self) -> Option<Target> {
+        match *self {
+            Attach::BtfTracepoint { event, .. } => {
+                Some(Target::Typedef(format!("btf_trace_{event}")))
+            }
+            Attach::Fentry { function, .. } | Attach::Fexit { function, .. } => {
+                Some(Target::Func(function.to_string()))
+            }
+            Attach::Tracepoint { .. } | Attach::RawTracepoint { .. } | Attach::Kprobe { .. } => {
+                None
+            }
         }
     }
 
@@ -114,14 +131,15 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
 }
 
 /// Load a program (once: programs shared by two probes are loaded by the first).
-pub fn load(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<()> {
+pub fn load(ebpf: &mut Ebpf, btf: Option<&AttachBtf>, a: &Attach) -> Result<()> {
     let prog = program(ebpf, a.program())?;
     if prog.fd().is_ok() {
         return Ok(());
     }
     let name = a.program();
+    let target = a.btf_target();
     let needs_btf = || {
-        btf.context(
+        btf.zip(target.as_ref()).context(
             "no kernel BTF (/sys/kernel/btf/vmlinux), which fentry/fexit and BTF-typed \
              tracepoints need",
         )
@@ -130,18 +148,51 @@ pub fn load(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<()> {
         (Attach::Tracepoint { .. }, Program::TracePoint(p)) => p.load()?,
         (Attach::RawTracepoint { .. }, Program::RawTracePoint(p)) => p.load()?,
         (Attach::BtfTracepoint { event, .. }, Program::BtfTracePoint(p)) => {
-            p.load(event, needs_btf()?)?
+            let (btf, target) = needs_btf()?;
+            p.load(event, &btf.for_target(target))?
         }
-        (Attach::Fentry { function, .. }, Program::FEntry(p)) => p.load(function, needs_btf()?)?,
-        (Attach::Fexit { function, .. }, Program::FExit(p)) => p.load(function, needs_btf()?)?,
+        (Attach::Fentry { function, .. }, Program::FEntry(p)) => {
+            let (btf, target) = needs_btf()?;
+            load_on_function(btf, target, |b| p.load(function, b))?
+        }
+        (Attach::Fexit { function, .. }, Program::FExit(p)) => {
+            let (btf, target) = needs_btf()?;
+            load_on_function(btf, target, |b| p.load(function, b))?
+        }
         (Attach::Kprobe { .. }, Program::KProbe(p)) => p.load()?,
         _ => anyhow::bail!("program {name} is not of the kind its probe table entry says"),
     }
     Ok(())
 }
 
+/// Load an fentry/fexit program, asking first with a target that is not a function
+/// (`AttachBtf::not_a_function`): a kernel that refuses such programs outright answers
+/// EPERM then, before the stand-in for the function's own id is built (8.3 MB near id
+/// 115,000), which could only be refused the same way.
+fn load_on_function(
+    btf: &AttachBtf,
+    target: &Target,
+    mut load: impl FnMut(&Btf) -> Result<(), ProgramError>,
+) -> Result<()> {
+    if let Some(stand_in) = btf.not_a_function(target) {
+        match load(&stand_in) {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() != Some(libc::EPERM) => {}
+            Err(refused) => return Err(refused.into()),
+            // Never attach a program loaded against the wrong type.
+            Ok(()) => anyhow::bail!("the kernel loaded a function hook on a typedef"),
+        }
+    }
+    load(&btf.for_target(target))?;
+    Ok(())
+}
+
 /// Load (if needed) and attach; returns the link and the program's fd.
-pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, a: &Attach) -> Result<(Link, i32), Failure> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: Option<&AttachBtf>,
+    a: &Attach,
+) -> Result<(Link, i32), Failure> {
     load(ebpf, btf, a).map_err(|error| Failure {
         stage: Stage::Load,
         error: explain_refusal(a, error),

@@ -18,6 +18,7 @@ pub mod format;
 pub mod kallsyms;
 pub mod layouts;
 pub mod listeners;
+pub mod memory;
 pub mod offsets;
 pub mod plan;
 pub mod privileges;
@@ -130,6 +131,7 @@ fn kprobes_available(tracefs_root: &Path) -> bool {
 /// Mount tracefs if needed, resolve layouts, load the object and attach every probe it can.
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     privileges::check_can_load()?;
+    memory::log_stage("start");
     raise_memlock_limit();
     map_large_allocations();
     let tracefs_root = tracefs::ensure_mounted()?;
@@ -142,12 +144,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let layout_errors = layouts::resolve_layouts(&tracefs_root, &mut config);
     // Raw and BTF-typed programs read `err` as an argument where the record has it.
     config.retransmit_err_arg = u32::from(config.retransmit_skb.err != FIELD_ABSENT);
-    // aya 0.14's EbpfLoader::new() parses the kernel BTF itself (no constructor skips
-    // it): drop that parse before ours, so that two never live at once.
-    let mut loader = EbpfLoader::new();
-    loader.btf(None);
-    release_free_memory();
-    let (mut offsets, btf) = offsets::read_kernel_btf();
+    memory::log_stage("after layouts");
+    let mut loader = loader_without_btf();
+    memory::log_stage("after the loader");
+    let (mut offsets, btf) = offsets::read_kernel_btf(&probes::btf_targets());
+    memory::log_stage("after BTF (offsets + target ids)");
     if opts.filter.netns != 0 && offsets.netns.is_none() {
         bail!("--netns needs the network namespace offsets from kernel BTF (/sys/kernel/btf/vmlinux), which this kernel does not provide");
     }
@@ -160,12 +161,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         bail!("this binary was built with AYA_BUILD_SKIP and holds no eBPF object");
     }
     let mut ebpf = loader
-        .btf(btf.as_ref())
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", opts.ring_bytes)
         .map_max_entries("SOCKETS", opts.max_sockets)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object into the kernel")?;
+    memory::release_static(EBPF_OBJECT);
+    release_free_memory();
+    memory::log_stage("after object load");
     start_kernel_log(&mut ebpf);
     let hooks = plan::plan_all(
         &mut ebpf,
@@ -175,15 +178,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         &offsets,
         &kernel,
     )?;
+    memory::log_stage("after attach");
     let programs = if opts.verify_all {
         plan::verify_all(&mut ebpf, btf.as_ref())
     } else {
         Vec::new()
     };
-    // The programs are loaded: the kernel's BTF (megabytes parsed) is no longer needed.
+    // The programs are loaded: neither is needed any longer.
     drop(loader);
     drop(btf);
     release_free_memory();
+    memory::log_stage("after drop+trim");
+    memory::log_peak();
     plan::write_sources(&mut ebpf, &hooks)?;
     offsets.log();
     Ok(Loaded {
@@ -192,6 +198,44 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         kernel,
         programs,
     })
+}
+
+/// A loader that has not parsed the kernel's BTF, and does not need it: the object has
+/// no CO-RE relocations (a test checks), and attaching needs only the ids of a few
+/// types (`offsets::read_kernel_btf`). aya 0.14's `EbpfLoader::new()` reads and parses
+/// /sys/kernel/btf/vmlinux all the same, a 19 MB peak for Linux 6.18's 5.5 MB, and no
+/// constructor skips it; but it keeps no parse when the file does not open. So it is
+/// built while no file can be opened: a soft RLIMIT_NOFILE of 0 fails every open with
+/// EMFILE, for the microseconds `new()` takes, and the limit is put back at once
+/// (a soft limit up to the hard one needs no privilege). The load runs before any
+/// other thread of ours could open a file.
+fn loader_without_btf() -> EbpfLoader<'static> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return EbpfLoader::new();
+        }
+        let closed = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &closed) != 0 {
+            return EbpfLoader::new();
+        }
+        let loader = EbpfLoader::new();
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            // Nothing could open a file after this: better to stop here than later.
+            panic!(
+                "cannot restore RLIMIT_NOFILE: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        loader
+    }
 }
 
 /// Where `tcp_rcv_state_process` lies, for the consume_skb programs, which also need the
@@ -260,5 +304,34 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
             });
         }
         Err(e) => warn!("eBPF diagnostics unavailable: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _};
+
+    use super::*;
+
+    /// The loader gets no kernel BTF (`loader_without_btf`), so it relocates nothing:
+    /// a program that read a kernel struct through CO-RE (`bpf_core_read!`,
+    /// `preserve_access_index`) would be loaded with the compiler's offsets. Such a
+    /// program needs the loader given a parse of the kernel's BTF again.
+    #[test]
+    fn the_object_has_no_core_relocations() {
+        if EBPF_OBJECT.is_empty() {
+            eprintln!("skipped: built with AYA_BUILD_SKIP, no eBPF object embedded");
+            return;
+        }
+        let file = object::File::parse(EBPF_OBJECT).expect("the embedded object");
+        let Some(ext) = file.section_by_name(".BTF.ext") else {
+            return;
+        };
+        let ext = ext.data().unwrap();
+        let u32_at = |o: usize| u32::from_le_bytes(ext[o..o + 4].try_into().unwrap());
+        // struct btf_ext_header: magic, version, flags, hdr_len, then offset and length
+        // of func_info, line_info and (when hdr_len reaches it) core_relo.
+        let core_relo_len = if u32_at(4) >= 32 { u32_at(28) } else { 0 };
+        assert_eq!(core_relo_len, 0, "the eBPF object has CO-RE relocations");
     }
 }

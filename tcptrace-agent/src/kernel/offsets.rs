@@ -1,11 +1,10 @@
 //! Kernel struct offsets the programs read directly, resolved from the running kernel's
 //! BTF (`/sys/kernel/btf/vmlinux`). Without BTF every one of them is unknown and the
 //! programs skip what needs it; the agent says which features that costs.
-use aya::{Btf as AyaBtf, Endianness};
 use log::{info, warn};
 use tcptrace_common::{config::OFFSET_UNKNOWN, Config, TpLayout};
 
-use crate::kernel::btf::Btf;
+use crate::kernel::btf::{AttachBtf, Btf, Target};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -103,10 +102,10 @@ pub struct SkbOffsets {
 }
 
 /// Read the running kernel's BTF once for the whole load: the offsets from its raw
-/// bytes, and aya's parse of the same bytes for the loader and the planner. The bytes
-/// and our index are gone before aya parses, and the caller drops aya's parse once the
-/// programs are loaded (megabytes that `run` and `trace` need no longer).
-pub fn read_kernel_btf() -> (KernelOffsets, Option<AyaBtf>) {
+/// bytes, and what loading needs of it, the ids of `targets`. The bytes and our index
+/// are gone when this returns; where our reader fails, aya parses the bytes in full
+/// (megabytes, held until the programs are loaded).
+pub fn read_kernel_btf(targets: &[Target]) -> (KernelOffsets, Option<AttachBtf>) {
     let data = match std::fs::read(VMLINUX_BTF) {
         Ok(data) => data,
         Err(e) => {
@@ -114,11 +113,22 @@ pub fn read_kernel_btf() -> (KernelOffsets, Option<AyaBtf>) {
             return (KernelOffsets::UNKNOWN, None);
         }
     };
-    let offsets = KernelOffsets::from_btf(&data);
-    let btf = AyaBtf::parse(&data, Endianness::default())
-        .map_err(|e| warn!("the loader cannot use the kernel BTF: {e}"))
-        .ok();
-    (offsets, btf)
+    match Btf::parse(&data) {
+        Ok(btf) => {
+            let ids = targets
+                .iter()
+                .filter_map(|t| Some((t.clone(), btf.id_of(t)?)))
+                .collect();
+            (KernelOffsets::resolve(&btf), Some(AttachBtf::Ids(ids)))
+        }
+        Err(e) => {
+            warn!("kernel BTF unreadable ({e:#})");
+            let parsed = aya::Btf::parse(&data, aya::Endianness::default())
+                .map_err(|e| warn!("the loader cannot use the kernel BTF either: {e}"))
+                .ok();
+            (KernelOffsets::UNKNOWN, parsed.map(AttachBtf::Parsed))
+        }
+    }
 }
 
 impl KernelOffsets {
@@ -140,17 +150,6 @@ impl KernelOffsets {
         drop_reasons: false,
         rcv_state_process: None,
     };
-
-    /// The offsets from a raw BTF blob (`/sys/kernel/btf/vmlinux`).
-    pub fn from_btf(data: &[u8]) -> KernelOffsets {
-        match Btf::parse(data) {
-            Ok(btf) => KernelOffsets::resolve(&btf),
-            Err(e) => {
-                warn!("kernel BTF unreadable ({e:#})");
-                KernelOffsets::UNKNOWN
-            }
-        }
-    }
 
     pub fn resolve(btf: &Btf) -> KernelOffsets {
         let in_skb_cb = |member: &str| -> Option<u32> {

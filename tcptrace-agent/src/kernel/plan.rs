@@ -6,13 +6,14 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Context as _, Result};
-use aya::{maps::Array, Btf as AyaBtf, Ebpf};
+use aya::{maps::Array, Ebpf};
 use log::{info, warn};
 use serde::Serialize;
 use tcptrace_common::config::{Source, SOURCE_TRACKING, TRACKING_SOCKET_STORAGE};
 
 use super::{
     attach::{self, Attach, Failure, Stage},
+    btf::AttachBtf,
     offsets::KernelOffsets,
     probes::{Method, Probe, PROBES},
     KernelFacts,
@@ -45,7 +46,7 @@ pub struct HookStatus {
 /// `--probe-method` names it). Fails only when a required probe cannot attach.
 pub fn plan_all(
     ebpf: &mut Ebpf,
-    btf: Option<&AyaBtf>,
+    btf: Option<&AttachBtf>,
     forced: &[(String, String)],
     layout_errors: HashMap<&'static str, String>,
     offsets: &KernelOffsets,
@@ -80,8 +81,8 @@ pub fn plan_all(
 }
 
 struct Planner<'a> {
-    /// The kernel's BTF, which fentry/fexit and tp_btf programs load against.
-    btf: Option<&'a AyaBtf>,
+    /// What fentry/fexit and tp_btf programs load against of the kernel's BTF.
+    btf: Option<&'a AttachBtf>,
     ebpf: &'a mut Ebpf,
     layout_errors: HashMap<&'static str, String>,
     offsets: &'a KernelOffsets,
@@ -228,7 +229,7 @@ pub fn write_sources(ebpf: &mut Ebpf, hooks: &[HookStatus]) -> Result<()> {
 /// verifier accept it on this kernel? For `tcptrace probes` and the tests.
 pub fn verify_all(
     ebpf: &mut Ebpf,
-    btf: Option<&AyaBtf>,
+    btf: Option<&AttachBtf>,
 ) -> Vec<(&'static str, Result<(), String>)> {
     let mut seen = HashSet::new();
     let mut results = Vec::new();

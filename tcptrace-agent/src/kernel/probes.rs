@@ -13,6 +13,7 @@ use tcptrace_common::{
 
 use super::{
     attach::Attach,
+    btf::Target,
     format::{self, Carries, Want},
     offsets::Reads,
 };
@@ -503,6 +504,21 @@ pub fn parse_forced(s: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((probe.to_string(), method.to_string()))
+}
+
+/// Every kernel type a program of the table is loaded against, once each.
+pub fn btf_targets() -> Vec<Target> {
+    let mut targets: Vec<Target> = Vec::new();
+    let attaches = PROBES
+        .iter()
+        .flat_map(|p| p.methods.iter())
+        .flat_map(|m| m.attach);
+    for target in attaches.filter_map(Attach::btf_target) {
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    targets
 }
 
 #[cfg(test)]

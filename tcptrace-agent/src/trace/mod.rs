@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
 use tcptrace_common::Stat;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -50,7 +49,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
         json: opts.json,
         renderer: Renderer::new(Clock::new()),
         cgroups: CgroupIndex::new(),
-        batch: Vec::with_capacity(1 << 16),
+        batch: Vec::with_capacity(BATCH_BYTES),
     };
     let mut out = io::stdout().lock();
     if !opts.json {
@@ -64,6 +63,7 @@ pub async fn run(opts: TraceOptions) -> Result<()> {
         "tracing: {attached} of {} hooks attached",
         loaded.hooks.len()
     );
+    kernel::memory::log_stage("tracing");
 
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
@@ -97,8 +97,8 @@ fn done(tally: &Tally, count: Option<u64>) -> bool {
     tally.stdout_closed || count.is_some_and(|c| tally.printed >= c)
 }
 
-/// How events are written: text or JSON, and owners' cgroups (JSON); a drained batch
-/// is rendered into `batch` and written at once.
+/// How events are written: text or JSON, and owners' cgroups (JSON); drained events
+/// are rendered into `batch` and written `BATCH_BYTES` at a time.
 struct Printer {
     json: bool,
     renderer: Renderer,
@@ -106,24 +106,35 @@ struct Printer {
     batch: Vec<u8>,
 }
 
+/// Rendered events are written once about this much has piled up, and at the end of
+/// each drain: few writes under load, and a buffer that stays this size however much a
+/// drain holds (a full 4 MiB ring renders to megabytes of text).
+const BATCH_BYTES: usize = 64 << 10;
+
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut ring::Events,
     opts: &TraceOptions,
     printer: &mut Printer,
     out: &mut impl Write,
     tally: &mut Tally,
 ) {
     printer.cgroups.new_batch();
-    printer.batch.clear();
     if !done(tally, opts.count) {
         tally.malformed += ring::drain(ring, |event| {
             render_event(event, printer);
             tally.add(event);
+            if printer.batch.len() >= BATCH_BYTES {
+                write_batch(printer, out, tally);
+            }
             !done(tally, opts.count)
         });
     }
-    // One write per batch; a reader that went away (`| head`) ends the trace quietly,
-    // like any well-behaved filter.
+    write_batch(printer, out, tally);
+}
+
+/// Write what is rendered; a reader that went away (`| head`) ends the trace quietly,
+/// like any well-behaved filter.
+fn write_batch(printer: &mut Printer, out: &mut impl Write, tally: &mut Tally) {
     if out
         .write_all(&printer.batch)
         .and_then(|()| out.flush())
@@ -131,6 +142,7 @@ fn drain(
     {
         tally.stdout_closed = true;
     }
+    printer.batch.clear();
 }
 
 fn render_event(e: &TcpEvent, printer: &mut Printer) {
