@@ -1,14 +1,16 @@
 //! Micro-benchmarks of the agent's hot userspace paths, each next to a baseline measured
 //! in the same run (these machines are noisy: compare ratios, not absolute numbers).
 //! Run with `cargo xtask bench micro` (or `cargo bench -p tcptrace-agent --bench micro`).
-use std::{collections::HashMap, hint::black_box, time::Instant};
+use std::{collections::HashMap, hint::black_box, net::SocketAddr, time::Instant};
 
 use tcptrace_agent::{
-    event::{clock::Clock, TcpEvent, What},
+    event::{clock::Clock, Close, Owner, TcpEvent, What},
     exporter::exposition,
     trace::render::Renderer,
 };
-use tcptrace_common::{Event, EventKind, TcpState, AF_INET};
+use tcptrace_common::{
+    event::ClosedBy, Event, EventKind, HandshakeSide, RetransmitKind, TcpState, AF_INET,
+};
 
 /// Median seconds per call of `f` over `rounds` rounds of `iters` calls.
 fn time_per_call(rounds: usize, iters: usize, mut f: impl FnMut()) -> f64 {
@@ -142,25 +144,126 @@ fn drain_rate() {
         copy * 1e9,
         decode / copy
     );
-    let e = TcpEvent::decode(one).unwrap();
+}
+
+/// A state change as `tcptrace trace` sees most: an IPv4 client socket with its owner,
+/// namespace and time in the previous state known.
+fn state_change(from: TcpState, to: TcpState, sport: u16) -> TcpEvent {
+    TcpEvent {
+        ts_ns: 5_000_000_123_456,
+        skaddr: 0xffff_8881_0a2b_3c40,
+        local: SocketAddr::from(([10, 0, 0, 12], sport)),
+        remote: SocketAddr::from(([10, 96, 14, 203], 443)),
+        netns: Some(4_026_531_840),
+        owner: Some(Owner::new(12_345, 8_812, "curl")),
+        what: What::State {
+            from: from as u8,
+            to: to as u8,
+            time_in_from_ns: Some(1_523_000),
+        },
+    }
+}
+
+/// One connection's worth of events, in the proportions a busy trace shows.
+fn event_mix() -> Vec<TcpEvent> {
+    use TcpState as S;
+    let with = |what| TcpEvent {
+        what,
+        ..state_change(S::SynSent, S::Established, 40_000)
+    };
+    vec![
+        state_change(S::Close, S::SynSent, 40_000),
+        state_change(S::SynSent, S::Established, 40_000),
+        with(What::Handshake {
+            side: HandshakeSide::Client,
+            duration_ns: 1_523_000,
+            failure: None,
+        }),
+        with(What::Retransmit {
+            kind: RetransmitKind::Data,
+            state: S::Established as u8,
+            segments: Some(2),
+            error: None,
+        }),
+        state_change(S::Established, S::FinWait1, 40_000),
+        state_change(S::FinWait1, S::FinWait2, 40_000),
+        state_change(S::FinWait2, S::TimeWait, 40_000),
+        with(What::Close(Close {
+            from: S::FinWait2 as u8,
+            lifetime_ns: Some(48_250_000),
+            bytes_sent: 1_402,
+            bytes_received: 65_537,
+            segs_out: 4,
+            retransmitted: 1,
+            rtt_us: Some(1_480),
+            closed_by: ClosedBy::Local,
+        })),
+    ]
+}
+
+/// Nanoseconds per event to render `events` in `format`, and to copy the lines rendered
+/// (the floor: the bytes have to reach the output buffer either way).
+fn render_cost(events: &[TcpEvent], format: Format) -> (f64, f64) {
     let mut renderer = Renderer::new(Clock::new());
-    let mut out = Vec::with_capacity(512);
-    let json = time_per_call(9, 50_000, || {
-        out.clear();
-        renderer.json(&mut out, black_box(&e), None);
-        black_box(&out);
+    let mut render = |out: &mut Vec<u8>, e: &TcpEvent| match format {
+        Format::Json => renderer.json(out, e, None),
+        Format::Text => renderer.text(out, e),
+    };
+    let lines: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| {
+            let mut line = Vec::new();
+            render(&mut line, e);
+            line
+        })
+        .collect();
+    let mut out = Vec::with_capacity(1024);
+    let iters = 200_000 / events.len();
+    let ours = time_per_call(15, iters, || {
+        for e in events {
+            out.clear();
+            render(&mut out, black_box(e));
+            black_box(&out);
+        }
     });
-    let text = time_per_call(9, 50_000, || {
-        out.clear();
-        renderer.text(&mut out, black_box(&e));
-        black_box(&out);
+    let copy = time_per_call(15, iters, || {
+        for line in &lines {
+            out.clear();
+            out.extend_from_slice(black_box(line));
+            black_box(&out);
+        }
     });
-    println!(
-        "| render one event | {:.0} ns JSON | {:.0} ns text | {:.2}x | |",
-        json * 1e9,
-        text * 1e9,
-        json / text
-    );
+    let per_event = 1e9 / events.len() as f64;
+    (ours * per_event, copy * per_event)
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    Json,
+    Text,
+}
+
+fn render_events() {
+    let headline = [state_change(
+        TcpState::SynSent,
+        TcpState::Established,
+        40_000,
+    )];
+    let mix = event_mix();
+    for (format, name) in [(Format::Json, "JSON"), (Format::Text, "text")] {
+        let (ours, copy) = render_cost(&headline, format);
+        println!(
+            "| render one event, {name} | {ours:.0} ns | {copy:.0} ns (copy the rendered line) | {:.2}x | target <= 150 ns: {} |",
+            ours / copy,
+            if ours <= 150.0 { "met" } else { "MISSED" }
+        );
+        let (ours, copy) = render_cost(&mix, format);
+        println!(
+            "| render a mix of {} events, {name} | {ours:.0} ns/event | {copy:.0} ns (copy the rendered lines) | {:.2}x | |",
+            mix.len(),
+            ours / copy
+        );
+    }
 }
 
 fn main() {
@@ -171,4 +274,5 @@ fn main() {
         render(series);
     }
     drain_rate();
+    render_events();
 }
