@@ -1,18 +1,21 @@
 //! Turning the kernel's monotonic timestamps into wall-clock time.
 
 /// Offset between CLOCK_REALTIME and CLOCK_MONOTONIC, sampled once at start.
+///
+/// Nanoseconds are `i64` (they last until 2262), not `i128`: dividing an `i128` is a
+/// library call, and every rendered event divides one.
 pub struct Clock {
-    realtime_minus_monotonic_ns: i128,
+    realtime_minus_monotonic_ns: i64,
 }
 
-fn now_ns(clock: libc::clockid_t) -> i128 {
+fn now_ns(clock: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid pointer; both clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 impl Default for Clock {
@@ -31,14 +34,15 @@ impl Clock {
 
     /// A clock whose wall time equals the monotonic time plus `offset_ns` (tests).
     #[cfg(test)]
-    pub fn fixed(offset_ns: i128) -> Clock {
+    pub fn fixed(offset_ns: i64) -> Clock {
         Clock {
             realtime_minus_monotonic_ns: offset_ns,
         }
     }
 
-    fn unix_ns(&self, mono_ns: u64) -> i128 {
-        mono_ns as i128 + self.realtime_minus_monotonic_ns
+    fn unix_ns(&self, mono_ns: u64) -> i64 {
+        // Saturating: a corrupt timestamp shows as a wrong time, never a panic.
+        (mono_ns as i64).saturating_add(self.realtime_minus_monotonic_ns)
     }
 
     /// The current wall-clock time, RFC 3339 UTC.
@@ -65,14 +69,14 @@ impl Clock {
     pub fn unix_second_and_micros(&self, mono_ns: u64) -> (i64, u32) {
         let ns = self.unix_ns(mono_ns);
         (
-            ns.div_euclid(1_000_000_000) as i64,
+            ns.div_euclid(1_000_000_000),
             (ns.rem_euclid(1_000_000_000) / 1000) as u32,
         )
     }
 
     /// `YYYY-MM-DDTHH:MM:SS` of a Unix second, in UTC.
     pub fn date_time(&self, second: i64) -> [u8; 19] {
-        let text = Rfc3339(second as i128 * 1_000_000_000).to_string();
+        let text = Rfc3339(second.saturating_mul(1_000_000_000)).to_string();
         let mut out = [b'0'; 19];
         out.copy_from_slice(&text.as_bytes()[..19]);
         out
@@ -80,18 +84,18 @@ impl Clock {
 }
 
 /// A wall-clock instant (Unix nanoseconds) shown as RFC 3339 UTC with microseconds.
-pub struct Rfc3339(i128);
+pub struct Rfc3339(i64);
 
 impl std::fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let days = self.0.div_euclid(86_400 * 1_000_000_000) as i64;
+        let days = self.0.div_euclid(86_400 * 1_000_000_000);
         let (y, m, d) = civil_from_days(days);
         write!(f, "{y:04}-{m:02}-{d:02}T{}Z", TimeOfDay(self.0))
     }
 }
 
 /// The time of day (UTC) of Unix nanoseconds, `HH:MM:SS.micros`.
-struct TimeOfDay(i128);
+struct TimeOfDay(i64);
 
 impl std::fmt::Display for TimeOfDay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,5 +143,25 @@ mod tests {
             (1_795_696_252, 123_456)
         );
         assert_eq!(&c.date_time(1_795_696_252), b"2026-11-26T12:30:52");
+    }
+
+    #[test]
+    fn seconds_and_micros_at_the_edges() {
+        let c = Clock::fixed(1_795_696_252 * 1_000_000_000);
+        // The last microsecond of a second, then the next second.
+        assert_eq!(
+            c.unix_second_and_micros(999_999_999),
+            (1_795_696_252, 999_999)
+        );
+        assert_eq!(c.unix_second_and_micros(1_000_000_000), (1_795_696_253, 0));
+        // Before the epoch (a clock set back): the second rounds down, micros count up.
+        let before = Clock::fixed(-1_500);
+        assert_eq!(before.unix_second_and_micros(0), (-1, 999_998));
+        assert_eq!(before.rfc3339(0), "1969-12-31T23:59:59.999998Z");
+        assert_eq!(&before.date_time(-1), b"1969-12-31T23:59:59");
+        // Past 2262 the nanoseconds saturate rather than overflow.
+        let end = Clock::fixed(i64::MAX);
+        assert_eq!(end.unix_second_and_micros(1), (9_223_372_036, 854_775));
+        assert_eq!(&end.date_time(9_223_372_036), b"2262-04-11T23:47:16");
     }
 }
