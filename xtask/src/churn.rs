@@ -87,6 +87,22 @@ pub struct Options {
     pub compare_args: Vec<String>,
 }
 
+impl Options {
+    /// One IPv4 load for the commands that measure a single run of each tool
+    /// (`bench programs`, `bench profile`); the arguments as typed, split at spaces.
+    pub fn one_load(seconds: u64, threads: usize, agent_args: &str, compare_args: &str) -> Options {
+        let words = |s: &str| s.split_whitespace().map(String::from).collect();
+        Options {
+            rounds: 1,
+            seconds,
+            threads,
+            ipv6: false,
+            agent_args: words(agent_args),
+            compare_args: words(compare_args),
+        }
+    }
+}
+
 /// One measured run of one configuration.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Sample {

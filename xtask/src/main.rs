@@ -215,28 +215,19 @@ fn main() -> ExitCode {
             agent_args,
             compare_args,
         }) => setup::run().and_then(|()| {
-            programs::programs(&churn::Options {
-                rounds: 1,
+            programs::programs(&churn::Options::one_load(
                 seconds,
                 threads,
-                ipv6: false,
-                agent_args: agent_args.split_whitespace().map(String::from).collect(),
-                compare_args: compare_args.split_whitespace().map(String::from).collect(),
-            })
+                &agent_args,
+                &compare_args,
+            ))
         }),
         Cmd::Bench(Bench::Profile {
             seconds,
             threads,
             agent_args,
         }) => setup::run().and_then(|()| {
-            profile::profile(&churn::Options {
-                rounds: 1,
-                seconds,
-                threads,
-                ipv6: false,
-                agent_args: agent_args.split_whitespace().map(String::from).collect(),
-                compare_args: Vec::new(),
-            })
+            profile::profile(&churn::Options::one_load(seconds, threads, &agent_args, ""))
         }),
         Cmd::Bench(Bench::Storm { rounds, seconds }) => {
             setup::run().and_then(|()| storm::storm(rounds, seconds))
