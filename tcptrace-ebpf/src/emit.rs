@@ -17,7 +17,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 use crate::{
     conf,
     maps::{EVENTS, STATS},
-    sockets::Store,
+    sockets::{self, Store},
     tracepoint::Endpoints,
 };
 
@@ -222,6 +222,6 @@ pub fn tracked_event<'a>(
 pub fn owner_of(store: &impl Store) -> (Owner, u8) {
     match store.entry() {
         Some(info) => (info.owner, info.flags as u8),
-        None => (Owner::default(), FLAG_OWNER_UNKNOWN),
+        None => (sockets::unknown_owner(), FLAG_OWNER_UNKNOWN),
     }
 }

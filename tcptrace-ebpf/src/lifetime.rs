@@ -114,7 +114,7 @@ pub fn closed(
             (info.born_ns, closed_by(info.flags), bytes, segs_out)
         }
         None => {
-            let mut untracked = SockInfo::default();
+            let mut untracked = crate::zero::zeroed::<SockInfo>();
             let bytes = add_bytes(&mut untracked, sk);
             let segs_out = add_segs_out(&mut untracked, sk);
             (0, ClosedBy::Neither, bytes, segs_out)

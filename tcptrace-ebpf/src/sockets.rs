@@ -15,8 +15,8 @@
 //! either cannot hold is counted.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::bpf_sk_storage_get,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_comm, bpf_sk_storage_get},
     },
     EbpfContext,
 };
@@ -29,15 +29,17 @@ use crate::{
     emit::bump,
     maps::{SockStorageMap, LISTENERS, SOCKETS, SOCK_STORAGE},
     tracepoint::{bytes16, Endpoints},
+    zero,
 };
 
 /// Where a program finds the tracking entry of the socket it handles.
 pub trait Store {
     /// The socket's entry, if it has one.
     fn entry(&self) -> Option<&'static mut SockInfo>;
-    /// Start tracking the socket with `info`, replacing what it had. A full fallback
-    /// map is counted (and logged) and the socket stays untracked.
-    fn start<C: EbpfContext>(&self, ctx: &C, info: &SockInfo);
+    /// Start tracking the socket: its entry, replacing what it had, zeroed then set by
+    /// `fill`. A full fallback map is counted (and logged) and the socket stays
+    /// untracked.
+    fn start<C: EbpfContext>(&self, ctx: &C, fill: impl FnOnce(&mut SockInfo));
     /// The socket is gone or starts over: drop its entry (socket storage drops itself).
     fn forget(&self);
     /// The owner of the listener whose child this socket (just created, in SYN_RECV) is.
@@ -56,8 +58,10 @@ impl Store for HashStore {
     }
 
     #[inline(always)]
-    fn start<C: EbpfContext>(&self, ctx: &C, info: &SockInfo) {
-        if SOCKETS.insert(self.skaddr, info, 0).is_err() {
+    fn start<C: EbpfContext>(&self, ctx: &C, fill: impl FnOnce(&mut SockInfo)) {
+        let mut info: SockInfo = zero::zeroed();
+        fill(&mut info);
+        if SOCKETS.insert(self.skaddr, &info, 0).is_err() {
             untracked(ctx);
         }
     }
@@ -156,13 +160,16 @@ impl Store for SkStore {
     }
 
     #[inline(always)]
-    fn start<C: EbpfContext>(&self, ctx: &C, info: &SockInfo) {
-        let mut init = *info;
-        // Created with `init`, or an existing entry (a previous life, a listener's copy)
-        // overwritten: either way it holds `info` after this. It fails only when the
-        // kernel cannot allocate the storage.
-        match self.get(&mut init, BPF_SK_STORAGE_GET_F_CREATE) {
-            Some(entry) => *entry = *info,
+    fn start<C: EbpfContext>(&self, ctx: &C, fill: impl FnOnce(&mut SockInfo)) {
+        // Created zeroed, or an existing entry (a previous life, a listener's copy)
+        // zeroed here, then filled in place: a `SockInfo` built on the stack and copied
+        // in cost byte-at-a-time `memset` loops for its padding. It fails only when
+        // the kernel cannot allocate the storage.
+        match self.get(core::ptr::null_mut(), BPF_SK_STORAGE_GET_F_CREATE) {
+            Some(entry) => {
+                zero::zero_words(entry);
+                fill(entry);
+            }
             None => untracked(ctx),
         }
     }
@@ -195,27 +202,30 @@ fn untracked<C: EbpfContext>(ctx: &C) {
 /// The process running right now. Only meaningful in process context.
 #[inline(always)]
 pub fn current_owner() -> Owner {
-    Owner {
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or_else(|_| bytes16(0, 0)),
-    }
+    let mut owner: Owner = zero::zeroed();
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    owner.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Straight into the zeroed name (aya's wrapper zeroes a copy a byte at a time); on
+    // failure the helper leaves it zero, an empty name.
+    let comm = owner.comm.as_mut_ptr().cast();
+    // SAFETY: the helper writes at most the 16 bytes it is given.
+    let _ = unsafe { bpf_get_current_comm(comm, owner.comm.len() as u32) };
+    owner
 }
 
+/// An owner not known (the socket predates tracking, or its listener's does).
 #[inline(always)]
-pub fn new_info(owner: Owner, state: u8, now: u64, handshake_start_ns: u64) -> SockInfo {
-    SockInfo {
-        owner,
-        state_since_ns: now,
-        handshake_start_ns,
-        flags: 0,
-        retrans_seen: RETRANS_SEEN_UNKNOWN,
-        state,
-        _pad: [0; 3],
-        segs_out_seen: 0,
-        born_ns: handshake_start_ns,
-        acked_seen: 0,
-        received_seen: 0,
-    }
+pub fn unknown_owner() -> Owner {
+    zero::zeroed()
+}
+
+/// A new entry (zeroed by `Store::start`): owned by `owner`, in `state` since `now`.
+#[inline(always)]
+pub fn set_new(info: &mut SockInfo, owner: &Owner, state: u8, now: u64, handshake_start_ns: u64) {
+    zero::copy_words(&mut info.owner, owner);
+    info.state_since_ns = now;
+    info.handshake_start_ns = handshake_start_ns;
+    info.retrans_seen = RETRANS_SEEN_UNKNOWN;
+    info.state = state;
+    info.born_ns = handshake_start_ns;
 }

@@ -68,6 +68,9 @@ pub struct Events {
     map: MapData,
     consumer: Mapping,
     producer: Mapping,
+    /// Where the data starts in the producer mapping: one page in (asked for once;
+    /// `sysconf` per record was a twentieth of the tracer's time).
+    page: usize,
     /// Bytes of data: a power of two, a whole number of pages.
     size: usize,
     /// Where the next record's header is, counted from the start (never wrapped).
@@ -93,6 +96,7 @@ impl Events {
             map,
             consumer,
             producer,
+            page,
             size,
             pos,
             wrapped: Vec::new(),
@@ -131,9 +135,7 @@ impl Events {
     fn data(&self) -> &[u8] {
         // SAFETY: the producer mapping is one page of positions then `size` bytes of
         // data, mapped read-only for as long as `self` lives.
-        unsafe {
-            std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(page_size()), self.size)
-        }
+        unsafe { std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(self.page), self.size) }
     }
 
     fn header(&self) -> &AtomicU32 {
@@ -150,7 +152,7 @@ impl Events {
         if start + len <= self.size {
             // SAFETY: as `data`; the borrow ends before `self` changes.
             return unsafe {
-                std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(page_size() + start), len)
+                std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(self.page + start), len)
             };
         }
         let head = self.size - start;

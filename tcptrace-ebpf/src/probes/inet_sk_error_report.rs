@@ -12,7 +12,7 @@ use crate::{
     frame::{Frame, Scratch},
     maps::SOCKET_ERRORS,
     raw_programs, sock,
-    sockets::{HashStore, SkStore, Store},
+    sockets::{self, HashStore, SkStore, Store},
     tracepoint::{endpoints, Endpoints, Record},
 };
 
@@ -75,7 +75,13 @@ fn from_record(ctx: &TracePointContext) -> Option<()> {
     }
     let error: i32 = rec.get(layout.err)?;
     let ep = endpoints(&rec, layout)?;
-    reported(frame, &ep, &Owner::default(), FLAG_OWNER_UNKNOWN, error);
+    reported(
+        frame,
+        &ep,
+        &sockets::unknown_owner(),
+        FLAG_OWNER_UNKNOWN,
+        error,
+    );
     Some(())
 }
 

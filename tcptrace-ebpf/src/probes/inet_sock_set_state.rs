@@ -126,19 +126,26 @@ fn transition<C: EbpfContext>(
     // starts with its own entry: what the store holds for them does not count.
     let starts = old == CLOSE || (old == LISTEN && new == SYN_RECV);
     let mut existing = if starts { None } else { store.entry() };
-    let previous = match &existing {
-        Some(info) => Some(**info),
+    let before = match &existing {
+        Some(info) => Some(Before {
+            owner: info.owner,
+            since: info.state_since_ns,
+            handshake_start: info.handshake_start_ns,
+            flags: info.flags as u8,
+        }),
         None => begin_tracking(ctx, store, ep, old, new, now),
     };
-    let (owner, since, handshake_start, flags) = match previous {
-        Some(info) => (
-            info.owner,
-            info.state_since_ns,
-            info.handshake_start_ns,
-            info.flags as u8,
-        ),
-        None => (Owner::default(), 0, 0, FLAG_OWNER_UNKNOWN),
-    };
+    let Before {
+        owner,
+        since,
+        handshake_start,
+        flags,
+    } = before.unwrap_or_else(|| Before {
+        owner: sockets::unknown_owner(),
+        since: 0,
+        handshake_start: 0,
+        flags: FLAG_OWNER_UNKNOWN,
+    });
 
     // The event is built only when someone reads it: a state change the reader asked
     // for, or the end of a handshake (whose counters are computed from the event).
@@ -186,6 +193,15 @@ fn transition<C: EbpfContext>(
     }
 }
 
+/// What a transition needs of the socket's tracking state as it was before it.
+struct Before {
+    owner: Owner,
+    /// When the socket entered the old state (0: not known).
+    since: u64,
+    handshake_start: u64,
+    flags: u8,
+}
+
 /// Start tracking a socket seen for the first time (or starting over): record the owner
 /// where the transition runs in process context (connect, listen) or can be inherited
 /// (a listener's child). Returns its tracking state as it was before this transition.
@@ -197,23 +213,24 @@ fn begin_tracking<C: EbpfContext>(
     old: u8,
     new: u8,
     now: u64,
-) -> Option<SockInfo> {
+) -> Option<Before> {
     let (owner, flags) = match (old, new) {
         (CLOSE, SYN_SENT) | (CLOSE, LISTEN) => (sockets::current_owner(), 0),
         // A listener that predates tcptrace has no known owner; its children are still
         // tracked so their handshakes are timed.
         (LISTEN, SYN_RECV) => match store.listener_owner(ep, sock::netns(ep.skaddr)) {
             Some(owner) => (owner, 0),
-            None => (Owner::default(), FLAG_OWNER_UNKNOWN as u32),
+            None => (sockets::unknown_owner(), FLAG_OWNER_UNKNOWN),
         },
         _ => {
             // A socket that existed before tcptrace attached: track it from here on so
             // later transitions know how long it stayed, with its owner unknown.
             if new != CLOSE {
-                let mut info = sockets::new_info(Owner::default(), new, now, 0);
-                info.flags = FLAG_OWNER_UNKNOWN as u32;
-                lifetime::counted_from_here(&mut info, ep.skaddr);
-                store.start(ctx, &info);
+                store.start(ctx, |info| {
+                    sockets::set_new(info, &sockets::unknown_owner(), new, now, 0);
+                    info.flags = FLAG_OWNER_UNKNOWN as u32;
+                    lifetime::counted_from_here(info, ep.skaddr);
+                });
             }
             return None;
         }
@@ -222,16 +239,21 @@ fn begin_tracking<C: EbpfContext>(
         sockets::set_listener(ep, sock::netns(ep.skaddr), Some(&owner));
     }
     let handshake_start = if new == LISTEN { 0 } else { now };
-    let mut info = sockets::new_info(owner, new, now, handshake_start);
-    info.flags = flags;
-    if new == SYN_SENT {
-        // What the socket retransmitted so far is not ours to count.
-        info.retrans_seen = sock::total_retrans(ep.skaddr).unwrap_or(RETRANS_SEEN_UNKNOWN);
-    }
-    store.start(ctx, &info);
+    store.start(ctx, |info| {
+        sockets::set_new(info, &owner, new, now, handshake_start);
+        info.flags = flags as u32;
+        if new == SYN_SENT {
+            // What the socket retransmitted so far is not ours to count.
+            info.retrans_seen = sock::total_retrans(ep.skaddr).unwrap_or(RETRANS_SEEN_UNKNOWN);
+        }
+    });
     // The socket was not tracked before this transition: no time in the old state.
-    info.state_since_ns = 0;
-    Some(info)
+    Some(Before {
+        owner,
+        since: 0,
+        handshake_start,
+        flags,
+    })
 }
 
 /// Count a handshake that ended (the socket left SYN_SENT or SYN_RECV) and report it.

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use tcptrace_common::{event::FLAG_OWNER_UNKNOWN, Owner, TcpState, FIELD_ABSENT};
+use tcptrace_common::{event::FLAG_OWNER_UNKNOWN, TcpState, FIELD_ABSENT};
 
 use crate::{
     conf, lifetime,
@@ -56,11 +56,12 @@ fn segment_arrived<C: EbpfContext>(ctx: &C, store: &impl Store, sk: u64, may_tra
         // from here on, its earlier bytes and segments not counted. The fallback map is
         // left to the state program, which counts what it cannot hold once per socket.
         None if may_track => {
-            let established = TcpState::Established as u8;
-            let mut info = sockets::new_info(Owner::default(), established, 0, 0);
-            info.flags = FLAG_OWNER_UNKNOWN as u32;
-            lifetime::counted_from_here(&mut info, sk);
-            store.start(ctx, &info);
+            store.start(ctx, |info| {
+                let established = TcpState::Established as u8;
+                sockets::set_new(info, &sockets::unknown_owner(), established, 0, 0);
+                info.flags = FLAG_OWNER_UNKNOWN as u32;
+                lifetime::counted_from_here(info, sk);
+            });
         }
         None => {}
     }

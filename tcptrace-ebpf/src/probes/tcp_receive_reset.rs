@@ -9,7 +9,7 @@ use tcptrace_common::{
     counters::{self, RESET_RECEIVED, TCP_RST},
     event::{FLAG_OWNER_UNKNOWN, FLAG_RST_RECEIVED},
     stats::Guarded,
-    EventKind, Owner,
+    EventKind,
 };
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     frame::{Frame, Scratch},
     maps::{source, RESETS, SEGMENTS},
     raw_programs, sock,
-    sockets::{HashStore, SkStore, Store},
+    sockets::{self, HashStore, SkStore, Store},
     tracepoint::{endpoints, Endpoints, Record},
 };
 
@@ -83,7 +83,7 @@ fn received(store: &impl Store, frame: &mut Frame, ep: &Endpoints) -> Option<()>
             (info.owner, info.flags as u8, info.state)
         }
         None => (
-            Owner::default(),
+            sockets::unknown_owner(),
             FLAG_OWNER_UNKNOWN,
             sock::state(ep.skaddr)?,
         ),
