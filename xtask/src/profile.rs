@@ -15,6 +15,15 @@ use crate::churn::{self, Config, Tool};
 /// Symbols listed per profile.
 const TOP: usize = 15;
 
+/// The kernel's entry points for a socket's BPF storage over its life: created (or
+/// found) by a program, cloned by the kernel into a listener's child, freed when the
+/// socket is destroyed. The per-socket tracking costs this whatever the programs do.
+const SOCKET_STORAGE: [&str; 3] = [
+    "bpf_sk_storage_get_tracing",
+    "bpf_sk_storage_clone",
+    "bpf_sk_storage_free",
+];
+
 pub fn profile(opts: &churn::Options) -> Result<()> {
     crate::run_cmd(crate::cargo().args(["build", "--release", "--package", "tcptrace-agent"]))?;
     let dir = std::env::temp_dir().join(format!("tcptrace-profile-{}", std::process::id()));
@@ -49,11 +58,16 @@ fn profile_one(config: Config, opts: &churn::Options, dir: &Path) -> Result<()> 
     );
     let load_pid = std::process::id().to_string();
     let load = report(&data, &load_pid, false)?;
-    let under_bpf: f64 = report(&data, &load_pid, true)?
-        .iter()
-        .filter(|r| r.1.starts_with("bpf_trace_run"))
-        .map(|r| r.0)
-        .sum();
+    let with_callees = report(&data, &load_pid, true)?;
+    let share_of = |wanted: &dyn Fn(&str) -> bool| -> f64 {
+        with_callees
+            .iter()
+            .filter(|r| wanted(&r.1))
+            .map(|r| r.0)
+            .sum()
+    };
+    let under_bpf = share_of(&|sym| sym.starts_with("bpf_trace_run"));
+    let storage = share_of(&|sym| SOCKET_STORAGE.contains(&sym));
     print_top(
         "the load's threads (connect, accept, the kernel under them)",
         &load,
@@ -63,6 +77,10 @@ fn profile_one(config: Config, opts: &churn::Options, dir: &Path) -> Result<()> 
         "
 under the tracepoints' BPF dispatch (`bpf_trace_run*`: dispatch, programs, their helpers): {:.1}% of the load's samples",
         100.0 * under_bpf / total.max(f64::MIN_POSITIVE)
+    );
+    println!(
+        "socket storage (created by the programs, copied into each accepted child, freed with the socket; the frees outside the programs): {:.1}% of the load's samples",
+        100.0 * storage / total.max(f64::MIN_POSITIVE)
     );
     if config == Config::TcptraceTraceJson {
         let tracer = report(&data, &tool_pid.to_string(), false)?;
