@@ -374,9 +374,10 @@ mod tests {
         let slots = Slots::new(2);
         let reader = slots.admit();
         let stalled = slots.admit();
-        // `reader` connected first but moved bytes since; `stalled` did not.
+        // `reader` connected first but moved bytes since; `stalled` did not. (Set, not
+        // `touch()`ed: within the clock's first microsecond both would read 0 or 1.)
         stalled.progress.last_us.store(1, Ordering::Relaxed);
-        reader.progress.touch();
+        reader.progress.last_us.store(2, Ordering::Relaxed);
         let newcomer = slots.admit();
         assert!(was_evicted(&stalled));
         assert!(!was_evicted(&reader));
