@@ -58,8 +58,19 @@ impl Owner {
 
     /// The command name, borrowed when it is valid UTF-8 (it nearly always is).
     pub fn comm(&self) -> Cow<'_, str> {
-        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
-        String::from_utf8_lossy(&self.comm[..end])
+        String::from_utf8_lossy(self.comm_bytes())
+    }
+
+    /// The command name's bytes, as the kernel stored them (up to its NUL). The NUL is
+    /// found in the name as one 128-bit word, without a loop: the search byte by byte
+    /// took a third of rendering a JSON line.
+    pub fn comm_bytes(&self) -> &[u8] {
+        const ONES: u128 = u128::MAX / 0xff;
+        let word = u128::from_le_bytes(self.comm);
+        // The lowest set high bit marks the first zero byte (higher ones may be false).
+        let zeros = word.wrapping_sub(ONES) & !word & (ONES << 7);
+        let end = (zeros.trailing_zeros() / 8) as usize;
+        &self.comm[..end.min(16)]
     }
 }
 
