@@ -46,6 +46,10 @@ pub trait Store {
     fn listener_owner(&self, ep: &Endpoints, netns: u32) -> Option<Owner>;
 }
 
+/// What `HashStore::start` inserts: a map value the helper can copy from, off the stack.
+// SAFETY: `SockInfo` is integers and arrays of them, valid all-zero.
+static ZEROED_ENTRY: SockInfo = unsafe { core::mem::zeroed() };
+
 /// The fallback: `SOCKETS` keyed by socket address, `LISTENERS` by endpoint and netns.
 pub struct HashStore {
     pub skaddr: u64,
@@ -57,12 +61,19 @@ impl Store for HashStore {
         SOCKETS.get_ptr_mut(self.skaddr).map(|p| unsafe { &mut *p })
     }
 
+    /// Inserted zeroed and filled in place, as `SkStore` does: a `SockInfo` built on
+    /// the stack put the state program at 544 bytes of stack with its callee, over the
+    /// 512 that Linux 5.10 and 6.1 allow (6.18 counts only the slots a path uses).
     #[inline(always)]
     fn start<C: EbpfContext>(&self, ctx: &C, fill: impl FnOnce(&mut SockInfo)) {
-        let mut info: SockInfo = zero::zeroed();
-        fill(&mut info);
-        if SOCKETS.insert(self.skaddr, &info, 0).is_err() {
+        if SOCKETS.insert(self.skaddr, &ZEROED_ENTRY, 0).is_err() {
             untracked(ctx);
+            return;
+        }
+        match self.entry() {
+            Some(entry) => fill(entry),
+            // Gone again before it was filled: counted like a full map.
+            None => untracked(ctx),
         }
     }
 
