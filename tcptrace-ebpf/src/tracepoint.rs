@@ -3,7 +3,7 @@
 //! Each event copies the part of its record tcptrace needs into its frame's buffer with
 //! a single helper call; fields are then plain loads at the offsets from the layout.
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, programs::TracePointContext, EbpfContext};
-use tcptrace_common::{config::RECORD_MAX, TpLayout, AF_INET, AF_INET6, FIELD_ABSENT};
+use tcptrace_common::{config::RECORD_MAX, TpLayout, AF_INET, AF_INET6, FIELD_ABSENT, IPPROTO_TCP};
 
 /// Argument `n` of a raw or BTF-typed tracepoint, read where the code reads it: an
 /// argument a kernel may not pass must be read only in the branch that knows it does
@@ -28,6 +28,19 @@ impl<'a> Record<'a> {
         layout: &TpLayout,
     ) -> Option<Record<'a>> {
         Record::copy(buf, ctx.as_ptr() as *const u8, layout)
+    }
+
+    /// `load` for the socket tracepoints that fire for every protocol (state changes,
+    /// error reports): `None` unless the record's socket is TCP.
+    #[inline(always)]
+    pub fn load_tcp(
+        buf: &'a mut [u8; RECORD_MAX],
+        ctx: &TracePointContext,
+        layout: &TpLayout,
+    ) -> Option<Record<'a>> {
+        let rec = Record::load(buf, ctx, layout)?;
+        let protocol: u16 = rec.get(layout.protocol)?;
+        (protocol == IPPROTO_TCP).then_some(rec)
     }
 
     /// Copy `layout.len` bytes from `src` (a tracepoint record, or a kernel struct whose

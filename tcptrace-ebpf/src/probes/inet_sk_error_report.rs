@@ -68,11 +68,7 @@ fn from_record(ctx: &TracePointContext) -> Option<()> {
     let layout = &conf!(error_report);
     let mut scratch = Scratch::enter()?;
     let frame = scratch.frame();
-    let rec = Record::load(&mut frame.record, ctx, layout)?;
-    let protocol: u16 = rec.get(layout.protocol)?;
-    if protocol != IPPROTO_TCP {
-        return None;
-    }
+    let rec = Record::load_tcp(&mut frame.record, ctx, layout)?;
     let error: i32 = rec.get(layout.err)?;
     let ep = endpoints(&rec, layout)?;
     reported(

@@ -90,11 +90,7 @@ fn from_record(ctx: &TracePointContext) -> Option<()> {
     let layout = &conf!(set_state);
     let mut scratch = Scratch::enter()?;
     let frame = scratch.frame();
-    let rec = Record::load(&mut frame.record, ctx, layout)?;
-    let protocol: u16 = rec.get(layout.protocol)?;
-    if protocol != IPPROTO_TCP {
-        return None;
-    }
+    let rec = Record::load_tcp(&mut frame.record, ctx, layout)?;
     let old: i32 = rec.get(layout.oldstate)?;
     let new: i32 = rec.get(layout.newstate)?;
     let ep = endpoints(&rec, layout)?;
