@@ -241,9 +241,14 @@ fn rounds(link: &LossyLink, agent: &Agent, n: usize, exact: bool) -> (f64, f64) 
             let counted = handshakes(&after, side) - handshakes(&before, side);
             compared.push((opens, counted, kernel(opens)));
         }
+        let round_recovered = grew("tcptrace_kernel_recovered_runs_total");
         for (what, ours, truth) in compared {
             if exact {
-                assert_eq!(ours, truth, "round {round}: {what}");
+                assert_eq!(
+                    ours, truth,
+                    "round {round}: {what} ({round_missed} skipped runs missed, \
+                     {round_recovered} handled by a backup program)"
+                );
             } else {
                 // One skipped run hides at most one GSO skb (64 segments here).
                 assert!(
@@ -252,7 +257,6 @@ fn rounds(link: &LossyLink, agent: &Agent, n: usize, exact: bool) -> (f64, f64) 
                 );
             }
         }
-        let round_recovered = grew("tcptrace_kernel_recovered_runs_total");
         eprintln!(
             "round {round}: {retransmits} retransmitted segments, {} client handshakes, \
              {round_missed} skipped runs missed, {round_recovered} handled by a backup program",
