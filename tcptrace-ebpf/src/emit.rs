@@ -31,19 +31,39 @@ pub fn bump(stat: Stat) -> u64 {
 #[inline(always)]
 pub fn add_slot(map: &PerCpuArray<u64>, index: u32, n: u64) -> u64 {
     match map.get_ptr_mut(index) {
-        Some(p) => unsafe {
-            *p += n;
-            *p
-        },
+        Some(p) => {
+            add_to(p, n);
+            // SAFETY: this CPU's slot; read again rather than fetched (see `add_to`).
+            unsafe { p.read_volatile() }
+        }
         None => 0,
     }
+}
+
+/// Add `n` to this CPU's value of a counter, in one instruction. Programs nest on a
+/// CPU (a backup program, or a softirq's run, inside a task's), and with a load, an add
+/// and a store the interrupted run would store over what the nested one added. The
+/// result is not used: this is the plain atomic add every kernel accepts (a fetching
+/// one needs Linux 5.12), written as the instruction because `AtomicU64::fetch_add`
+/// does not exist for this target.
+#[inline(always)]
+fn add_to(p: *mut u64, n: u64) {
+    // SAFETY: a map value, 8-aligned, valid for the program's run.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {n}",
+            p = in(reg) p,
+            n = in(reg) n,
+            options(nostack)
+        )
+    };
 }
 
 /// Add `n` to a key of a per-CPU hash counter, creating the key on first use.
 #[inline(always)]
 pub fn add_key(map: &PerCpuHashMap<u32, u64>, key: u32, n: u64) {
     if let Some(p) = map.get_ptr_mut(key) {
-        unsafe { *p += n };
+        add_to(p, n);
         return;
     }
     if map.insert(key, n, BPF_NOEXIST).is_ok() {
@@ -51,7 +71,7 @@ pub fn add_key(map: &PerCpuHashMap<u32, u64>, key: u32, n: u64) {
     }
     // Another CPU created the key first: this CPU's slot exists now, zeroed.
     match map.get_ptr_mut(key) {
-        Some(p) => unsafe { *p += n },
+        Some(p) => add_to(p, n),
         None => {
             bump(Stat::CounterUpdateFailed);
         }

@@ -7,6 +7,8 @@
 //! `emit.rs` (filters, ring buffer, counters).
 #![no_std]
 #![no_main]
+// `asm!` for BPF: the atomic add of `emit::add_to`.
+#![feature(asm_experimental_arch)]
 
 mod connect_errors;
 mod emit;
