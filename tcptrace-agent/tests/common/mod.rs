@@ -403,50 +403,33 @@ pub fn sh(args: &[&str]) -> String {
 }
 
 /// A scrape taken when the kernel and tcptrace have both stopped counting: the
-/// kernel's `kernel_keys`, read just before each scrape, and tcptrace's `our_metrics`
-/// hold still together for 300 ms of readings (`settled`). A FIN lost just before a loss
-/// rule went may still be retransmitted a second later, and the kernel counts a
-/// retransmit a moment before its tracepoint fires: from a socket's backlog in process
-/// context that moment can be a preemption long on a busy machine, so one bracket
-/// around one scrape is not enough. Returns the kernel's reading and the scrape after
-/// it. Gives up after 10 s of counters that keep moving.
+/// kernel's `kernel_keys` agree in readings before and after it, and tcptrace's
+/// `our_metrics` agree with a second scrape. A FIN lost just before a loss rule went may
+/// still be retransmitted a second later, and the kernel counts a retransmit a moment
+/// before its tracepoint fires. Returns the reading taken before the scrape and the
+/// scrape. Gives up after 10 s of counters that keep moving.
 pub fn bracketed(
     kernel: impl Fn() -> HashMap<String, u64>,
     kernel_keys: &[&str],
     our_metrics: &[&str],
     mut scrape: impl FnMut() -> HashMap<String, f64>,
 ) -> (HashMap<String, u64>, HashMap<String, f64>) {
-    let reading = settled("the counters to hold still around a scrape", || {
-        let kernel = kernel();
-        let ours = scrape();
-        Bracket {
-            compared: (
-                kernel_keys
-                    .iter()
-                    .map(|k| kernel.get(*k).copied())
-                    .collect(),
-                our_metrics.iter().map(|m| total(&ours, m)).collect(),
-            ),
-            kernel,
-            ours,
-        }
-    });
-    (reading.kernel, reading.ours)
-}
-
-/// A kernel reading and the scrape after it, equal to another when the compared
-/// counters are (gauges and timestamps in the scrape move all the time).
-#[derive(Clone)]
-struct Bracket {
-    compared: (Vec<Option<u64>>, Vec<f64>),
-    kernel: HashMap<String, u64>,
-    ours: HashMap<String, f64>,
-}
-
-impl PartialEq for Bracket {
-    fn eq(&self, other: &Bracket) -> bool {
-        self.compared == other.compared
-    }
+    let same_kernel = |a: &HashMap<String, u64>, b: &HashMap<String, u64>| {
+        kernel_keys.iter().all(|k| a.get(*k) == b.get(*k))
+    };
+    let same_ours = |a: &HashMap<String, f64>, b: &HashMap<String, f64>| {
+        our_metrics.iter().all(|m| total(a, m) == total(b, m))
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the counters to hold still around a scrape",
+        || {
+            let before = kernel();
+            let ours = scrape();
+            let still = same_kernel(&kernel(), &before) && same_ours(&scrape(), &ours);
+            still.then_some((before, ours))
+        },
+    )
 }
 
 /// The host's counters plus those of each namespace, as one reading: tcptrace counts
