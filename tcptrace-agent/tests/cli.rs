@@ -184,7 +184,7 @@ fn mounts_tracefs_when_the_host_has_not() {
     // A private mount namespace where tracefs is not mounted, as on a fresh host: not at
     // /sys/kernel/tracing, nor where a mounted debugfs would offer it.
     let script = format!(
-        "umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/tracing 2>/dev/null; \
+        "umount /sys/kernel/debug/tracing /sys/kernel/debug /sys/kernel/tracing 2>/dev/null; \
          test -d /sys/kernel/tracing/events && {{ echo still mounted; exit 3; }}; \
          test -d /sys/kernel/debug/tracing/events && {{ echo debugfs offers it; exit 3; }}; \
          {TCPTRACE} --log-level info trace --duration 0.5 && test -d /sys/kernel/tracing/events"
