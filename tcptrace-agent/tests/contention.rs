@@ -18,7 +18,8 @@ use std::{
 };
 
 use common::{
-    bracketed, delta, growth, host_and, require_root, serial, total, value, Agent, Netns,
+    bracketed, delta, growth, host_and, label, require_root, serial, series_of, total, value,
+    Agent, Netns,
 };
 
 const SERVER: &str = "10.213.0.2";
@@ -204,11 +205,9 @@ fn handshakes(m: &HashMap<String, f64>, side: &str) -> f64 {
 
 /// Retransmits of handshake segments: the kernel counts them apart (TCPSynRetrans).
 fn syn_retransmits(m: &HashMap<String, f64>) -> f64 {
-    m.iter()
-        .filter(|(series, _)| {
-            series.starts_with("tcptrace_retransmits_total{")
-                && (series.contains(r#"kind="syn""#) || series.contains(r#"kind="synack""#))
-        })
+    series_of(m, "tcptrace_retransmits_total")
+        .into_iter()
+        .filter(|(series, _)| matches!(label(series, "kind"), "syn" | "synack"))
         .map(|(_, v)| v)
         .sum()
 }
